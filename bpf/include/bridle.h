@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types shared between Bridle's BPF programs and its Go loader. bpf2go
+ * generates the Go side of every struct and enum here (-type), so there is
+ * exactly one definition. Fields are fixed width with explicit padding.
+ */
+#pragma once
+
+/* Slot 0 holds the baseline: the rules of a workload without a task. */
+#define BRIDLE_BASELINE_SLOT 0
+#define BRIDLE_MAX_SLOTS 4096
+#define BRIDLE_MAX_PORT_RANGES 16
+#define BRIDLE_UNIX_PATH_MAX 108
+#define BRIDLE_EVENT_PATH_MAX 128
+/* How many cgroup levels above the current one are searched for a workload. */
+#define BRIDLE_MAX_CGROUP_DEPTH 16
+
+enum bridle_verdict {
+	BRIDLE_VERDICT_ALLOW = 1,
+	BRIDLE_VERDICT_DENY = 2,
+	BRIDLE_VERDICT_WOULD_DENY = 3, /* refused by policy, let through by audit mode */
+};
+
+enum bridle_action {
+	BRIDLE_ACTION_CONNECT = 1,
+	BRIDLE_ACTION_SENDMSG = 2,
+	BRIDLE_ACTION_EXEC = 3,
+	BRIDLE_ACTION_SOCKET = 4,
+};
+
+/* Protocol as reported in events; rule keys use IANA protocol numbers. */
+enum bridle_proto {
+	BRIDLE_PROTO_TCP = 1,
+	BRIDLE_PROTO_UDP = 2,
+	BRIDLE_PROTO_ICMP = 3,
+	BRIDLE_PROTO_UNIX = 4,
+	BRIDLE_PROTO_RAW = 5,
+	BRIDLE_PROTO_PACKET = 6,
+	BRIDLE_PROTO_OTHER = 7,
+};
+
+enum bridle_reason {
+	BRIDLE_REASON_RULE = 1,          /* allowed by a rule of the task */
+	BRIDLE_REASON_NO_RULE = 2,       /* no rule covers the destination or binary */
+	BRIDLE_REASON_PORT = 3,          /* the address is allowed, the port is not */
+	BRIDLE_REASON_NO_TASK = 4,       /* the workload has no task: baseline only */
+	BRIDLE_REASON_TASK_EXPIRED = 5,  /* the task's lifetime has passed */
+	BRIDLE_REASON_SOCKET_TYPE = 6,   /* raw, packet and other socket kinds */
+	BRIDLE_REASON_PROTOCOL = 7,      /* a transport no rule can name */
+};
+
+enum bridle_enforcement {
+	BRIDLE_ENFORCEMENT_CGROUP = 1,
+	BRIDLE_ENFORCEMENT_LSM = 2,
+	BRIDLE_ENFORCEMENT_KILL = 3,
+};
+
+enum bridle_workload_flags {
+	BRIDLE_WORKLOAD_AUDIT = 1,      /* record refusals as would-deny, refuse nothing */
+	BRIDLE_WORKLOAD_EMIT_ALLOW = 2, /* also emit an event for every allowed action */
+};
+
+/* Value of the cgroup map: which task slot governs a workload cgroup. */
+struct bridle_workload {
+	__u32 slot;
+	__u32 flags;
+};
+
+/* Value of the task array, indexed by slot. */
+struct bridle_task {
+	__u64 expires_ns; /* CLOCK_BOOTTIME; 0 = no expiry */
+	__u32 generation;
+	__u32 _pad;
+};
+
+/* LPM keys: slot and protocol are always matched in full (prefixlen >= 64). */
+struct bridle_net4_key {
+	__u32 prefixlen;
+	__u32 slot;
+	__u32 proto; /* IANA number: 6 tcp, 17 udp, 1 icmp (v4 and v6) */
+	__u8 addr[4];
+};
+
+struct bridle_net6_key {
+	__u32 prefixlen;
+	__u32 slot;
+	__u32 proto;
+	__u8 addr[16];
+};
+
+struct bridle_port_range {
+	__u16 first;
+	__u16 last;
+};
+
+struct bridle_ports {
+	__u32 count;
+	struct bridle_port_range ranges[BRIDLE_MAX_PORT_RANGES];
+};
+
+/* A binary is its (device, inode); dev uses the kernel's major<<20|minor. */
+struct bridle_exec_key {
+	__u32 slot;
+	__u32 _pad;
+	__u64 dev;
+	__u64 ino;
+};
+
+struct bridle_unix_key {
+	__u32 slot;
+	__u16 len;     /* bytes of path used */
+	__u8 abstract; /* 1: abstract name (path holds the bytes after the NUL) */
+	__u8 _pad;
+	char path[BRIDLE_UNIX_PATH_MAX];
+};
+
+struct bridle_event {
+	__u64 time_ns; /* CLOCK_BOOTTIME */
+	__u64 cgroup_id;
+	__u64 dev;
+	__u64 ino;
+	__u32 pid;
+	__u32 slot;
+	__u32 generation;
+	__u16 port;
+	__u8 action;
+	__u8 proto;
+	__u8 verdict;
+	__u8 reason;
+	__u8 family; /* 4, 6 or 0 */
+	__u8 enforcement;
+	__u8 addr[16];
+	char comm[16];
+	char path[BRIDLE_EVENT_PATH_MAX];
+};

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every map Bridle's programs share. Each object includes this header; the
+ * loader creates the maps once and hands them to every other object, so all
+ * programs see one set of workloads, tasks and rules.
+ */
+#pragma once
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "bridle.h"
+
+/* cgroup id -> workload (task slot and mode). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct bridle_workload);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_cgroups SEC(".maps");
+
+/* slot -> task lifetime. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BRIDLE_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bridle_task);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_tasks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_net4_key);
+	__type(value, struct bridle_ports);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_net4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_net6_key);
+	__type(value, struct bridle_ports);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_net6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_exec_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_exec SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_unix_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_unix SEC(".maps");
+
+/* Decision events for the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_events SEC(".maps");
+
+/* Events lost because the ring buffer was full, per CPU. Never silent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_drops SEC(".maps");

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Finding the workload (and so the task slot) of the current process, and
+ * turning a policy result into a verdict and a decision event.
+ */
+#pragma once
+
+#include "maps.h"
+
+/*
+ * Ring buffer bytes pending before the reader is woken. 0 wakes it for every
+ * event; a larger value batches wakeups under load (the reader also polls on
+ * a short deadline, so a lone event is never stranded). Set by the loader.
+ */
+const volatile __u64 bridle_wakeup_bytes = 0;
+
+struct bridle_ctx {
+	__u64 cgroup_id;
+	__u32 slot;
+	__u32 flags;
+	__u32 generation;
+	__u8 reason_if_unmatched; /* NO_RULE, NO_TASK or TASK_EXPIRED */
+	__u8 found;
+};
+
+/*
+ * Looks the current cgroup up, then its ancestors, so a process that ends up
+ * in a sub-cgroup of a workload stays governed by that workload. Returns 0
+ * when no workload encloses the process.
+ */
+static __always_inline int bridle_find_workload(struct bridle_ctx *c)
+{
+	struct bridle_workload *w;
+	__u64 id = bpf_get_current_cgroup_id();
+
+	w = bpf_map_lookup_elem(&bridle_cgroups, &id);
+	if (!w) {
+		/* Deepest registered ancestor wins; level 0 is the root. */
+		for (int level = BRIDLE_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
+			__u64 anc = bpf_get_current_ancestor_cgroup_id(level);
+			if (!anc)
+				continue;
+			w = bpf_map_lookup_elem(&bridle_cgroups, &anc);
+			if (w) {
+				id = anc;
+				break;
+			}
+		}
+	}
+	c->cgroup_id = id;
+	c->found = 0;
+	c->slot = BRIDLE_BASELINE_SLOT;
+	c->flags = 0;
+	c->generation = 0;
+	c->reason_if_unmatched = BRIDLE_REASON_NO_TASK;
+	if (!w)
+		return 0;
+
+	c->found = 1;
+	c->flags = w->flags;
+	__u32 slot = w->slot;
+	if (slot == BRIDLE_BASELINE_SLOT)
+		return 1;
+
+	struct bridle_task *t = bpf_map_lookup_elem(&bridle_tasks, &slot);
+	if (!t)
+		return 1;
+	c->generation = t->generation;
+	if (t->expires_ns && bpf_ktime_get_boot_ns() >= t->expires_ns) {
+		/* The kernel ends the grant itself: no daemon needed at expiry. */
+		c->reason_if_unmatched = BRIDLE_REASON_TASK_EXPIRED;
+		return 1;
+	}
+	c->slot = slot;
+	c->reason_if_unmatched = BRIDLE_REASON_NO_RULE;
+	return 1;
+}
+
+static __always_inline void bridle_count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&bridle_drops, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline struct bridle_event *bridle_event_reserve(void)
+{
+	struct bridle_event *e = bpf_ringbuf_reserve(&bridle_events, sizeof(*e), 0);
+	if (!e) {
+		bridle_count_drop();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->time_ns = bpf_ktime_get_boot_ns();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+static __always_inline void bridle_event_submit(struct bridle_event *e)
+{
+	__u64 flags = 0;
+	if (bridle_wakeup_bytes &&
+	    bpf_ringbuf_query(&bridle_events, BPF_RB_AVAIL_DATA) < bridle_wakeup_bytes)
+		flags = BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* Fills the fields every event has; the caller adds what it knows. */
+static __always_inline void bridle_event_fill(struct bridle_event *e, const struct bridle_ctx *c,
+					      __u8 action, __u8 verdict, __u8 reason, __u8 enforcement)
+{
+	e->cgroup_id = c->cgroup_id;
+	e->slot = c->slot;
+	e->generation = c->generation;
+	e->action = action;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->enforcement = enforcement;
+}
+
+/*
+ * The verdict for a policy result: audit mode turns a refusal into
+ * would-deny. Returns 1 when the action must be refused.
+ */
+static __always_inline int bridle_decide(const struct bridle_ctx *c, int allowed, __u8 *verdict)
+{
+	if (allowed) {
+		*verdict = BRIDLE_VERDICT_ALLOW;
+		return 0;
+	}
+	if (c->flags & BRIDLE_WORKLOAD_AUDIT) {
+		*verdict = BRIDLE_VERDICT_WOULD_DENY;
+		return 0;
+	}
+	*verdict = BRIDLE_VERDICT_DENY;
+	return 1;
+}
+
+/* Refusals are always reported; allows only when the workload asks. */
+static __always_inline int bridle_should_emit(const struct bridle_ctx *c, __u8 verdict)
+{
+	return verdict != BRIDLE_VERDICT_ALLOW || (c->flags & BRIDLE_WORKLOAD_EMIT_ALLOW);
+}

@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Egress control for workload cgroups: connect and unconnected sends over
+ * IPv4 and IPv6, and creation of socket kinds that bypass those hooks.
+ * Every entry point is a thin wrapper around one worker.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lib/workload.h"
+#include "lib/types.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define AF_UNIX 1
+#define AF_NETLINK 16
+#define AF_PACKET 17
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define SOCK_RAW 3
+#define SOCK_SEQPACKET 5
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_MPTCP 262
+
+#define CGROUP_ALLOW 1
+#define CGROUP_REFUSE 0
+
+/* Maps the socket to the protocol number rules are keyed by; 0 if none. */
+static __always_inline __u32 rule_proto(__u32 type, __u32 protocol, __u8 *event_proto)
+{
+	if (type == SOCK_STREAM && (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP)) {
+		*event_proto = BRIDLE_PROTO_TCP;
+		return IPPROTO_TCP;
+	}
+	if (type == SOCK_DGRAM && protocol == IPPROTO_UDP) {
+		*event_proto = BRIDLE_PROTO_UDP;
+		return IPPROTO_UDP;
+	}
+	if (type == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6)) {
+		*event_proto = BRIDLE_PROTO_ICMP;
+		return IPPROTO_ICMP;
+	}
+	*event_proto = BRIDLE_PROTO_OTHER;
+	return 0;
+}
+
+static __always_inline int port_allowed(const struct bridle_ports *p, __u16 port)
+{
+	__u32 n = p->count;
+	for (int i = 0; i < BRIDLE_MAX_PORT_RANGES; i++) {
+		if (i >= n)
+			break;
+		if (port >= p->ranges[i].first && port <= p->ranges[i].last)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_v4_mapped(const __u32 ip6[4])
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, int v6)
+{
+	struct bridle_ctx c;
+	bridle_find_workload(&c);
+	/* Not finding a workload here still refuses: the program is only
+	 * attached where workloads live, so an unknown cgroup is unconfined
+	 * state, never permission. */
+
+	__u8 event_proto;
+	__u32 proto = rule_proto(ctx->type, ctx->protocol, &event_proto);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 ip6[4] = {};
+	__u32 ip4 = 0;
+	int family = 4;
+
+	if (v6) {
+		ip6[0] = ctx->user_ip6[0];
+		ip6[1] = ctx->user_ip6[1];
+		ip6[2] = ctx->user_ip6[2];
+		ip6[3] = ctx->user_ip6[3];
+		if (is_v4_mapped(ip6))
+			ip4 = ip6[3]; /* judged by the IPv4 rules */
+		else
+			family = 6;
+	} else {
+		ip4 = ctx->user_ip4;
+	}
+
+	int allowed = 0;
+	__u8 reason = c.reason_if_unmatched;
+	if (!proto) {
+		reason = BRIDLE_REASON_PROTOCOL;
+	} else {
+		struct bridle_ports *ports;
+		if (family == 4) {
+			struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = c.slot, .proto = proto};
+			__builtin_memcpy(k.addr, &ip4, 4);
+			ports = bpf_map_lookup_elem(&bridle_net4, &k);
+		} else {
+			struct bridle_net6_key k = {.prefixlen = 64 + 128, .slot = c.slot, .proto = proto};
+			__builtin_memcpy(k.addr, ip6, 16);
+			ports = bpf_map_lookup_elem(&bridle_net6, &k);
+		}
+		if (ports) {
+			allowed = port_allowed(ports, port);
+			reason = allowed ? BRIDLE_REASON_RULE : BRIDLE_REASON_PORT;
+		}
+	}
+
+	__u8 verdict;
+	int refuse = bridle_decide(&c, allowed, &verdict);
+	if (bridle_should_emit(&c, verdict)) {
+		struct bridle_event *e = bridle_event_reserve();
+		if (e) {
+			bridle_event_fill(e, &c, action, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
+			e->proto = event_proto;
+			e->port = port;
+			e->family = family;
+			if (family == 4)
+				__builtin_memcpy(e->addr, &ip4, 4);
+			else
+				__builtin_memcpy(e->addr, ip6, 16);
+			bridle_event_submit(e);
+		}
+	}
+	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
+}
+
+SEC("cgroup/connect4")
+int bridle_connect4(struct bpf_sock_addr *ctx)
+{
+	return check_inet(ctx, BRIDLE_ACTION_CONNECT, 0);
+}
+
+SEC("cgroup/connect6")
+int bridle_connect6(struct bpf_sock_addr *ctx)
+{
+	return check_inet(ctx, BRIDLE_ACTION_CONNECT, 1);
+}
+
+SEC("cgroup/sendmsg4")
+int bridle_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return check_inet(ctx, BRIDLE_ACTION_SENDMSG, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int bridle_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return check_inet(ctx, BRIDLE_ACTION_SENDMSG, 1);
+}
+
+/*
+ * Raw sockets reach any host and protocol without passing the connect and
+ * sendmsg hooks, so a workload may not create them at all. Packet sockets
+ * are refused here on kernels that run this hook for them; elsewhere the
+ * dropped CAP_NET_RAW is what stops them.
+ */
+SEC("cgroup/sock_create")
+int bridle_sock_create(struct bpf_sock *sk)
+{
+	__u32 family = sk->family, type = sk->type;
+	__u8 event_proto;
+
+	if (family == AF_PACKET)
+		event_proto = BRIDLE_PROTO_PACKET;
+	else if (type == SOCK_RAW)
+		event_proto = BRIDLE_PROTO_RAW;
+	else
+		return CGROUP_ALLOW;
+
+	struct bridle_ctx c;
+	bridle_find_workload(&c);
+	__u8 verdict;
+	int refuse = bridle_decide(&c, 0, &verdict);
+	struct bridle_event *e = bridle_event_reserve();
+	if (e) {
+		bridle_event_fill(e, &c, BRIDLE_ACTION_SOCKET, verdict, BRIDLE_REASON_SOCKET_TYPE,
+				  BRIDLE_ENFORCEMENT_CGROUP);
+		e->proto = event_proto;
+		e->family = family == AF_INET6 ? 6 : family == AF_INET ? 4 : 0;
+		e->port = sk->protocol;
+		bridle_event_submit(e);
+	}
+	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

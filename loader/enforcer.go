@@ -1,0 +1,310 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Options configure Load.
+type Options struct {
+	// PinDir holds the pinned maps and links of this enforcer, on a BPF
+	// filesystem (mounted if absent). Pins keep enforcement in force when
+	// the process that loaded it dies.
+	PinDir string
+	// WakeupBytes batches event wakeups: the reader is woken once this many
+	// bytes are pending (0: on every event). The reader also polls.
+	WakeupBytes uint64
+	// ForceKillMode uses kill-mode exec enforcement even where BPF LSM is
+	// active (for tests and comparison).
+	ForceKillMode bool
+}
+
+// Enforcer is one loaded set of Bridle programs and maps.
+type Enforcer struct {
+	pinDir   string
+	features Features
+
+	net  netObjects
+	unix *unixObjects
+	exec io.Closer // execlsmObjects or execkillObjects
+
+	execLink link.Link
+	cgLinks  []link.Link
+}
+
+// Load probes the kernel, loads Bridle's programs and maps, pins the maps
+// under opts.PinDir (reusing maps already pinned there) and attaches the exec
+// program. Cgroup programs are attached per workload with AttachCgroup.
+func Load(opts Options) (*Enforcer, error) {
+	if opts.PinDir == "" {
+		return nil, errors.New("load: no pin directory")
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("load: remove memlock limit: %w", err)
+	}
+	if err := ensureBPFFS(opts.PinDir); err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	e := &Enforcer{pinDir: opts.PinDir}
+	e.features.Kernel = kernelRelease()
+	e.features.BTF = btfSource()
+	lsms, lsmErr := activeLSMs()
+	e.features.ActiveLSMs = lsms
+
+	collOpts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+
+	netSpec, err := loadNet()
+	if err != nil {
+		return nil, fmt.Errorf("load: net spec: %w", err)
+	}
+	if err := setWakeup(netSpec, opts.WakeupBytes); err != nil {
+		return nil, err
+	}
+	netColl, err := ebpf.NewCollectionWithOptions(netSpec, *collOpts)
+	if err != nil {
+		return nil, fmt.Errorf("load: net programs: %s", verifierError(err))
+	}
+	shared := sharedMaps(netColl)
+	if err := netColl.Assign(&e.net); err != nil {
+		netColl.Close()
+		return nil, fmt.Errorf("load: net objects: %w", err)
+	}
+	netColl.Close()
+	collOpts.MapReplacements = shared
+
+	if err := e.loadUnix(collOpts, opts.WakeupBytes); err != nil {
+		e.features.UnixReason = err.Error()
+	} else {
+		e.features.UnixHooks = true
+		e.features.UnixReason = "cgroup connect_unix and sendmsg_unix loaded"
+	}
+
+	if err := e.loadExec(collOpts, opts, lsms, lsmErr); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// sharedMaps returns the maps every object must use, keyed by name; data
+// sections (.rodata, .bss) belong to each object alone.
+func sharedMaps(c *ebpf.Collection) map[string]*ebpf.Map {
+	out := maps.Clone(c.Maps)
+	for name := range out {
+		if strings.HasPrefix(name, ".") {
+			delete(out, name)
+		}
+	}
+	return out
+}
+
+func setWakeup(spec *ebpf.CollectionSpec, bytes uint64) error {
+	v, ok := spec.Variables["bridle_wakeup_bytes"]
+	if !ok {
+		return errors.New("load: object has no bridle_wakeup_bytes")
+	}
+	if err := v.Set(bytes); err != nil {
+		return fmt.Errorf("load: set wakeup threshold: %w", err)
+	}
+	return nil
+}
+
+// withoutData drops map replacements the object does not declare, since
+// cilium/ebpf refuses replacements for unknown maps.
+func replacementsFor(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) ebpf.CollectionOptions {
+	o := *opts
+	o.MapReplacements = map[string]*ebpf.Map{}
+	for name, m := range opts.MapReplacements {
+		if _, ok := spec.Maps[name]; ok {
+			o.MapReplacements[name] = m
+		}
+	}
+	return o
+}
+
+func (e *Enforcer) loadUnix(opts *ebpf.CollectionOptions, wakeup uint64) error {
+	spec, err := loadUnix()
+	if err != nil {
+		return err
+	}
+	if err := setWakeup(spec, wakeup); err != nil {
+		return err
+	}
+	var objs unixObjects
+	o := replacementsFor(spec, opts)
+	if err := spec.LoadAndAssign(&objs, &o); err != nil {
+		return &UnsupportedError{Feature: "unix socket hooks (kernel 6.7+)", Err: errors.New(firstLine(verifierError(err)))}
+	}
+	e.unix = &objs
+	return nil
+}
+
+func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []string, lsmErr error) error {
+	active, why := bpfLSMActive(lsms, lsmErr)
+	if o.ForceKillMode {
+		active, why = false, "kill mode requested"
+	}
+	if active {
+		spec, err := loadExeclsm()
+		if err != nil {
+			return fmt.Errorf("load: exec lsm spec: %w", err)
+		}
+		if err := setWakeup(spec, o.WakeupBytes); err != nil {
+			return err
+		}
+		var objs execlsmObjects
+		co := replacementsFor(spec, opts)
+		if err := spec.LoadAndAssign(&objs, &co); err != nil {
+			why = "BPF LSM is in the active list but the program did not load: " + firstLine(verifierError(err))
+		} else {
+			l, err := link.AttachLSM(link.LSMOptions{Program: objs.BridleExecLsm})
+			if err != nil {
+				objs.Close()
+				why = "BPF LSM program loaded but did not attach: " + err.Error()
+			} else {
+				e.exec, e.execLink = &objs, l
+				e.features.ExecMode = ExecModeLSM
+				e.features.ExecModeReason = "BPF LSM active: exec refused with EPERM"
+				return e.pinExec()
+			}
+		}
+	}
+
+	spec, err := loadExeckill()
+	if err != nil {
+		return fmt.Errorf("load: exec kill spec: %w", err)
+	}
+	if err := setWakeup(spec, o.WakeupBytes); err != nil {
+		return err
+	}
+	var objs execkillObjects
+	co := replacementsFor(spec, opts)
+	if err := spec.LoadAndAssign(&objs, &co); err != nil {
+		return fmt.Errorf("load: exec programs: neither lsm (%s) nor kill mode loads: %s", why, verifierError(err))
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: objs.BridleExecKill})
+	if err != nil {
+		objs.Close()
+		return fmt.Errorf("load: attach exec kill program: %w", err)
+	}
+	e.exec, e.execLink = &objs, l
+	e.features.ExecMode = ExecModeKill
+	e.features.ExecModeReason = why + "; refused binaries are killed (SIGKILL) before their first instruction"
+	return e.pinExec()
+}
+
+func (e *Enforcer) pinExec() error {
+	p := pinPath(e.pinDir, "exec_link")
+	_ = os.Remove(p)
+	if err := e.execLink.Pin(p); err != nil {
+		return fmt.Errorf("load: pin exec link: %w", err)
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// Features reports what the loader found on this kernel.
+func (e *Enforcer) Features() Features { return e.features }
+
+// PinDir is where this enforcer's maps and links are pinned.
+func (e *Enforcer) PinDir() string { return e.pinDir }
+
+// AttachCgroup attaches the network programs to a cgroup and its whole
+// subtree, and pins the links so they outlive this process.
+func (e *Enforcer) AttachCgroup(path string) error {
+	type attach struct {
+		name string
+		typ  ebpf.AttachType
+		prog *ebpf.Program
+	}
+	list := []attach{
+		{"connect4", ebpf.AttachCGroupInet4Connect, e.net.BridleConnect4},
+		{"connect6", ebpf.AttachCGroupInet6Connect, e.net.BridleConnect6},
+		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, e.net.BridleSendmsg4},
+		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, e.net.BridleSendmsg6},
+		{"sock_create", ebpf.AttachCGroupInetSockCreate, e.net.BridleSockCreate},
+	}
+	if e.unix != nil {
+		list = append(list,
+			attach{"connect_unix", ebpf.AttachCgroupUnixConnect, e.unix.BridleConnUnix},
+			attach{"sendmsg_unix", ebpf.AttachCgroupUnixSendmsg, e.unix.BridleSendUnix})
+	}
+	id, err := CgroupID(path)
+	if err != nil {
+		return err
+	}
+	for _, a := range list {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to %s: %w", a.name, path, err)
+		}
+		e.cgLinks = append(e.cgLinks, l)
+		p := pinPath(e.pinDir, fmt.Sprintf("cg%d_%s", id, a.name))
+		_ = os.Remove(p)
+		if err := l.Pin(p); err != nil {
+			return fmt.Errorf("pin %s link: %w", a.name, err)
+		}
+	}
+	return nil
+}
+
+// Close releases this process's handles. Pinned links and maps stay in the
+// kernel and keep enforcing; Unpin removes them.
+func (e *Enforcer) Close() error {
+	var errs []error
+	for _, l := range e.cgLinks {
+		errs = append(errs, l.Close())
+	}
+	e.cgLinks = nil
+	if e.execLink != nil {
+		errs = append(errs, e.execLink.Close())
+		e.execLink = nil
+	}
+	if e.exec != nil {
+		errs = append(errs, e.exec.Close())
+		e.exec = nil
+	}
+	if e.unix != nil {
+		errs = append(errs, e.unix.Close())
+		e.unix = nil
+	}
+	errs = append(errs, e.net.Close())
+	return errors.Join(errs...)
+}
+
+// Unpin removes every pin of this enforcer, so its programs detach once the
+// last handle is closed.
+func (e *Enforcer) Unpin() error {
+	return RemovePins(e.pinDir)
+}
+
+// RemovePins deletes a pin directory and everything pinned in it.
+func RemovePins(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ent := range entries {
+		errs = append(errs, os.Remove(pinPath(dir, ent.Name())))
+	}
+	errs = append(errs, os.Remove(dir))
+	return errors.Join(errs...)
+}

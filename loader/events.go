@@ -1,0 +1,186 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// Event is one kernel decision, decoded.
+type Event struct {
+	Time        time.Time
+	CgroupID    uint64
+	PID         uint32
+	Comm        string
+	Slot        uint32
+	Generation  uint32
+	Action      string // connect, sendmsg, exec, socket
+	Protocol    string // tcp, udp, icmp, unix, raw, packet, other
+	Verdict     string // allow, deny, would-deny
+	Reason      string
+	Enforcement string // cgroup, lsm, kill
+	Addr        netip.Addr
+	Port        uint16
+	Path        string // unix socket name, or the name an exec was called by
+	Dev, Ino    uint64 // the binary of an exec
+}
+
+var actionNames = map[uint8]string{
+	uint8(netBridleActionBRIDLE_ACTION_CONNECT): "connect",
+	uint8(netBridleActionBRIDLE_ACTION_SENDMSG): "sendmsg",
+	uint8(netBridleActionBRIDLE_ACTION_EXEC):    "exec",
+	uint8(netBridleActionBRIDLE_ACTION_SOCKET):  "socket",
+}
+
+var protoNames = map[uint8]string{
+	uint8(netBridleProtoBRIDLE_PROTO_TCP):    "tcp",
+	uint8(netBridleProtoBRIDLE_PROTO_UDP):    "udp",
+	uint8(netBridleProtoBRIDLE_PROTO_ICMP):   "icmp",
+	uint8(netBridleProtoBRIDLE_PROTO_UNIX):   "unix",
+	uint8(netBridleProtoBRIDLE_PROTO_RAW):    "raw",
+	uint8(netBridleProtoBRIDLE_PROTO_PACKET): "packet",
+	uint8(netBridleProtoBRIDLE_PROTO_OTHER):  "other",
+}
+
+var verdictNames = map[uint8]string{
+	uint8(netBridleVerdictBRIDLE_VERDICT_ALLOW):      "allow",
+	uint8(netBridleVerdictBRIDLE_VERDICT_DENY):       "deny",
+	uint8(netBridleVerdictBRIDLE_VERDICT_WOULD_DENY): "would-deny",
+}
+
+var reasonNames = map[uint8]string{
+	uint8(netBridleReasonBRIDLE_REASON_RULE):         "allowed by rule",
+	uint8(netBridleReasonBRIDLE_REASON_NO_RULE):      "no rule allows it",
+	uint8(netBridleReasonBRIDLE_REASON_PORT):         "port not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_NO_TASK):      "no active task",
+	uint8(netBridleReasonBRIDLE_REASON_TASK_EXPIRED): "task expired",
+	uint8(netBridleReasonBRIDLE_REASON_SOCKET_TYPE):  "socket type not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_PROTOCOL):     "protocol not allowed",
+}
+
+var enforcementNames = map[uint8]string{
+	uint8(netBridleEnforcementBRIDLE_ENFORCEMENT_CGROUP): "cgroup",
+	uint8(netBridleEnforcementBRIDLE_ENFORCEMENT_LSM):    "lsm",
+	uint8(netBridleEnforcementBRIDLE_ENFORCEMENT_KILL):   "kill",
+}
+
+func name(m map[uint8]string, v uint8) string {
+	if s, ok := m[v]; ok {
+		return s
+	}
+	return fmt.Sprintf("unknown(%d)", v)
+}
+
+// EventReader reads decision events from the kernel's ring buffer.
+type EventReader struct {
+	rd       *ringbuf.Reader
+	bootBase time.Time // wall-clock time at CLOCK_BOOTTIME zero
+	rec      ringbuf.Record
+}
+
+// pollInterval bounds how long an event waits when the kernel batched its
+// wakeup.
+const pollInterval = 50 * time.Millisecond
+
+// Events opens a reader on the enforcer's ring buffer. Only one reader
+// should consume a ring buffer at a time.
+func (e *Enforcer) Events() (*EventReader, error) {
+	rd, err := ringbuf.NewReader(e.net.BridleEvents)
+	if err != nil {
+		return nil, fmt.Errorf("open event reader: %w", err)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		rd.Close()
+		return nil, fmt.Errorf("read boot clock: %w", err)
+	}
+	return &EventReader{rd: rd, bootBase: time.Now().Add(-time.Duration(ts.Nano()))}, nil
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = ringbuf.ErrClosed
+
+// Read blocks until the next event, or until Close (ErrClosed).
+func (r *EventReader) Read() (Event, error) {
+	for {
+		r.rd.SetDeadline(time.Now().Add(pollInterval))
+		err := r.rd.ReadInto(&r.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			return Event{}, err
+		}
+		return r.decode(r.rec.RawSample)
+	}
+}
+
+// TryRead returns the next event already queued, or false when none is.
+func (r *EventReader) TryRead() (Event, bool, error) {
+	r.rd.SetDeadline(time.Now())
+	err := r.rd.ReadInto(&r.rec)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return Event{}, false, nil
+	}
+	if err != nil {
+		return Event{}, false, err
+	}
+	ev, err := r.decode(r.rec.RawSample)
+	return ev, err == nil, err
+}
+
+// Close unblocks Read and releases the reader.
+func (r *EventReader) Close() error { return r.rd.Close() }
+
+func (r *EventReader) decode(raw []byte) (Event, error) {
+	var k netBridleEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &k); err != nil {
+		return Event{}, fmt.Errorf("decode event (%d bytes): %w", len(raw), err)
+	}
+	ev := Event{
+		Time:        r.bootBase.Add(time.Duration(k.TimeNs)).UTC(),
+		CgroupID:    k.CgroupId,
+		PID:         k.Pid,
+		Comm:        cString(k.Comm[:]),
+		Slot:        k.Slot,
+		Generation:  k.Generation,
+		Action:      name(actionNames, k.Action),
+		Protocol:    name(protoNames, k.Proto),
+		Verdict:     name(verdictNames, k.Verdict),
+		Reason:      name(reasonNames, k.Reason),
+		Enforcement: name(enforcementNames, k.Enforcement),
+		Path:        cString(k.Path[:]),
+		Dev:         k.Dev,
+		Ino:         k.Ino,
+	}
+	switch k.Family {
+	case 4:
+		ev.Addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
+		ev.Port = k.Port
+	case 6:
+		ev.Addr = netip.AddrFrom16(k.Addr)
+		ev.Port = k.Port
+	}
+	if ev.Action == "socket" {
+		ev.Port = 0
+	}
+	return ev, nil
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}

@@ -1,0 +1,101 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ExecMode is how exec refusals are enforced on this kernel.
+type ExecMode string
+
+const (
+	// ExecModeLSM refuses the exec with EPERM: nothing of the binary runs.
+	ExecModeLSM ExecMode = "lsm"
+	// ExecModeKill kills the new image with SIGKILL before its first
+	// instruction; used where BPF LSM is not active.
+	ExecModeKill ExecMode = "kill"
+)
+
+// Features is what the loader found on the running kernel, with reasons a
+// person can act on.
+type Features struct {
+	Kernel         string   // uname release
+	ActiveLSMs     []string // /sys/kernel/security/lsm
+	ExecMode       ExecMode
+	ExecModeReason string
+	UnixHooks      bool // cgroup connect_unix/sendmsg_unix (kernel 6.7+)
+	UnixReason     string
+	BTF            string // where kernel type information came from
+}
+
+// UnsupportedError says that a kernel feature Bridle wanted is missing, and why.
+type UnsupportedError struct {
+	Feature string
+	Err     error
+}
+
+func (e *UnsupportedError) Error() string {
+	return fmt.Sprintf("%s not supported: %v", e.Feature, e.Err)
+}
+
+func (e *UnsupportedError) Unwrap() error { return e.Err }
+
+// Is reports UnsupportedError as ebpf.ErrNotSupported, as cilium/ebpf does.
+func (e *UnsupportedError) Is(target error) bool { return target == ebpf.ErrNotSupported }
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// activeLSMs reads the kernel's active LSM list. A BPF LSM program loads and
+// attaches even when "bpf" is missing from this list, and then never runs:
+// only this list says whether it would enforce.
+func activeLSMs() ([]string, error) {
+	if err := ensureSecurityFS(); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile("/sys/kernel/security/lsm")
+	if err != nil {
+		return nil, fmt.Errorf("read active LSM list: %w", err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), ","), nil
+}
+
+func btfSource() string {
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err == nil {
+		return "/sys/kernel/btf/vmlinux"
+	}
+	return "none (kernel built without CONFIG_DEBUG_INFO_BTF)"
+}
+
+// bpfLSMActive reports whether "bpf" is in the active LSM list, with the
+// reason when it is not.
+func bpfLSMActive(lsms []string, err error) (bool, string) {
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, l := range lsms {
+		if l == "bpf" {
+			return true, ""
+		}
+	}
+	return false, fmt.Sprintf("\"bpf\" is not in the active LSM list (%s); add it to the kernel's lsm= boot parameter for EPERM enforcement", strings.Join(lsms, ","))
+}
+
+// verifierError unwraps a verifier log for display.
+func verifierError(err error) string {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Sprintf("%+v", ve)
+	}
+	return err.Error()
+}
