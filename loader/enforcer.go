@@ -163,7 +163,7 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 		var objs execlsmObjects
 		co := replacementsFor(spec, opts)
 		if err := spec.LoadAndAssign(&objs, &co); err != nil {
-			why = "BPF LSM is in the active list but the program did not load: " + firstLine(verifierError(err))
+			why = "\"bpf\" is in the active LSM list but this kernel refuses BPF LSM programs: " + rootCause(err)
 		} else {
 			l, err := link.AttachLSM(link.LSMOptions{Program: objs.BridleExecLsm})
 			if err != nil {
@@ -208,6 +208,18 @@ func (e *Enforcer) pinExec() error {
 		return fmt.Errorf("load: pin exec link: %w", err)
 	}
 	return nil
+}
+
+// rootCause is the innermost error, without the wrapping context that only
+// repeats what the caller already says.
+func rootCause(err error) string {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err.Error()
+		}
+		err = next
+	}
 }
 
 func firstLine(s string) string {

@@ -136,6 +136,14 @@ func (r *EventReader) TryRead() (Event, bool, error) {
 	return ev, err == nil, err
 }
 
+// ErrFlushed is returned by Read once every event queued before Flush has
+// been read.
+var ErrFlushed = ringbuf.ErrFlushed
+
+// Flush makes Read return the events queued now, then ErrFlushed: the way to
+// drain the ring before shutting down without losing decisions.
+func (r *EventReader) Flush() error { return r.rd.Flush() }
+
 // Close unblocks Read and releases the reader.
 func (r *EventReader) Close() error { return r.rd.Close() }
 

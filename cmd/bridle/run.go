@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridle-sh/bridle/daemon"
+	"github.com/bridle-sh/bridle/policy"
+)
+
+type runFlags struct {
+	connect, unix, exec []string
+	user, mode          string
+	identity, intent    string
+	ttl                 time.Duration
+	audit               string
+	logAllowed, verbose bool
+}
+
+func newRunCommand() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- COMMAND [ARG...]",
+		Short: "Run one command as a confined workload with one task",
+		Long: `Runs COMMAND in its own cgroup with its capabilities dropped and no_new_privs
+set. The kernel refuses every connection, datagram and exec the flags do not
+allow (loopback included); running COMMAND itself is always allowed. Each
+denial is printed as it happens with the flag that would allow it, and a
+summary at exit. The exit status is COMMAND's (128+N for signal N).`,
+		Example: `  sudo bridle run --allow-connect tcp:127.0.0.1:8080 --allow-exec /usr/bin/ -- curl http://127.0.0.1:8080/
+  sudo bridle run --allow-connect udp:[2001:db8::53]:53 --ttl 10m --audit audit.jsonl -- ./agent`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, closeAudit, err := f.spec(args)
+			if err != nil {
+				return usageError{err}
+			}
+			defer closeAudit()
+			// Ctrl-C reaches COMMAND from the terminal directly; bridle stays
+			// to clean up and report. Other signals are passed on.
+			signal.Ignore(syscall.SIGINT)
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+			defer signal.Stop(sigs)
+			status, err := daemon.Run(cmd.Context(), spec, sigs)
+			if err != nil {
+				return err
+			}
+			exitCode = status
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.SetInterspersed(false) // everything from COMMAND on belongs to COMMAND
+	fl.StringArrayVar(&f.connect, "allow-connect", nil, "allow PROTO:ADDR[:PORTS] (PROTO tcp|udp|icmp|any; ADDR IPv4 or [IPv6], address or CIDR; PORTS N, N-M or a list); repeatable")
+	fl.StringArrayVar(&f.unix, "allow-unix", nil, "allow connecting to the unix socket PATH (@NAME for an abstract name); repeatable")
+	fl.StringArrayVar(&f.exec, "allow-exec", nil, "allow running PATH; a directory ending in / allows the executables below it; repeatable")
+	fl.StringVar(&f.user, "user", "", "run COMMAND as USER (default: $SUDO_USER; root only when named)")
+	fl.StringVar(&f.mode, "mode", "enforce", "enforce: refuse what is not allowed; audit: report it as would-deny and let it through")
+	fl.StringVar(&f.identity, "identity", "", "SPIFFE ID of the workload (default spiffe://bridle.local/run/USER)")
+	fl.StringVar(&f.intent, "intent", "", "what the task is for, recorded with every decision")
+	fl.DurationVar(&f.ttl, "ttl", 0, "lifetime of the task's grants (e.g. 10m); afterwards everything is refused")
+	fl.StringVar(&f.audit, "audit", "", "write decision records as JSON lines to FILE (appended), or - for stdout")
+	fl.BoolVar(&f.logAllowed, "log-allowed", false, "record allowed decisions too, not only refusals")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "report what the kernel supports and how the task is enforced")
+	return cmd
+}
+
+// spec validates every flag before anything runs.
+func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
+	noop := func() {}
+	spec := daemon.RunSpec{
+		Command:  args,
+		User:     f.user,
+		Identity: f.identity,
+		Intent:   f.intent,
+		LogAllow: f.logAllowed,
+		Verbose:  f.verbose,
+		Out:      os.Stderr,
+	}
+	for _, s := range f.connect {
+		r, err := policy.ParseConnect(s)
+		if err != nil {
+			return spec, noop, fmt.Errorf("--allow-connect: %w", err)
+		}
+		spec.Envelope.Egress = append(spec.Envelope.Egress, r)
+	}
+	for _, s := range f.unix {
+		p, err := policy.ParseUnix(s)
+		if err != nil {
+			return spec, noop, fmt.Errorf("--allow-unix: %w", err)
+		}
+		spec.Envelope.Unix = append(spec.Envelope.Unix, p)
+	}
+	for _, s := range f.exec {
+		r, err := policy.ParseExec(s)
+		if err != nil {
+			return spec, noop, fmt.Errorf("--allow-exec: %w", err)
+		}
+		spec.Envelope.Exec = append(spec.Envelope.Exec, r)
+	}
+	switch f.mode {
+	case "enforce":
+	case "audit":
+		spec.Audit = true
+	default:
+		return spec, noop, fmt.Errorf("--mode %q: want enforce or audit", f.mode)
+	}
+	if f.ttl < 0 {
+		return spec, noop, fmt.Errorf("--ttl %v: must be positive", f.ttl)
+	}
+	spec.Envelope.TTL = f.ttl
+	self, err := os.Executable()
+	if err != nil {
+		return spec, noop, fmt.Errorf("find the bridle binary: %w", err)
+	}
+	spec.Self = self
+
+	switch f.audit {
+	case "":
+	case "-":
+		spec.Records = os.Stdout
+	default:
+		file, err := os.OpenFile(f.audit, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return spec, noop, fmt.Errorf("--audit: %w", err)
+		}
+		spec.Records = file
+		return spec, func() { closeQuietly(file) }, nil
+	}
+	return spec, noop, nil
+}
+
+func closeQuietly(c io.Closer) { _ = c.Close() }

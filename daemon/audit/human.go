@@ -1,0 +1,72 @@
+package audit
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Target names what the workload tried to reach or run, for people.
+func (r Record) Target() string {
+	switch {
+	case r.Protocol == "unix":
+		return "unix:" + r.Path
+	case r.Action == "exec":
+		return r.Path
+	case r.Action == "socket":
+		return r.Protocol + " socket"
+	case r.Address != "":
+		return r.Protocol + ":" + hostPort(r.Address, r.Port, r.Protocol)
+	}
+	return r.Protocol
+}
+
+func hostPort(addr string, port uint16, proto string) string {
+	a, err := netip.ParseAddr(addr)
+	s := addr
+	if err == nil && a.Is6() {
+		s = "[" + addr + "]"
+	}
+	if proto == "icmp" {
+		return s
+	}
+	return s + ":" + strconv.Itoa(int(port))
+}
+
+// AllowFlag returns the `bridle run` flag that would have allowed the
+// refused action, or "" when no flag can (raw and packet sockets).
+func (r Record) AllowFlag() string {
+	switch {
+	case r.Action == "socket":
+		return ""
+	case r.Protocol == "unix":
+		return "--allow-unix " + r.Path
+	case r.Action == "exec":
+		return "--allow-exec " + r.Path
+	case r.Address != "" && (r.Protocol == "tcp" || r.Protocol == "udp" || r.Protocol == "icmp"):
+		return "--allow-connect " + r.Protocol + ":" + hostPort(r.Address, r.Port, r.Protocol)
+	}
+	return ""
+}
+
+// Line renders a decision as one line for a terminal.
+func (r Record) Line() string {
+	var b strings.Builder
+	verb := map[string]string{"deny": "denied", "would-deny": "would deny", "allow": "allowed"}[r.Verdict]
+	if verb == "" {
+		verb = r.Verdict
+	}
+	fmt.Fprintf(&b, "%s %s %s by %s[%d]: %s", verb, r.Action, r.Target(), r.Comm, r.PID, r.Reason)
+	if r.Enforcement == "kill" && r.Verdict == "deny" {
+		b.WriteString(" (killed)")
+	}
+	if r.Verdict != "allow" {
+		if f := r.AllowFlag(); f != "" {
+			b.WriteString("; allow with " + f)
+		} else if r.Action == "socket" {
+			b.WriteString("; no flag allows this")
+		}
+	}
+	return b.String()
+}

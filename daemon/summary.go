@@ -1,0 +1,77 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	"github.com/bridle-sh/bridle/daemon/audit"
+)
+
+// summary counts a run's decisions for the report printed at exit.
+type summary struct {
+	mu       sync.Mutex
+	verdicts map[string]int
+	refused  map[string]*refusal // by target
+}
+
+type refusal struct {
+	target, flag string
+	count        int
+}
+
+func newSummary() *summary {
+	return &summary{verdicts: map[string]int{}, refused: map[string]*refusal{}}
+}
+
+func (s *summary) add(r audit.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.verdicts[r.Verdict]++
+	if r.Verdict == "allow" {
+		return
+	}
+	key := r.Action + " " + r.Target()
+	ref, ok := s.refused[key]
+	if !ok {
+		ref = &refusal{target: key, flag: r.AllowFlag()}
+		s.refused[key] = ref
+	}
+	ref.count++
+}
+
+// maxListed bounds the refusals listed by name in the summary.
+const maxListed = 10
+
+func (s *summary) print(w io.Writer, command string, status int, drops uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(w, "bridle: %s exited with status %d; %d denied, %d would-deny, %d allowed (logged)",
+		command, status, s.verdicts["deny"], s.verdicts["would-deny"], s.verdicts["allow"])
+	if drops > 0 {
+		fmt.Fprintf(w, "; %d EVENTS LOST (ring buffer full)", drops)
+	}
+	fmt.Fprintln(w)
+	list := make([]*refusal, 0, len(s.refused))
+	for _, r := range s.refused {
+		list = append(list, r)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].count != list[j].count {
+			return list[i].count > list[j].count
+		}
+		return list[i].target < list[j].target
+	})
+	for i, r := range list {
+		if i == maxListed {
+			fmt.Fprintf(w, "bridle:   ... and %d more\n", len(list)-maxListed)
+			break
+		}
+		line := fmt.Sprintf("bridle:   %dx %s", r.count, r.target)
+		if r.flag != "" {
+			line += "  (" + r.flag + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+}

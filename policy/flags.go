@@ -1,0 +1,224 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// MaxUnixPath is the longest unix socket path, in bytes, a rule may name:
+// sun_path holds 108 bytes, and a pathname needs its terminating NUL while
+// an abstract name needs its leading one. For "@name" the limit applies to
+// name.
+const MaxUnixPath = 107
+
+const connectForm = "want PROTO:ADDR[:PORTS], e.g. tcp:10.0.0.0/8:443, udp:[2001:db8::1]:53 or icmp:192.0.2.7"
+
+// ParseConnect parses the value of --allow-connect PROTO:ADDR[:PORTS].
+//
+// PROTO is tcp, udp, icmp or any. ADDR is an IPv4 address or CIDR, or an
+// IPv6 address or CIDR in brackets ("[2001:db8::]/32"); host bits are
+// masked off. An IPv4-mapped IPv6 address or prefix becomes its IPv4
+// equivalent, because the kernel side judges mapped destinations by the
+// IPv4 rules. PORTS is a comma list of N or N-M; without it every port is
+// allowed. icmp takes no ports.
+func ParseConnect(s string) (EgressRule, error) {
+	fail := func(format string, args ...any) (EgressRule, error) {
+		return EgressRule{}, fmt.Errorf("policy: bad connect rule %q: %s (%s)", s, fmt.Sprintf(format, args...), connectForm)
+	}
+	protoStr, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return fail("no address")
+	}
+	var r EgressRule
+	switch protoStr {
+	case "tcp":
+		r.Protocol = ProtoTCP
+	case "udp":
+		r.Protocol = ProtoUDP
+	case "icmp":
+		r.Protocol = ProtoICMP
+	case "any":
+		r.Protocol = ProtoAny
+	case "":
+		return fail("empty protocol")
+	default:
+		return fail("unknown protocol %q, want tcp, udp, icmp or any", protoStr)
+	}
+
+	var addrStr, portStr string
+	hasPorts := false
+	if strings.HasPrefix(rest, "[") {
+		end := strings.IndexByte(rest, ']')
+		if end < 0 {
+			return fail("missing ']' after IPv6 address")
+		}
+		addrStr = rest[1:end]
+		after := rest[end+1:]
+		if lenStr, ok := strings.CutPrefix(after, "/"); ok {
+			lenStr, portStr, hasPorts = strings.Cut(lenStr, ":")
+			addrStr += "/" + lenStr
+		} else if portStr, hasPorts = strings.CutPrefix(after, ":"); !hasPorts && after != "" {
+			return fail("unexpected %q after ']'", after)
+		}
+		if addrStr == "" || addrStr[0] == '/' {
+			return fail("empty address in brackets")
+		}
+	} else {
+		addrStr, portStr, hasPorts = strings.Cut(rest, ":")
+		if strings.Contains(portStr, ":") {
+			return fail("IPv6 addresses must be in brackets, e.g. [2001:db8::1] or [2001:db8::]/32")
+		}
+	}
+	if addrStr == "" {
+		return fail("empty address")
+	}
+	bracketed := strings.HasPrefix(rest, "[")
+	prefix, err := parseAddrOrPrefix(addrStr, bracketed)
+	if err != nil {
+		return fail("%v", err)
+	}
+	r.Prefix = prefix
+
+	if hasPorts {
+		if r.Protocol == ProtoICMP {
+			return fail("icmp has no ports")
+		}
+		if portStr == "" {
+			return fail("empty port list after ':'")
+		}
+		r.Ports, err = parsePorts(portStr)
+		if err != nil {
+			return fail("%v", err)
+		}
+	}
+	return r, nil
+}
+
+// parseAddrOrPrefix parses "ADDR" or "ADDR/BITS". Bracketed input must be
+// IPv6 and unbracketed input IPv4, so that a port can never be mistaken for
+// part of an address.
+func parseAddrOrPrefix(s string, bracketed bool) (netip.Prefix, error) {
+	addrStr, bitsStr, hasBits := strings.Cut(s, "/")
+	if strings.Contains(addrStr, "%") {
+		return netip.Prefix{}, fmt.Errorf("address %q has a zone; zones are not allowed", addrStr)
+	}
+	addr, err := netip.ParseAddr(addrStr)
+	if err != nil {
+		if bracketed {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IPv6 address", addrStr)
+		}
+		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 address (IPv6 goes in brackets)", addrStr)
+	}
+	if bracketed && !addr.Is6() {
+		return netip.Prefix{}, fmt.Errorf("%q in brackets is not IPv6; write IPv4 without brackets", addrStr)
+	}
+	bits := addr.BitLen()
+	if hasBits {
+		n, err := strconv.ParseUint(bitsStr, 10, 8)
+		if err != nil || int(n) > addr.BitLen() {
+			return netip.Prefix{}, fmt.Errorf("prefix length %q out of range 0-%d", bitsStr, addr.BitLen())
+		}
+		bits = int(n)
+	}
+	return canonicalPrefix(netip.PrefixFrom(addr, bits))
+}
+
+// canonicalPrefix masks p and rewrites IPv4-mapped IPv6 prefixes as IPv4.
+// The kernel side looks a mapped destination up among the IPv4 rules, so a
+// mapped rule left in IPv6 form would never match anything.
+func canonicalPrefix(p netip.Prefix) (netip.Prefix, error) {
+	if !p.IsValid() {
+		return netip.Prefix{}, errors.New("invalid prefix")
+	}
+	a := p.Addr()
+	if a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("IPv4-mapped prefix %s is shorter than /96 and so covers more than the mapped range", p)
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+func parsePorts(s string) ([]PortRange, error) {
+	parts := strings.Split(s, ",")
+	ports := make([]PortRange, 0, len(parts))
+	for _, part := range parts {
+		if part == "" {
+			return nil, errors.New("empty entry in port list")
+		}
+		firstStr, lastStr, isRange := strings.Cut(part, "-")
+		first, err := parsePort(firstStr)
+		if err != nil {
+			return nil, err
+		}
+		last := first
+		if isRange {
+			if last, err = parsePort(lastStr); err != nil {
+				return nil, err
+			}
+			if first > last {
+				return nil, fmt.Errorf("port range %q runs backwards", part)
+			}
+		}
+		ports = append(ports, PortRange{first, last})
+	}
+	return ports, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", s)
+	}
+	return uint16(n), nil
+}
+
+// ParseUnix parses the value of --allow-unix PATH: an absolute socket path,
+// which is cleaned, or "@name" for a socket in the abstract namespace, which
+// is kept byte for byte.
+func ParseUnix(s string) (string, error) {
+	if name, ok := strings.CutPrefix(s, "@"); ok {
+		if name == "" {
+			return "", fmt.Errorf("policy: bad unix socket %q: empty abstract name (want /absolute/path or @name)", s)
+		}
+		if len(name) > MaxUnixPath {
+			return "", fmt.Errorf("policy: bad unix socket %q: abstract name is %d bytes, the kernel allows %d", s, len(name), MaxUnixPath)
+		}
+		return s, nil
+	}
+	if s == "" {
+		return "", errors.New("policy: bad unix socket \"\": empty path (want /absolute/path or @name)")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return "", fmt.Errorf("policy: bad unix socket %q: path contains a NUL byte", s)
+	}
+	if !filepath.IsAbs(s) {
+		return "", fmt.Errorf("policy: bad unix socket %q: path is relative; the kernel compares the path the process passes to connect(), "+
+			"which depends on its working directory, so only absolute paths (or @name for abstract sockets) can be allowed", s)
+	}
+	p := filepath.Clean(s)
+	if len(p) > MaxUnixPath {
+		return "", fmt.Errorf("policy: bad unix socket %q: path is %d bytes, the kernel allows %d", s, len(p), MaxUnixPath)
+	}
+	return p, nil
+}
+
+// ParseExec parses the value of --allow-exec PATH. PATH must be absolute; a
+// trailing slash makes it a directory rule covering every executable below.
+func ParseExec(s string) (ExecRule, error) {
+	if s == "" {
+		return ExecRule{}, errors.New("policy: bad exec rule \"\": empty path (want /path/to/program or /path/to/dir/)")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return ExecRule{}, fmt.Errorf("policy: bad exec rule %q: path contains a NUL byte", s)
+	}
+	if !filepath.IsAbs(s) {
+		return ExecRule{}, fmt.Errorf("policy: bad exec rule %q: path must be absolute (want /path/to/program or /path/to/dir/)", s)
+	}
+	return ExecRule{Path: filepath.Clean(s), Dir: strings.HasSuffix(s, "/")}, nil
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// goPackage is the part of `go list -json` the runner needs.
+type goPackage struct {
+	ImportPath   string
+	Dir          string
+	TestGoFiles  []string
+	XTestGoFiles []string
+	Module       *struct{ Path, Dir string }
+}
+
+// builtPackage is a compiled test binary and where it goes in the guest.
+type builtPackage struct {
+	Binary  testBinary
+	HostBin string // the compiled binary on the host
+	HostDir string // the package directory on the host, for its testdata
+}
+
+// buildTests compiles each package's tests into a static binary, as
+// `CGO_ENABLED=0 go test -c` does: the guest has no C library.
+func buildTests(patterns []string, outDir string, log io.Writer) ([]builtPackage, error) {
+	args := append([]string{"list", "-json=ImportPath,Dir,TestGoFiles,XTestGoFiles,Module"}, patterns...)
+	cmd := exec.Command("go", args...)
+	cmd.Stderr = log
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("go list %s: %w", strings.Join(patterns, " "), err)
+	}
+	var pkgs []goPackage
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p goPackage
+		if err := dec.Decode(&p); err != nil {
+			return nil, fmt.Errorf("go list output: %w", err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	var built []builtPackage
+	for _, p := range pkgs {
+		if len(p.TestGoFiles)+len(p.XTestGoFiles) == 0 {
+			fmt.Fprintf(log, "%s: no test files, skipped\n", p.ImportPath)
+			continue
+		}
+		rel := p.ImportPath
+		if p.Module != nil {
+			rel = strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, p.Module.Path), "/")
+		}
+		name := binaryName(rel, p.ImportPath)
+		bin := filepath.Join(outDir, name)
+		fmt.Fprintf(log, "go test -c %s\n", p.ImportPath)
+		cmd := exec.Command("go", "test", "-c", "-o", bin, p.ImportPath)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		cmd.Stdout = log
+		cmd.Stderr = log
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("go test -c %s: %w", p.ImportPath, err)
+		}
+		built = append(built, builtPackage{
+			Binary:  testBinary{Name: name, Dir: path.Join(guestSrc, rel)},
+			HostBin: bin,
+			HostDir: p.Dir,
+		})
+	}
+	if len(built) == 0 {
+		return nil, fmt.Errorf("no test packages among %s", strings.Join(patterns, " "))
+	}
+	return built, nil
+}
+
+// binaryName turns a package path relative to its module into a file name:
+// "loader" -> loader.test, "tests/e2e" -> tests-e2e.test, the module root ->
+// the last element of its import path.
+func binaryName(rel, importPath string) string {
+	if rel == "" {
+		rel = path.Base(importPath)
+	}
+	return strings.ReplaceAll(rel, "/", "-") + ".test"
+}
+
+// extraFile is a -file flag: a host path and where it goes in the guest.
+type extraFile struct{ Src, Dst string }
+
+// parseExtraFile reads SRC or SRC=DST; without DST the file goes to
+// /bridle/files/BASENAME.
+func parseExtraFile(s string) (extraFile, error) {
+	src, dst, _ := strings.Cut(s, "=")
+	if src == "" {
+		return extraFile{}, fmt.Errorf("-file %q: want SRC or SRC=/GUEST/PATH", s)
+	}
+	if dst == "" {
+		dst = path.Join(guestFiles, filepath.Base(src))
+	}
+	if !path.IsAbs(dst) {
+		return extraFile{}, fmt.Errorf("-file %q: the guest path must be absolute", s)
+	}
+	return extraFile{Src: src, Dst: path.Clean(dst)}, nil
+}
+
+// guestTree assembles the initramfs: the base system, each test binary, each
+// package's testdata directory at the binary's working directory, and the
+// extra files.
+func guestTree(busybox string, pkgs []builtPackage, extra []extraFile, flags []string) (tree, error) {
+	var bins []testBinary
+	for _, p := range pkgs {
+		bins = append(bins, p.Binary)
+	}
+	t := baseTree(busybox, initScript(bins, flags))
+	for _, p := range pkgs {
+		t.add(entry{Path: path.Join(guestBin, p.Binary.Name), Mode: 0o755, Src: p.HostBin})
+		t.dir(p.Binary.Dir)
+		td := filepath.Join(p.HostDir, "testdata")
+		if st, err := os.Stat(td); err == nil && st.IsDir() {
+			if err := t.addHost(td, path.Join(p.Binary.Dir, "testdata")); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, f := range extra {
+		if err := t.addHost(f.Src, f.Dst); err != nil {
+			return nil, fmt.Errorf("-file %s: %w", f.Src, err)
+		}
+	}
+	return t, nil
+}

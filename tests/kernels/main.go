@@ -1,0 +1,419 @@
+// Command kernels is Bridle's kernel-matrix runner. It boots pinned Debian
+// kernels under qemu, each with an initramfs holding busybox and static test
+// binaries, and reports every guest's results. It exists because BPF-LSM
+// enforcement cannot be loaded on the development and CI hosts, yet must be
+// proven on the kernels users run.
+//
+//	go run ./tests/kernels [flags] [-pkg PATTERN]... [PATTERN...]
+//
+// See tests/kernels/README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// listFlag collects a repeatable flag; commas also separate values.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
+	}
+	return nil
+}
+
+// repeatFlag collects a repeatable flag whose values may contain commas.
+type repeatFlag []string
+
+func (l *repeatFlag) String() string     { return strings.Join(*l, " ") }
+func (l *repeatFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+type options struct {
+	kernels   listFlag
+	pkgs      repeatFlag
+	files     repeatFlag
+	run       string
+	testTO    time.Duration
+	testFlags string
+	timeout   time.Duration
+	out       string
+	cache     string
+	parallel  int
+	verbose   bool
+	list      bool
+	fetchOnly bool
+	accel     string
+	memory    string
+	cpus      int
+	appendArg string
+	qemu      string
+	busybox   string
+	keyring   string
+	mirror    string
+	security  string
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("kernels", flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: go run ./tests/kernels [flags] [-pkg PATTERN]... [PATTERN...]\n\n"+
+			"Boots each pinned kernel (%s) under qemu and runs the packages' tests in it as root.\n\nflags:\n", pinFileName)
+		fs.PrintDefaults()
+	}
+	fs.Var(&o.kernels, "kernel", "kernel or guest to boot, e.g. 6.1 or 6.12-nobpflsm (repeatable; default all)")
+	fs.Var(&o.pkgs, "pkg", "Go package pattern whose tests run in every guest (repeatable)")
+	fs.Var(&o.files, "file", "host file or directory to add to the guest, SRC or SRC=/GUEST/PATH (default /bridle/files/BASENAME; repeatable)")
+	fs.StringVar(&o.run, "run", "", "passed to the test binaries as -test.run")
+	fs.DurationVar(&o.testTO, "testtimeout", 10*time.Minute, "passed to each test binary as -test.timeout (0: none)")
+	fs.StringVar(&o.testFlags, "testflags", "", "more flags for every test binary, space-separated, e.g. \"-test.failfast\"")
+	fs.DurationVar(&o.timeout, "timeout", 15*time.Minute, "per-guest limit for boot plus all tests (software emulation runs ~4x slower than the host)")
+	fs.StringVar(&o.out, "out", "", "directory for serial logs, binaries and the initramfs (default: a new temporary directory)")
+	fs.StringVar(&o.cache, "cache", defaultCache(), "kernel package cache (env BRIDLE_KERNEL_CACHE)")
+	fs.IntVar(&o.parallel, "parallel", 1, "guests to run at once (each uses -smp CPUs)")
+	fs.BoolVar(&o.verbose, "v", false, "stream every guest's console while it runs")
+	fs.BoolVar(&o.list, "list", false, "list the guests and exit")
+	fs.BoolVar(&o.fetchOnly, "fetch-only", false, "download and unpack the selected kernels, then exit")
+	// TCG is the default because it is what CI has; a /dev/kvm that opens is
+	// no proof that KVM works (nested setups fail at the first MSR write).
+	fs.StringVar(&o.accel, "accel", "tcg,thread=multi", "qemu -accel value; -accel kvm where KVM works")
+	fs.StringVar(&o.memory, "memory", "1G", "guest memory (qemu -m)")
+	fs.IntVar(&o.cpus, "smp", 2, "guest CPUs (qemu -smp)")
+	fs.StringVar(&o.appendArg, "append", "", "extra kernel command line words")
+	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary (Debian package qemu-system-x86)")
+	fs.StringVar(&o.busybox, "busybox", "/bin/busybox", "static busybox for the guest (Debian package busybox-static)")
+	fs.StringVar(&o.keyring, "keyring", "/usr/share/keyrings/debian-archive-keyring.gpg", "keyring the private sources list trusts (Debian package debian-archive-keyring)")
+	fs.StringVar(&o.mirror, "mirror", "", "Debian archive base URI (default: the machine's own, from /etc/apt)")
+	fs.StringVar(&o.security, "security-mirror", "", "Debian security archive base URI (default: the machine's own)")
+	_ = fs.Parse(os.Args[1:])
+	o.pkgs = append(o.pkgs, fs.Args()...)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	code, err := run(ctx, o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kernels:", err)
+		if code == 0 {
+			code = 2
+		}
+	}
+	os.Exit(code)
+}
+
+// defaultCache follows BRIDLE_KERNEL_CACHE, then the XDG cache directory.
+func defaultCache() string {
+	if d := os.Getenv("BRIDLE_KERNEL_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "bridle", "kernels")
+	}
+	return filepath.Join(os.TempDir(), "bridle-kernels-cache")
+}
+
+// run returns the exit status: 0 all guests passed, 1 some guest failed, 2 the
+// runner itself could not do its job (err says why).
+func run(ctx context.Context, o options) (int, error) {
+	pinned, err := parseKernels(pinFile)
+	if err != nil {
+		return 2, fmt.Errorf("%s: %w", pinFileName, err)
+	}
+	guests, err := selectGuests(guestsOf(pinned), o.kernels)
+	if err != nil {
+		return 2, err
+	}
+	if o.list {
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "GUEST\tPACKAGE\tLSM\tEXEC MODE")
+		for _, g := range guests {
+			lsm := lsmWithoutBPF
+			if g.BPFLSM {
+				lsm = lsmWithBPF
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", g.Name, g.Kernel.Package, lsm, g.ExecMode())
+		}
+		return 0, w.Flush()
+	}
+	if !o.fetchOnly && len(o.pkgs) == 0 {
+		return 2, errors.New("no test packages: pass -pkg PATTERN (e.g. -pkg ./loader -pkg ./tests/e2e)")
+	}
+	var extra []extraFile
+	for _, f := range o.files {
+		ef, err := parseExtraFile(f)
+		if err != nil {
+			return 2, err
+		}
+		if _, err := os.Stat(ef.Src); err != nil {
+			return 2, fmt.Errorf("-file: %w", err)
+		}
+		extra = append(extra, ef)
+	}
+	if !o.fetchOnly {
+		if _, err := exec.LookPath(o.qemu); err != nil {
+			return 2, fmt.Errorf("%s not found; install it with: apt-get install qemu-system-x86", o.qemu)
+		}
+		if err := checkStaticBusybox(o.busybox); err != nil {
+			return 2, err
+		}
+	}
+
+	// Kernels first: a stale pin should fail before minutes of compiling.
+	cache := &kernelCache{Dir: o.cache, Keyring: o.keyring, Log: os.Stderr, Mirrors: func() (mirrors, error) {
+		return pickMirrors(o.mirror, o.security)
+	}}
+	images := map[string]string{}
+	for _, k := range kernelsOf(guests) {
+		if err := ctx.Err(); err != nil {
+			return 2, err
+		}
+		if _, err := os.Stat(o.keyring); err != nil && !cache.cached(k) {
+			return 2, fmt.Errorf("keyring %s: %w; install it with: apt-get install debian-archive-keyring", o.keyring, err)
+		}
+		img, err := cache.image(k, pinned)
+		if err != nil {
+			return 2, err
+		}
+		images[k.Name] = img
+		fmt.Fprintf(os.Stderr, "kernel %s: %s\n", k.Name, img)
+	}
+	if o.fetchOnly {
+		return 0, nil
+	}
+
+	out := o.out
+	if out == "" {
+		if out, err = os.MkdirTemp("", "bridle-kernels-"); err != nil {
+			return 2, err
+		}
+	}
+	binDir := filepath.Join(out, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return 2, err
+	}
+	pkgs, err := buildTests(o.pkgs, binDir, os.Stderr)
+	if err != nil {
+		return 2, err
+	}
+	var expected []string
+	for _, p := range pkgs {
+		expected = append(expected, p.Binary.Name)
+	}
+	flags := []string{}
+	if o.run != "" {
+		flags = append(flags, "-test.run="+o.run)
+	}
+	if o.testTO > 0 {
+		flags = append(flags, "-test.timeout="+o.testTO.String())
+	}
+	flags = append(flags, strings.Fields(o.testFlags)...)
+	t, err := guestTree(o.busybox, pkgs, extra, flags)
+	if err != nil {
+		return 2, err
+	}
+	initrd := filepath.Join(out, "initramfs.cpio")
+	if err := writeTree(t, initrd); err != nil {
+		return 2, err
+	}
+
+	cfg := vmConfig{
+		Qemu: o.qemu, Accel: o.accel, Memory: o.memory, CPUs: o.cpus,
+		Initrd: initrd, Append: o.appendArg, Timeout: o.timeout,
+	}
+	runs := runGuests(ctx, cfg, guests, images, out, expected, o)
+	failed := summarize(os.Stdout, runs, expected)
+	fmt.Printf("\nserial logs, binaries and initramfs: %s\n", out)
+	if ctx.Err() != nil {
+		return 2, ctx.Err()
+	}
+	if failed {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+func pickMirrors(debian, security string) (mirrors, error) {
+	if debian != "" && security != "" {
+		return mirrors{Debian: debian, Security: security}, nil
+	}
+	m, err := readHostMirrors()
+	if debian != "" {
+		m.Debian, err = debian, nil
+	}
+	if security != "" {
+		m.Security = security
+	}
+	return m, err
+}
+
+// cached says whether the kernel's image is already unpacked, so a run with
+// a warm cache needs neither the network nor the keyring.
+func (c *kernelCache) cached(k kernel) bool {
+	_, err := os.Stat(filepath.Join(c.Dir, "images", k.Package, "vmlinuz"))
+	return err == nil
+}
+
+func writeTree(t tree, p string) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	if err := t.write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// runGuests boots the guests, o.parallel at a time (default one: each guest
+// keeps two host cores busy under software emulation).
+func runGuests(ctx context.Context, cfg vmConfig, guests []guest, images map[string]string, out string, expected []string, o options) []guestRun {
+	runs := make([]guestRun, len(guests))
+	par := max(o.parallel, 1)
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i, g := range guests {
+		sem <- struct{}{}
+		if ctx.Err() != nil {
+			<-sem
+			runs[i] = guestRun{Guest: g, Err: ctx.Err()}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var live io.Writer
+			if o.verbose {
+				live = &prefixWriter{w: os.Stdout, prefix: "[" + g.Name + "] ", mu: &mu}
+			}
+			mu.Lock()
+			fmt.Fprintf(os.Stderr, "guest %s: booting %s (lsm %s)\n", g.Name, g.Kernel.Package, map[bool]string{true: "with bpf", false: "without bpf"}[g.BPFLSM])
+			mu.Unlock()
+			logPath := filepath.Join(out, "serial-"+g.Name+".log")
+			r := bootGuest(ctx, cfg, g, images[g.Kernel.Name], logPath, live)
+			runs[i] = r
+			mu.Lock()
+			status := "ok"
+			if ps := guestProblems(r, expected); len(ps) > 0 {
+				status = ps[0]
+			}
+			fmt.Fprintf(os.Stderr, "guest %s: finished in %s: %s\n", g.Name, r.Total.Round(100*time.Millisecond), status)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return runs
+}
+
+// guestProblems combines qemu's fate with what the console said.
+func guestProblems(r guestRun, expected []string) []string {
+	var ps []string
+	if r.Err != nil {
+		ps = append(ps, r.Err.Error())
+	}
+	return append(ps, r.Report.problems(expected)...)
+}
+
+// summarize prints the table, the guest facts and the failures, and says
+// whether anything failed.
+func summarize(w io.Writer, runs []guestRun, expected []string) bool {
+	failed := false
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GUEST\tKERNEL\tPASS\tFAIL\tSKIP\tBOOT\tTOTAL\tRESULT")
+	for _, r := range runs {
+		pass, fail, skip := r.Report.counts()
+		result := "ok"
+		if ps := guestProblems(r, expected); len(ps) > 0 {
+			result, failed = "FAIL", true
+		}
+		kv := r.Report.Facts["uname"]
+		if kv == "" {
+			kv = "?"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Guest.Name, kv, pass, fail, skip,
+			r.Boot.Round(100*time.Millisecond), r.Total.Round(100*time.Millisecond), result)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nguest facts (from the guest's /init):")
+	for _, r := range runs {
+		f := r.Report.Facts
+		fmt.Fprintf(w, "  %s: lsm=%s btf=%s cgroup2=%s bpffs=%s securityfs=%s tracefs=%s lo=%s expect_exec_mode=%s\n",
+			r.Guest.Name, orDash(f["lsm"]), orDash(f["btf"]), orDash(f["mount.cgroup2"]), orDash(f["mount.bpf"]),
+			orDash(f["mount.securityfs"]), orDash(f["mount.tracefs"]), orDash(f["net.lo"]), orDash(f["expect_exec_mode"]))
+	}
+
+	for _, r := range runs {
+		ps := guestProblems(r, expected)
+		if len(ps) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nguest %s FAILED (full console: %s):\n", r.Guest.Name, r.Log)
+		for _, p := range ps {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		for _, b := range r.Report.Binaries {
+			if b.Ended && b.Exit == 0 && len(b.Results) > 0 {
+				continue
+			}
+			fmt.Fprintf(w, "  --- output of %s ---\n", b.Name)
+			lines := b.Output
+			const keep = 300
+			if len(lines) > keep {
+				fmt.Fprintf(w, "  (first %d lines omitted)\n", len(lines)-keep)
+				lines = lines[len(lines)-keep:]
+			}
+			for _, l := range lines {
+				fmt.Fprintf(w, "  %s\n", l)
+			}
+		}
+		if len(r.Report.Dmesg) > 0 {
+			fmt.Fprintf(w, "  --- kernel messages during the tests ---\n")
+			for _, l := range r.Report.Dmesg {
+				fmt.Fprintf(w, "  %s\n", l)
+			}
+		}
+	}
+	return failed
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// prefixWriter labels each line of a guest's live console, so parallel
+// guests stay readable.
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+	mu     *sync.Mutex
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, err := io.WriteString(p.w, p.prefix+strings.TrimRight(string(b), "\r\n")+"\n")
+	return len(b), err
+}

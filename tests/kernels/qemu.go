@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// vmConfig is what every guest of a run shares.
+type vmConfig struct {
+	Qemu    string
+	Accel   string // e.g. tcg,thread=multi
+	Memory  string // e.g. 1G
+	CPUs    int
+	Initrd  string
+	Append  string // extra kernel command line words
+	Timeout time.Duration
+}
+
+// qemuArgs is the boot line: no firmware devices beyond the serial port
+// (-nodefaults), the console on stdio, and -no-reboot so that poweroff, a
+// panic (panic=-1) or init exiting all end qemu.
+func qemuArgs(c vmConfig, vmlinuz, cmdline string) []string {
+	return []string{
+		"-accel", c.Accel,
+		"-cpu", "max",
+		"-smp", fmt.Sprint(c.CPUs),
+		"-m", c.Memory,
+		"-nodefaults",
+		"-display", "none",
+		"-serial", "stdio",
+		"-no-reboot",
+		"-kernel", vmlinuz,
+		"-initrd", c.Initrd,
+		"-append", cmdline,
+	}
+}
+
+// guestRun is one finished boot.
+type guestRun struct {
+	Guest    guest
+	Report   guestReport
+	Log      string        // path of the full serial log
+	Boot     time.Duration // qemu start until init's first marker
+	Total    time.Duration // qemu start until qemu exit
+	TimedOut bool
+	Err      error // qemu could not run, or exited badly
+}
+
+// bootGuest runs one guest to completion, writing its console to logPath and,
+// if live is not nil, to live as it arrives.
+func bootGuest(ctx context.Context, c vmConfig, g guest, vmlinuz, logPath string, live io.Writer) guestRun {
+	run := guestRun{Guest: g, Log: logPath}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+
+	logf, err := os.Create(logPath)
+	if err != nil {
+		run.Err = err
+		return run
+	}
+	defer logf.Close()
+
+	cmdl := cmdline(g, c.Append)
+	args := qemuArgs(c, vmlinuz, cmdl)
+	fmt.Fprintf(logf, "# %s %s\n", c.Qemu, strings.Join(args, " "))
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		run.Err = err
+		return run
+	}
+	cmd := exec.CommandContext(ctx, c.Qemu, args...)
+	cmd.Stdout = pw
+	cmd.Stderr = pw
+	cmd.WaitDelay = 10 * time.Second
+
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		pr.Close()
+		run.Err = fmt.Errorf("start %s: %w", c.Qemu, err)
+		return run
+	}
+	pw.Close()
+
+	var out strings.Builder
+	sink := io.Writer(logf)
+	if live != nil {
+		sink = io.MultiWriter(logf, live)
+	}
+	br := bufio.NewReaderSize(pr, 64<<10)
+	for {
+		line, rerr := br.ReadString('\n')
+		if line != "" {
+			if run.Boot == 0 && strings.Contains(line, markerPrefix) {
+				run.Boot = time.Since(start)
+			}
+			out.WriteString(line)
+			_, _ = io.WriteString(sink, line)
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	pr.Close()
+	werr := cmd.Wait()
+	run.Total = time.Since(start)
+	run.Report = parseSerial(out.String())
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		run.TimedOut = true
+		run.Err = fmt.Errorf("timed out after %s", c.Timeout)
+	case ctx.Err() != nil:
+		run.Err = ctx.Err()
+	case werr != nil:
+		run.Err = fmt.Errorf("qemu: %w", werr)
+	}
+	return run
+}
