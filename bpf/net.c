@@ -191,4 +191,85 @@ int bridle_sock_create(struct bpf_sock *sk)
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
 
+/*
+ * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
+ * sendto() of an ICMP echo would pass unseen. This egress program judges
+ * every packet a workload's ping socket sends by the same rules; all other
+ * packets pass at the cost of one socket-type check.
+ */
+SEC("cgroup_skb/egress")
+int bridle_ping_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return CGROUP_ALLOW;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->type != SOCK_DGRAM ||
+	    (sk->protocol != IPPROTO_ICMP && sk->protocol != IPPROTO_ICMPV6))
+		return CGROUP_ALLOW;
+
+	/* The packet's socket, not the current task, owns this decision. */
+	struct bridle_ctx c;
+	__u64 id = bpf_skb_cgroup_id(skb);
+	struct bridle_workload *w = bpf_map_lookup_elem(&bridle_cgroups, &id);
+	if (!w) {
+		for (int level = BRIDLE_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
+			__u64 anc = bpf_skb_ancestor_cgroup_id(skb, level);
+			if (!anc)
+				continue;
+			w = bpf_map_lookup_elem(&bridle_cgroups, &anc);
+			if (w) {
+				id = anc;
+				break;
+			}
+		}
+	}
+	bridle_resolve(&c, id, w);
+
+	int family = sk->family == AF_INET6 ? 6 : 4;
+	__u32 ip6[4] = {};
+	__u32 ip4 = 0;
+	struct bridle_ports *ports;
+	if (family == 4) {
+		if (bpf_skb_load_bytes(skb, 16, &ip4, 4)) /* iphdr.daddr */
+			return CGROUP_REFUSE;
+		struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = c.slot, .proto = IPPROTO_ICMP};
+		__builtin_memcpy(k.addr, &ip4, 4);
+		ports = bpf_map_lookup_elem(&bridle_net4, &k);
+	} else {
+		if (bpf_skb_load_bytes(skb, 24, ip6, 16)) /* ipv6hdr.daddr */
+			return CGROUP_REFUSE;
+		if (is_v4_mapped(ip6)) {
+			family = 4;
+			ip4 = ip6[3];
+			struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = c.slot, .proto = IPPROTO_ICMP};
+			__builtin_memcpy(k.addr, &ip4, 4);
+			ports = bpf_map_lookup_elem(&bridle_net4, &k);
+		} else {
+			struct bridle_net6_key k = {.prefixlen = 64 + 128, .slot = c.slot, .proto = IPPROTO_ICMP};
+			__builtin_memcpy(k.addr, ip6, 16);
+			ports = bpf_map_lookup_elem(&bridle_net6, &k);
+		}
+	}
+	int allowed = ports != 0;
+	__u8 verdict;
+	int refuse = bridle_decide(&c, allowed, &verdict);
+	if (bridle_should_emit(&c, verdict)) {
+		struct bridle_event *e = bridle_event_reserve();
+		if (e) {
+			bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict,
+					  allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
+					  BRIDLE_ENFORCEMENT_CGROUP);
+			e->proto = BRIDLE_PROTO_ICMP;
+			e->family = family;
+			if (family == 4)
+				__builtin_memcpy(e->addr, &ip4, 4);
+			else
+				__builtin_memcpy(e->addr, ip6, 16);
+			bridle_event_submit(e);
+		}
+	}
+	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
+}
+
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -249,6 +249,7 @@ func (e *Enforcer) AttachCgroup(path string) error {
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, e.net.BridleSendmsg4},
 		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, e.net.BridleSendmsg6},
 		{"sock_create", ebpf.AttachCGroupInetSockCreate, e.net.BridleSockCreate},
+		{"ping_egress", ebpf.AttachCGroupInetEgress, e.net.BridlePingEgress},
 	}
 	if e.unix != nil {
 		list = append(list,

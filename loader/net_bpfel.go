@@ -163,6 +163,7 @@ const (
 	netMapBridleUnix              = "bridle_unix"
 	netProgBridleConnect4         = "bridle_connect4"
 	netProgBridleConnect6         = "bridle_connect6"
+	netProgBridlePingEgress       = "bridle_ping_egress"
 	netProgBridleSendmsg4         = "bridle_sendmsg4"
 	netProgBridleSendmsg6         = "bridle_sendmsg6"
 	netProgBridleSockCreate       = "bridle_sock_create"
@@ -226,6 +227,7 @@ type netSpecs struct {
 type netProgramSpecs struct {
 	BridleConnect4   *ebpf.ProgramSpec `ebpf:"bridle_connect4"`
 	BridleConnect6   *ebpf.ProgramSpec `ebpf:"bridle_connect6"`
+	BridlePingEgress *ebpf.ProgramSpec `ebpf:"bridle_ping_egress"`
 	BridleSendmsg4   *ebpf.ProgramSpec `ebpf:"bridle_sendmsg4"`
 	BridleSendmsg6   *ebpf.ProgramSpec `ebpf:"bridle_sendmsg6"`
 	BridleSockCreate *ebpf.ProgramSpec `ebpf:"bridle_sock_create"`
@@ -334,6 +336,7 @@ type netVariables struct {
 type netPrograms struct {
 	BridleConnect4   *ebpf.Program `ebpf:"bridle_connect4"`
 	BridleConnect6   *ebpf.Program `ebpf:"bridle_connect6"`
+	BridlePingEgress *ebpf.Program `ebpf:"bridle_ping_egress"`
 	BridleSendmsg4   *ebpf.Program `ebpf:"bridle_sendmsg4"`
 	BridleSendmsg6   *ebpf.Program `ebpf:"bridle_sendmsg6"`
 	BridleSockCreate *ebpf.Program `ebpf:"bridle_sock_create"`
@@ -343,6 +346,7 @@ func (p *netPrograms) Close() error {
 	return _NetClose(
 		p.BridleConnect4,
 		p.BridleConnect6,
+		p.BridlePingEgress,
 		p.BridleSendmsg4,
 		p.BridleSendmsg6,
 		p.BridleSockCreate,

@@ -24,29 +24,11 @@ struct bridle_ctx {
 };
 
 /*
- * Looks the current cgroup up, then its ancestors, so a process that ends up
- * in a sub-cgroup of a workload stays governed by that workload. Returns 0
- * when no workload encloses the process.
+ * Resolves a workload entry found (or not) for cgroup id into a task slot,
+ * honouring the task's expiry.
  */
-static __always_inline int bridle_find_workload(struct bridle_ctx *c)
+static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct bridle_workload *w)
 {
-	struct bridle_workload *w;
-	__u64 id = bpf_get_current_cgroup_id();
-
-	w = bpf_map_lookup_elem(&bridle_cgroups, &id);
-	if (!w) {
-		/* Deepest registered ancestor wins; level 0 is the root. */
-		for (int level = BRIDLE_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
-			__u64 anc = bpf_get_current_ancestor_cgroup_id(level);
-			if (!anc)
-				continue;
-			w = bpf_map_lookup_elem(&bridle_cgroups, &anc);
-			if (w) {
-				id = anc;
-				break;
-			}
-		}
-	}
 	c->cgroup_id = id;
 	c->found = 0;
 	c->slot = BRIDLE_BASELINE_SLOT;
@@ -74,6 +56,32 @@ static __always_inline int bridle_find_workload(struct bridle_ctx *c)
 	c->slot = slot;
 	c->reason_if_unmatched = BRIDLE_REASON_NO_RULE;
 	return 1;
+}
+
+/*
+ * Looks the current cgroup up, then its ancestors, so a process that ends up
+ * in a sub-cgroup of a workload stays governed by that workload. Returns 0
+ * when no workload encloses the process.
+ */
+static __always_inline int bridle_find_workload(struct bridle_ctx *c)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	struct bridle_workload *w = bpf_map_lookup_elem(&bridle_cgroups, &id);
+
+	if (!w) {
+		/* Deepest registered ancestor wins; level 0 is the root. */
+		for (int level = BRIDLE_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
+			__u64 anc = bpf_get_current_ancestor_cgroup_id(level);
+			if (!anc)
+				continue;
+			w = bpf_map_lookup_elem(&bridle_cgroups, &anc);
+			if (w) {
+				id = anc;
+				break;
+			}
+		}
+	}
+	return bridle_resolve(c, id, w);
 }
 
 static __always_inline void bridle_count_drop(void)

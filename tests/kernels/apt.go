@@ -375,8 +375,8 @@ func unpackImage(deb, dir string) error {
 	return os.Rename(staged, dir)
 }
 
-// aptErrors keeps apt's "E:" lines, which say why a command failed, and
-// falls back to the exit status.
+// aptErrors keeps apt's first "E:" line, which says why a command failed,
+// and falls back to the exit status.
 func aptErrors(output string, err error) string {
 	var es []string
 	sc := bufio.NewScanner(strings.NewReader(output))
@@ -388,5 +388,5 @@ func aptErrors(output string, err error) string {
 	if len(es) == 0 {
 		return err.Error()
 	}
-	return strings.Join(es, "; ")
+	return es[0]
 }

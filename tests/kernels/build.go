@@ -108,15 +108,70 @@ func parseExtraFile(s string) (extraFile, error) {
 	return extraFile{Src: src, Dst: path.Clean(dst)}, nil
 }
 
+// parseBuild reads a -build flag, PKG or PKG=/GUEST/PATH; without a guest
+// path the command goes to /bridle/files/NAME, NAME being the package
+// directory's last element (./cmd/bridle -> bridle).
+func parseBuild(s string) (extraFile, error) {
+	pkg, dst, _ := strings.Cut(s, "=")
+	if pkg == "" {
+		return extraFile{}, fmt.Errorf("-build %q: want PKG or PKG=/GUEST/PATH", s)
+	}
+	if dst == "" {
+		name := path.Base(filepath.ToSlash(pkg))
+		if name == "." || name == "/" || name == ".." {
+			abs, err := filepath.Abs(pkg)
+			if err != nil {
+				return extraFile{}, err
+			}
+			name = filepath.Base(abs)
+		}
+		dst = path.Join(guestFiles, name)
+	}
+	if !path.IsAbs(dst) {
+		return extraFile{}, fmt.Errorf("-build %q: the guest path must be absolute", s)
+	}
+	return extraFile{Src: pkg, Dst: path.Clean(dst)}, nil
+}
+
+// buildCommands compiles each -build package into a static binary under
+// outDir and returns them as extra files for the guest.
+func buildCommands(builds []extraFile, outDir string, log io.Writer) ([]extraFile, error) {
+	var out []extraFile
+	for i, b := range builds {
+		bin := filepath.Join(outDir, fmt.Sprintf("%d-%s", i, path.Base(b.Dst)))
+		fmt.Fprintf(log, "go build %s\n", b.Src)
+		cmd := exec.Command("go", "build", "-o", bin, b.Src)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		cmd.Stdout = log
+		cmd.Stderr = log
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("go build %s: %w", b.Src, err)
+		}
+		out = append(out, extraFile{Src: bin, Dst: b.Dst})
+	}
+	return out, nil
+}
+
+// parseEnv reads a -env flag, KEY=VALUE with KEY a shell variable name.
+func parseEnv(s string) (string, error) {
+	k, _, ok := strings.Cut(s, "=")
+	valid := ok && k != "" && !isDigit(k[0]) &&
+		strings.Trim(k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == ""
+	if !valid {
+		return "", fmt.Errorf("-env %q: want KEY=VALUE", s)
+	}
+	return s, nil
+}
+
 // guestTree assembles the initramfs: the base system, each test binary, each
 // package's testdata directory at the binary's working directory, and the
 // extra files.
-func guestTree(busybox string, pkgs []builtPackage, extra []extraFile, flags []string) (tree, error) {
+func guestTree(busybox string, pkgs []builtPackage, extra []extraFile, flags, env []string) (tree, error) {
 	var bins []testBinary
 	for _, p := range pkgs {
 		bins = append(bins, p.Binary)
 	}
-	t := baseTree(busybox, initScript(bins, flags))
+	t := baseTree(busybox, initScript(bins, flags, env))
 	for _, p := range pkgs {
 		t.add(entry{Path: path.Join(guestBin, p.Binary.Name), Mode: 0o755, Src: p.HostBin})
 		t.dir(p.Binary.Dir)

@@ -294,6 +294,8 @@ for w in $(cat /proc/cmdline); do
 	bridle.expect_exec_mode=*) export BRIDLE_EXPECT_EXEC_MODE="${w#*=}" ;;
 	esac
 done
+{{range .Env}}export {{.}}
+{{end -}}
 fact uname "$(uname -r)"
 fact lsm "$(cat /sys/kernel/security/lsm 2>/dev/null)"
 if [ -e /sys/kernel/btf/vmlinux ]; then fact btf yes; else fact btf no; fi
@@ -320,8 +322,14 @@ poweroff -f
 `))
 
 // initScript renders /init for the given binaries; flags are passed to every
-// binary after -test.v -test.count=1 and are shell-quoted here.
-func initScript(bins []testBinary, flags []string) string {
+// binary after -test.v -test.count=1, env (KEY=VALUE) is exported before
+// the tests; both are shell-quoted here.
+func initScript(bins []testBinary, flags, env []string) string {
+	var qenv []string
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		qenv = append(qenv, k+"="+shellQuote(v))
+	}
 	quoted := make([]string, len(flags))
 	for i, f := range flags {
 		quoted[i] = shellQuote(f)
@@ -332,7 +340,7 @@ func initScript(bins []testBinary, flags []string) string {
 	}
 	var b strings.Builder
 	err := initTemplate.Execute(&b, map[string]any{
-		"Binaries": qbins, "Flags": quoted, "Bin": guestBin,
+		"Binaries": qbins, "Flags": quoted, "Env": qenv, "Bin": guestBin,
 		"Fact": markerFact, "Begin": markerBegin, "End": markerEnd,
 		"Dmesg": markerDmesg, "Done": markerDone,
 	})

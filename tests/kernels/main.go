@@ -49,6 +49,8 @@ type options struct {
 	kernels   listFlag
 	pkgs      repeatFlag
 	files     repeatFlag
+	builds    repeatFlag
+	env       repeatFlag
 	run       string
 	testTO    time.Duration
 	testFlags string
@@ -81,6 +83,8 @@ func main() {
 	fs.Var(&o.kernels, "kernel", "kernel or guest to boot, e.g. 6.1 or 6.12-nobpflsm (repeatable; default all)")
 	fs.Var(&o.pkgs, "pkg", "Go package pattern whose tests run in every guest (repeatable)")
 	fs.Var(&o.files, "file", "host file or directory to add to the guest, SRC or SRC=/GUEST/PATH (default /bridle/files/BASENAME; repeatable)")
+	fs.Var(&o.builds, "build", "Go command to build statically and add to the guest, PKG or PKG=/GUEST/PATH (default /bridle/files/NAME; repeatable)")
+	fs.Var(&o.env, "env", "KEY=VALUE exported to the test binaries in the guest (repeatable)")
 	fs.StringVar(&o.run, "run", "", "passed to the test binaries as -test.run")
 	fs.DurationVar(&o.testTO, "testtimeout", 10*time.Minute, "passed to each test binary as -test.timeout (0: none)")
 	fs.StringVar(&o.testFlags, "testflags", "", "more flags for every test binary, space-separated, e.g. \"-test.failfast\"")
@@ -165,6 +169,19 @@ func run(ctx context.Context, o options) (int, error) {
 		}
 		extra = append(extra, ef)
 	}
+	var builds []extraFile
+	for _, b := range o.builds {
+		ef, err := parseBuild(b)
+		if err != nil {
+			return 2, err
+		}
+		builds = append(builds, ef)
+	}
+	for _, e := range o.env {
+		if _, err := parseEnv(e); err != nil {
+			return 2, err
+		}
+	}
 	if !o.fetchOnly {
 		if _, err := exec.LookPath(o.qemu); err != nil {
 			return 2, fmt.Errorf("%s not found; install it with: apt-get install qemu-system-x86", o.qemu)
@@ -211,6 +228,11 @@ func run(ctx context.Context, o options) (int, error) {
 	if err != nil {
 		return 2, err
 	}
+	cmds, err := buildCommands(builds, binDir, os.Stderr)
+	if err != nil {
+		return 2, err
+	}
+	extra = append(extra, cmds...)
 	var expected []string
 	for _, p := range pkgs {
 		expected = append(expected, p.Binary.Name)
@@ -223,7 +245,7 @@ func run(ctx context.Context, o options) (int, error) {
 		flags = append(flags, "-test.timeout="+o.testTO.String())
 	}
 	flags = append(flags, strings.Fields(o.testFlags)...)
-	t, err := guestTree(o.busybox, pkgs, extra, flags)
+	t, err := guestTree(o.busybox, pkgs, extra, flags, o.env)
 	if err != nil {
 		return 2, err
 	}
@@ -349,8 +371,12 @@ func summarize(w io.Writer, runs []guestRun, expected []string) bool {
 		if kv == "" {
 			kv = "?"
 		}
+		boot := "-"
+		if r.Boot > 0 {
+			boot = r.Boot.Round(100 * time.Millisecond).String()
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Guest.Name, kv, pass, fail, skip,
-			r.Boot.Round(100*time.Millisecond), r.Total.Round(100*time.Millisecond), result)
+			boot, r.Total.Round(100*time.Millisecond), result)
 	}
 	tw.Flush()
 

@@ -1,0 +1,28 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func p0() int { return os.Getpid() }
+
+func symlink(target, link string) error { return os.Symlink(target, link) }
+
+// chmodAll opens a test directory (and what is in it) to the workload user.
+func chmodAll(t testing.TB, dir string) {
+	t.Helper()
+	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755|os.ModeSticky&0); err != nil {
+			t.Fatal(err)
+		}
+		if d == os.TempDir() {
+			break
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		_ = os.Chmod(filepath.Join(dir, e.Name()), 0o777)
+	}
+}
