@@ -195,7 +195,8 @@ int bridle_sock_create(struct bpf_sock *sk)
  * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
  * sendto() of an ICMP echo would pass unseen. This egress program judges
  * every packet a workload's ping socket sends by the same rules; all other
- * packets pass at the cost of one socket-type check.
+ * packets pass at the cost of one socket-type check. Packet programs may
+ * not read the current task on older kernels, so these events carry no pid.
  */
 SEC("cgroup_skb/egress")
 int bridle_ping_egress(struct __sk_buff *skb)
@@ -255,7 +256,7 @@ int bridle_ping_egress(struct __sk_buff *skb)
 	__u8 verdict;
 	int refuse = bridle_decide(&c, allowed, &verdict);
 	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
+		struct bridle_event *e = bridle_event_reserve_bare();
 		if (e) {
 			bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict,
 					  allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,

@@ -92,7 +92,8 @@ static __always_inline void bridle_count_drop(void)
 		__sync_fetch_and_add(n, 1);
 }
 
-static __always_inline struct bridle_event *bridle_event_reserve(void)
+/* Reserves a zeroed event; a full ring is counted, never silent. */
+static __always_inline struct bridle_event *bridle_event_reserve_bare(void)
 {
 	struct bridle_event *e = bpf_ringbuf_reserve(&bridle_events, sizeof(*e), 0);
 	if (!e) {
@@ -101,6 +102,16 @@ static __always_inline struct bridle_event *bridle_event_reserve(void)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->time_ns = bpf_ktime_get_boot_ns();
+	return e;
+}
+
+/* As bridle_event_reserve_bare, with the current process filled in; for
+ * programs that run in the acting task's context. */
+static __always_inline struct bridle_event *bridle_event_reserve(void)
+{
+	struct bridle_event *e = bridle_event_reserve_bare();
+	if (!e)
+		return 0;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	return e;

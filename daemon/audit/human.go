@@ -43,6 +43,9 @@ func (r Record) AllowFlag() string {
 	case r.Protocol == "unix":
 		return "--allow-unix " + r.Path
 	case r.Action == "exec":
+		if !fileOnDisk(r.Path) {
+			return "" // a memfd or a descriptor: no path names it
+		}
 		return "--allow-exec " + r.Path
 	case r.Address != "" && (r.Protocol == "tcp" || r.Protocol == "udp" || r.Protocol == "icmp"):
 		return "--allow-connect " + r.Protocol + ":" + hostPort(r.Address, r.Port, r.Protocol)
@@ -66,7 +69,15 @@ func (r Record) Line() string {
 			b.WriteString("; allow with " + f)
 		} else if r.Action == "socket" {
 			b.WriteString("; no flag allows this")
+		} else if r.Action == "exec" {
+			b.WriteString("; run by descriptor, so no path names it: allow the binary's file with --allow-exec")
 		}
 	}
 	return b.String()
+}
+
+// fileOnDisk reports whether an exec name is a path a flag can allow, rather
+// than a descriptor (/dev/fd/N, /proc/self/fd/N) or a relative name.
+func fileOnDisk(p string) bool {
+	return strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "/dev/fd/") && !strings.HasPrefix(p, "/proc/")
 }

@@ -28,7 +28,16 @@ var (
 	binDir    string // world-readable directory holding both
 	netnsPath string // the network namespace the tests run in
 	execMode  string // what Bridle's own probe chose: lsm or kill
+	features  status // what `bridle status` reported
 )
+
+// status is the part of `bridle status --json` the tests use.
+type status struct {
+	Kernel     string `json:"kernel"`
+	ExecMode   string `json:"exec_mode"`
+	UnixHooks  bool   `json:"unix_hooks"`
+	UnixReason string `json:"unix_reason"`
+}
 
 // workloadUser is the unprivileged user workloads run as.
 const workloadUser = "nobody"
@@ -166,15 +175,16 @@ func inNetns(t testing.TB, f func()) {
 func probeExecMode() (string, error) {
 	out, err := exec.Command(bridleBin, "status", "--json").Output()
 	if err != nil {
-		return "", fmt.Errorf("bridle status: %w", err)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		return "", fmt.Errorf("bridle status: %w: %s", err, stderr)
 	}
-	var st struct {
-		ExecMode string `json:"exec_mode"`
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
+	if err := json.Unmarshal(out, &features); err != nil {
 		return "", err
 	}
-	return st.ExecMode, nil
+	return features.ExecMode, nil
 }
 
 // result is what one `bridle run` did.

@@ -143,6 +143,9 @@ func TestICMP(t *testing.T) {
 }
 
 func TestUnixSockets(t *testing.T) {
+	if !features.UnixHooks {
+		t.Skipf("kernel %s has no cgroup unix socket hooks (6.7+): %s", features.Kernel, features.UnixReason)
+	}
 	dir := t.TempDir()
 	allowedPath := filepath.Join(dir, "allowed.sock")
 	otherPath := filepath.Join(dir, "other.sock")

@@ -14,7 +14,7 @@ func symlink(target, link string) error { return os.Symlink(target, link) }
 func chmodAll(t testing.TB, dir string) {
 	t.Helper()
 	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755|os.ModeSticky&0); err != nil {
+		if err := os.Chmod(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if d == os.TempDir() {

@@ -268,19 +268,29 @@ type kernelCache struct {
 	updated bool
 }
 
+func (c *kernelCache) vmlinuz(k kernel) string {
+	return filepath.Join(c.Dir, "images", k.Package, "vmlinuz")
+}
+
+// cached says whether the kernel's image is already unpacked, so a run with
+// a warm cache needs neither the network nor the keyring.
+func (c *kernelCache) cached(k kernel) bool {
+	_, err := os.Stat(c.vmlinuz(k))
+	return err == nil
+}
+
 // image returns the path of the pinned kernel's vmlinuz, downloading and
 // unpacking the package only when the cache lacks it.
 func (c *kernelCache) image(k kernel, all []kernel) (string, error) {
-	dir := filepath.Join(c.Dir, "images", k.Package)
-	vmlinuz := filepath.Join(dir, "vmlinuz")
-	if _, err := os.Stat(vmlinuz); err == nil {
+	vmlinuz := c.vmlinuz(k)
+	if c.cached(k) {
 		return vmlinuz, nil
 	}
 	deb, err := c.deb(k, all)
 	if err != nil {
 		return "", err
 	}
-	if err := unpackImage(deb, dir); err != nil {
+	if err := unpackImage(deb, filepath.Dir(vmlinuz)); err != nil {
 		return "", fmt.Errorf("kernel %s: unpack %s: %w", k.Name, filepath.Base(deb), err)
 	}
 	return vmlinuz, nil

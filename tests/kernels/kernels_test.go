@@ -154,3 +154,20 @@ func TestNaturalLess(t *testing.T) {
 		}
 	}
 }
+
+func TestBootFlake(t *testing.T) {
+	panicked := guestRun{Report: parseSerial("[ 1.7] Kernel panic - not syncing: Fatal exception in interrupt\n")}
+	if !panicked.bootFlake() {
+		t.Error("panic before /init is not treated as a boot flake")
+	}
+	started := panicked
+	started.Boot = 1
+	if started.bootFlake() {
+		t.Error("panic after /init started is treated as a boot flake; it may be the code under test")
+	}
+	slow := panicked
+	slow.TimedOut = true
+	if slow.bootFlake() {
+		t.Error("a timeout is retried")
+	}
+}

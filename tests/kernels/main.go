@@ -284,13 +284,6 @@ func pickMirrors(debian, security string) (mirrors, error) {
 	return m, err
 }
 
-// cached says whether the kernel's image is already unpacked, so a run with
-// a warm cache needs neither the network nor the keyring.
-func (c *kernelCache) cached(k kernel) bool {
-	_, err := os.Stat(filepath.Join(c.Dir, "images", k.Package, "vmlinuz"))
-	return err == nil
-}
-
 func writeTree(t tree, p string) error {
 	f, err := os.Create(p)
 	if err != nil {
@@ -331,6 +324,18 @@ func runGuests(ctx context.Context, cfg vmConfig, guests []guest, images map[str
 			mu.Unlock()
 			logPath := filepath.Join(out, "serial-"+g.Name+".log")
 			r := bootGuest(ctx, cfg, g, images[g.Kernel.Name], logPath, live)
+			if r.bootFlake() && ctx.Err() == nil {
+				// One more boot, keeping the first console for whoever
+				// wants to look at the flake.
+				why := "first boot died before /init: " + strings.Join(guestProblems(r, nil), "; ")
+				first := filepath.Join(out, "serial-"+g.Name+".boot1.log")
+				_ = os.Rename(logPath, first)
+				mu.Lock()
+				fmt.Fprintf(os.Stderr, "guest %s: %s (console: %s); booting again\n", g.Name, why, first)
+				mu.Unlock()
+				r = bootGuest(ctx, cfg, g, images[g.Kernel.Name], logPath, live)
+				r.Retried = why
+			}
 			runs[i] = r
 			mu.Lock()
 			status := "ok"
@@ -367,6 +372,9 @@ func summarize(w io.Writer, runs []guestRun, expected []string) bool {
 		if ps := guestProblems(r, expected); len(ps) > 0 {
 			result, failed = "FAIL", true
 		}
+		if r.Retried != "" {
+			result += " (2nd boot)"
+		}
 		kv := r.Report.Facts["uname"]
 		if kv == "" {
 			kv = "?"
@@ -388,6 +396,11 @@ func summarize(w io.Writer, runs []guestRun, expected []string) bool {
 			orDash(f["mount.securityfs"]), orDash(f["mount.tracefs"]), orDash(f["net.lo"]), orDash(f["expect_exec_mode"]))
 	}
 
+	for _, r := range runs {
+		if r.Retried != "" {
+			fmt.Fprintf(w, "\nguest %s was booted twice: %s\n", r.Guest.Name, r.Retried)
+		}
+	}
 	for _, r := range runs {
 		ps := guestProblems(r, expected)
 		if len(ps) == 0 {

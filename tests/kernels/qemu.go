@@ -50,7 +50,16 @@ type guestRun struct {
 	Boot     time.Duration // qemu start until init's first marker
 	Total    time.Duration // qemu start until qemu exit
 	TimedOut bool
-	Err      error // qemu could not run, or exited badly
+	Err      error  // qemu could not run, or exited badly
+	Retried  string // why the first boot was discarded, if it was
+}
+
+// bootFlake says whether a run died before its init printed anything, other
+// than by timing out. Such a death cannot come from the code under test; the
+// one seen here is an int3 oops while the kernel patches its own text during
+// boot, a rare race of multi-threaded TCG on a busy host.
+func (r guestRun) bootFlake() bool {
+	return r.Boot == 0 && !r.TimedOut && (r.Report.Panic != "" || r.Err != nil)
 }
 
 // bootGuest runs one guest to completion, writing its console to logPath and,

@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// wantExecRefused checks the exec was stopped the way this kernel's mode
+// promises: EPERM from execve under BPF LSM, SIGKILL of the new image in
+// kill mode. Either way Bridle must have recorded the denial.
+func wantExecRefused(t testing.TB, r result, path string) string {
+	t.Helper()
+	switch execMode {
+	case "lsm":
+		if r.status != 2 || !strings.HasPrefix(r.probeLine(), "EPERM") {
+			t.Fatalf("lsm mode: want EPERM from exec, got status %d line %q", r.status, r.probeLine())
+		}
+	case "kill":
+		if r.status != 128+9 || r.stdout != "" {
+			t.Fatalf("kill mode: want the new image killed (status 137, no output), got status %d stdout %q", r.status, r.stdout)
+		}
+	default:
+		t.Fatalf("unknown exec mode %q", execMode)
+	}
+	rec := wantRecord(t, r, "deny", "exec", "")
+	if rec.Enforcement != execMode {
+		t.Fatalf("record enforcement %q, want %q", rec.Enforcement, execMode)
+	}
+	if path != "" && rec.Path != path {
+		t.Fatalf("record path %q, want %q", rec.Path, path)
+	}
+	return rec.Path
+}
+
+
+// copyExecutable copies a binary into a fresh world-readable directory.
+func copyExecutable(t testing.TB, src, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	chmodAll(t, dir)
+	dst := filepath.Join(dir, name)
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func TestExec(t *testing.T) {
+	allowTrue := []string{"--allow-exec", "/usr/bin/true"}
+
+	t.Run("allowed", func(t *testing.T) {
+		r := probe(t, allowTrue, "exec", "/usr/bin/true")
+		if r.status != 0 {
+			t.Fatalf("status %d: %s", r.status, r.stderr)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		r := probe(t, allowTrue, "exec", "/usr/bin/id")
+		wantExecRefused(t, r, "/usr/bin/id")
+		if !strings.Contains(r.stderr, "allow with --allow-exec /usr/bin/id") {
+			t.Fatalf("denial line does not name the flag:\n%s", r.stderr)
+		}
+	})
+	t.Run("directory allows what is below it", func(t *testing.T) {
+		r := probe(t, []string{"--allow-exec", "/usr/bin/"}, "exec", "/usr/bin/id")
+		if r.status != 0 || !strings.Contains(r.stdout, "uid=") {
+			t.Fatalf("status %d stdout %q", r.status, r.stdout)
+		}
+	})
+	t.Run("copy of an allowed binary refused", func(t *testing.T) {
+		cp := copyExecutable(t, "/usr/bin/true", "true-copy")
+		wantExecRefused(t, probe(t, allowTrue, "exec", cp), cp)
+	})
+	t.Run("hard link of a refused binary refused", func(t *testing.T) {
+		refused := copyExecutable(t, "/usr/bin/id", "id")
+		link := filepath.Join(filepath.Dir(refused), "innocent")
+		if err := os.Link(refused, link); err != nil {
+			t.Fatal(err)
+		}
+		wantExecRefused(t, probe(t, allowTrue, "exec", link), link)
+	})
+	t.Run("hard link of an allowed binary is the same binary", func(t *testing.T) {
+		allowed := copyExecutable(t, "/usr/bin/true", "allowed")
+		link := filepath.Join(filepath.Dir(allowed), "link")
+		if err := os.Link(allowed, link); err != nil {
+			t.Fatal(err)
+		}
+		r := probe(t, []string{"--allow-exec", allowed}, "exec", link)
+		if r.status != 0 {
+			t.Fatalf("status %d", r.status)
+		}
+	})
+	t.Run("symlink to a refused binary refused", func(t *testing.T) {
+		dir := t.TempDir()
+		chmodAll(t, dir)
+		link := filepath.Join(dir, "true")
+		if err := os.Symlink("/usr/bin/id", link); err != nil {
+			t.Fatal(err)
+		}
+		wantExecRefused(t, probe(t, allowTrue, "exec", link), link)
+	})
+	t.Run("memfd copy of an allowed binary refused", func(t *testing.T) {
+		wantExecRefused(t, probe(t, allowTrue, "exec-memfd", "/usr/bin/true"), "")
+	})
+	t.Run("memfd refused", func(t *testing.T) {
+		wantExecRefused(t, probe(t, allowTrue, "exec-memfd", "/usr/bin/id"), "")
+	})
+	t.Run("execveat empty path refused", func(t *testing.T) {
+		wantExecRefused(t, probe(t, allowTrue, "execveat", "/usr/bin/id"), "")
+	})
+	t.Run("execveat empty path allowed", func(t *testing.T) {
+		if r := probe(t, allowTrue, "execveat", "/usr/bin/true"); r.status != 0 {
+			t.Fatalf("status %d", r.status)
+		}
+	})
+	t.Run("proc self fd refused", func(t *testing.T) {
+		wantExecRefused(t, probe(t, allowTrue, "exec-procfd", "/usr/bin/id"), "")
+	})
+	t.Run("dynamic loader on a refused binary refused", func(t *testing.T) {
+		// ld.so maps the target itself, with no exec of it: the loader
+		// must not be runnable, and is not unless allowed by name.
+		wantExecRefused(t, probe(t, allowTrue, "exec", "/lib64/ld-linux-x86-64.so.2", "/usr/bin/id"), "/lib64/ld-linux-x86-64.so.2")
+	})
+	t.Run("script with a refused interpreter refused", func(t *testing.T) {
+		dir := t.TempDir()
+		chmodAll(t, dir)
+		script := filepath.Join(dir, "script")
+		if err := os.WriteFile(script, []byte("#!/usr/bin/dash\necho ran\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		r := probe(t, []string{"--allow-exec", script}, "exec", script)
+		wantExecRefused(t, r, script)
+		if strings.Contains(r.stdout, "ran") {
+			t.Fatal("the script ran")
+		}
+	})
+	t.Run("script with its interpreter allowed runs", func(t *testing.T) {
+		dir := t.TempDir()
+		chmodAll(t, dir)
+		script := filepath.Join(dir, "script")
+		if err := os.WriteFile(script, []byte("#!/usr/bin/dash\necho ran\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		r := probe(t, []string{"--allow-exec", script, "--allow-exec", "/usr/bin/dash"}, "exec", script)
+		if r.status != 0 || !strings.Contains(r.stdout, "ran") {
+			t.Fatalf("status %d stdout %q", r.status, r.stdout)
+		}
+	})
+}
+
+// Children, double-forked daemons and new sessions stay in the workload's
+// cgroup and under its rules.
+func TestDescendantsStayConfined(t *testing.T) {
+	p := tcpListener(t, "tcp4", "127.0.0.1:0")
+	target := fmt.Sprintf("127.0.0.1:%d", p)
+
+	t.Run("fork", func(t *testing.T) {
+		wantRefused(t, probe(t, nil, "spawn", "tcp", target), "connect", "tcp")
+	})
+	t.Run("fork allowed", func(t *testing.T) {
+		wantAllowed(t, probe(t, []string{"--allow-connect", "tcp:" + target}, "spawn", "tcp", target))
+	})
+	t.Run("double fork and setsid", func(t *testing.T) {
+		dir := t.TempDir()
+		chmodAll(t, dir)
+		if err := os.Chmod(dir, 0o777); err != nil { // the daemon writes here
+			t.Fatal(err)
+		}
+		resultFile := filepath.Join(dir, "result")
+		// The shell waits (boundedly) for the daemon's verdict; the daemon
+		// is no longer its descendant by then.
+		script := fmt.Sprintf("%s daemonize %s tcp %s >/dev/null; i=0; while [ ! -e %s ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; cat %s",
+			probeBin, resultFile, target, resultFile, resultFile)
+		r := bridleRun(t, []string{"--allow-exec", probeBin, "--allow-exec", "/usr/bin/"}, "/bin/sh", "-c", script)
+		if !strings.HasPrefix(r.stdout, "EPERM") {
+			t.Fatalf("daemonized connect: %q (status %d)", r.stdout, r.status)
+		}
+		wantRecord(t, r, "deny", "connect", "tcp")
+	})
+	t.Run("forked child exec refused", func(t *testing.T) {
+		r := probe(t, nil, "spawn", "exec", "/usr/bin/id")
+		switch execMode {
+		case "kill":
+			if !strings.HasPrefix(r.stdout, "killed SIGKILL") {
+				t.Fatalf("child not killed: %q", r.stdout)
+			}
+		case "lsm":
+			if !strings.HasPrefix(r.stdout, "EPERM") {
+				t.Fatalf("child exec not refused: %q", r.stdout)
+			}
+		}
+		wantRecord(t, r, "deny", "exec", "")
+	})
+}
