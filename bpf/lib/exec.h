@@ -11,11 +11,39 @@
 #include <bpf/bpf_core_read.h>
 #include "workload.h"
 
+/*
+ * Finds the workload of the current task by walking its cgroup v2 ancestry
+ * through kernel structures: tracing and LSM programs on older kernels may
+ * not call bpf_get_current_ancestor_cgroup_id. The nearest registered
+ * cgroup wins, as in bridle_find_workload.
+ */
+static __always_inline int bridle_find_workload_task(struct bridle_ctx *c)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	struct bridle_workload *w = 0;
+	__u64 id = 0;
+
+	for (int i = 0; i < BRIDLE_MAX_CGROUP_DEPTH && cg; i++) {
+		__u64 cur = BPF_CORE_READ(cg, kn, id);
+		if (i == 0)
+			id = cur;
+		w = bpf_map_lookup_elem(&bridle_cgroups, &cur);
+		if (w) {
+			id = cur;
+			break;
+		}
+		/* A cgroup's own css is its first member: css == cgroup. */
+		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+	}
+	return bridle_resolve(c, id, w);
+}
+
 /* Returns 1 when the exec of bprm->file must be stopped. */
 static __always_inline int check_exec(struct linux_binprm *bprm, __u8 enforcement)
 {
 	struct bridle_ctx c;
-	if (!bridle_find_workload(&c))
+	if (!bridle_find_workload_task(&c))
 		return 0; /* not a workload: exec hooks see every process */
 
 	struct file *file = BPF_CORE_READ(bprm, file);

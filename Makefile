@@ -1,0 +1,45 @@
+# Bridle. Everything that touches the kernel needs root: run `sudo make ...`.
+GO        ?= go
+BIN       := bin
+CLANG     ?= clang-19
+PKGS      := ./...
+
+.PHONY: all build generate check-generated lint test test-kernels bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/bridle ./cmd/bridle
+
+# Regenerate the BPF objects and their Go bindings (needs clang-19, llvm-19,
+# libbpf-dev). The results are committed so `go build` needs no C toolchain.
+generate:
+	cd loader && $(GO) generate ./...
+
+# CI: the committed objects must be exactly what the pinned clang makes.
+check-generated: generate
+	git diff --exit-code -- loader bpf || { echo "generated BPF objects are stale: run make generate and commit" >&2; exit 1; }
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:" $$out >&2; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# The whole suite against the real kernel: real cgroups, programs, processes.
+test: lint
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+# The privileged suite inside Debian kernels under qemu (BPF LSM mode too).
+test-kernels:
+	$(GO) run ./tests/kernels -pkg ./loader -pkg ./tests/e2e \
+		-build ./cmd/bridle -build ./tests/probe \
+		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_PROBE=/bridle/files/probe
+
+bench:
+	@echo "bench: see docs/BENCHMARKS.md"
+
+demo: build
+	$(GO) build -o $(BIN)/demo-listen ./tests/demo
+	./tests/demo/demo.sh $(BIN)
+
+clean:
+	rm -rf $(BIN)
