@@ -12,9 +12,6 @@
 
 #define AF_INET 2
 #define AF_INET6 10
-#define AF_UNIX 1
-#define AF_NETLINK 16
-#define AF_PACKET 17
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 #define SOCK_RAW 3
@@ -158,9 +155,9 @@ int bridle_sendmsg6(struct bpf_sock_addr *ctx)
 
 /*
  * Raw sockets reach any host and protocol without passing the connect and
- * sendmsg hooks, so a workload may not create them at all. Packet sockets
- * are refused here on kernels that run this hook for them; elsewhere the
- * dropped CAP_NET_RAW is what stops them.
+ * sendmsg hooks, so a workload may not create them at all. The kernel runs
+ * this hook for AF_INET and AF_INET6 sockets only: packet sockets are kept
+ * from workloads by the CAP_NET_RAW they never have.
  */
 SEC("cgroup/sock_create")
 int bridle_sock_create(struct bpf_sock *sk)
@@ -168,9 +165,7 @@ int bridle_sock_create(struct bpf_sock *sk)
 	__u32 family = sk->family, type = sk->type;
 	__u8 event_proto;
 
-	if (family == AF_PACKET)
-		event_proto = BRIDLE_PROTO_PACKET;
-	else if (type == SOCK_RAW)
+	if (type == SOCK_RAW)
 		event_proto = BRIDLE_PROTO_RAW;
 	else
 		return CGROUP_ALLOW;

@@ -130,11 +130,12 @@ func TestConnectAllowedAndRefused(t *testing.T) {
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
 
+	probe := probeBinary(t)
 	rs, err := policy.Compile(policy.Envelope{Egress: []policy.EgressRule{{
 		Protocol: policy.ProtoTCP,
 		Prefix:   netip.MustParsePrefix("127.0.0.1/32"),
 		Ports:    []policy.PortRange{{First: uint16(port), Last: uint16(port)}},
-	}}, Exec: []policy.ExecRule{{Path: "/usr/bin/bash"}}})
+	}}, Exec: []policy.ExecRule{{Path: probe}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,12 +154,12 @@ func TestConnectAllowedAndRefused(t *testing.T) {
 	}
 	defer rd.Close()
 
-	out, err := runIn(t, cg, "/usr/bin/bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d && echo ok", port))
-	if err != nil || !strings.Contains(out, "ok") {
+	out, err := runIn(t, cg, probe, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil || !strings.HasPrefix(out, "ok") {
 		t.Fatalf("allowed connect: %v %s", err, out)
 	}
-	out, err = runIn(t, cg, "/usr/bin/bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d && echo ok", port+1))
-	if err == nil || !strings.Contains(out, "Operation not permitted") {
+	out, err = runIn(t, cg, probe, "tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
+	if err == nil || !strings.Contains(out, "EPERM connect") {
 		t.Fatalf("refused connect: %v %s", err, out)
 	}
 	ev, err := rd.Read()

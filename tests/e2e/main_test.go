@@ -27,6 +27,12 @@ var (
 	probeBin  string // tests/probe, run inside workloads
 	binDir    string // world-readable directory holding both
 	netnsPath string // the network namespace the tests run in
+
+	// Two copies of the probe: distinct binaries (inodes) with identical
+	// content, so exec tests need nothing from the system they run on.
+	toolsDir    string
+	allowedTool string
+	refusedTool string
 	execMode  string // what Bridle's own probe chose: lsm or kill
 	features  status // what `bridle status` reported
 )
@@ -77,6 +83,18 @@ func run(m *testing.M) int {
 		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			return 1
+		}
+	}
+	toolsDir = filepath.Join(binDir, "tools")
+	allowedTool, refusedTool = filepath.Join(toolsDir, "allowed"), filepath.Join(toolsDir, "refused")
+	if err := os.Mkdir(toolsDir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, p := range []string{allowedTool, refusedTool} {
+		if err := copyFile(probeBin, p); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -26,7 +27,7 @@ func TestAuditMode(t *testing.T) {
 		t.Fatalf("no would-deny line:\n%s", r.stderr)
 	}
 	t.Run("exec runs and is recorded", func(t *testing.T) {
-		r := probe(t, []string{"--mode", "audit"}, "exec", "/usr/bin/true")
+		r := probe(t, []string{"--mode", "audit"}, "exec", refusedTool, "sleep", "0")
 		if r.status != 0 {
 			t.Fatalf("status %d", r.status)
 		}
@@ -38,23 +39,23 @@ func TestAuditMode(t *testing.T) {
 // before is refused after, and so is an exec, even though no process ended.
 func TestTTLExpiry(t *testing.T) {
 	p := tcpListener(t, "tcp4", "127.0.0.1:0")
-	script := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && echo before-ok
-read -t 3 line <&4
-exec 3<>/dev/tcp/127.0.0.1/%d && echo after-ok || echo after-refused
-/usr/bin/true && echo exec-ok || echo exec-refused`, p, p)
-	// fd 4 is a pipe nobody writes to, so read -t is a pure-bash sleep.
-	script = "exec 4< <(exec /usr/bin/sleep 10); " + script
-	r := bridleRun(t, []string{"--ttl", "1500ms", "--allow-connect", fmt.Sprintf("tcp:127.0.0.1:%d", p),
-		"--allow-exec", "/usr/bin/"}, "/usr/bin/bash", "-c", script)
-	for _, want := range []string{"before-ok", "after-refused", "exec-refused"} {
-		if !strings.Contains(r.stdout, want) {
-			t.Fatalf("want %q in output %q", want, r.stdout)
-		}
+	target := fmt.Sprintf("127.0.0.1:%d", p)
+	// Three processes, all started by the shell: one connects at once, one
+	// was started before expiry and connects after it, one is exec'd
+	// after expiry.
+	script := fmt.Sprintf("%s tcp %s; %s after 2 tcp %s; %s sleep 0 || echo exec-refused",
+		probeBin, target, probeBin, target, probeBin)
+	r := bridleRun(t, []string{"--ttl", "1s", "--allow-connect", "tcp:" + target, "--allow-exec", probeBin},
+		"/bin/sh", "-c", script)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) < 3 || lines[0] != "ok" || !strings.HasPrefix(lines[1], "EPERM connect") || lines[len(lines)-1] != "exec-refused" {
+		t.Fatalf("want ok, then EPERM connect, then exec-refused; got %q", lines)
 	}
 	rec := wantRecord(t, r, "deny", "connect", "tcp")
 	if rec.Reason != "task expired" && rec.Reason != "no active task" {
 		t.Fatalf("refusal after expiry has reason %q", rec.Reason)
 	}
+	wantRecord(t, r, "deny", "exec", "")
 	if !strings.Contains(r.stderr, "expired") {
 		t.Fatalf("expiry not reported:\n%s", r.stderr)
 	}
@@ -165,7 +166,7 @@ func TestBadFlags(t *testing.T) {
 	}
 	for name, flags := range cases {
 		t.Run(name, func(t *testing.T) {
-			r := bridleRun(t, flags, "/usr/bin/touch", marker)
+			r := bridleRun(t, append(flags, "--allow-exec", probeBin), probeBin, "touch", marker)
 			if r.status == 0 {
 				t.Fatal("bad flag accepted")
 			}
@@ -178,7 +179,7 @@ func TestBadFlags(t *testing.T) {
 		})
 	}
 	t.Run("no user and no sudo", func(t *testing.T) {
-		c := exec.Command(bridleBin, "run", "--", "/usr/bin/touch", marker)
+		c := exec.Command(bridleBin, "run", "--", probeBin, "touch", marker)
 		c.Env = append(os.Environ(), "SUDO_USER=")
 		out, err := c.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "--user") {
@@ -193,17 +194,23 @@ func TestBadFlags(t *testing.T) {
 // The workload runs without privilege: no capabilities, no_new_privs, the
 // requested user.
 func TestWorkloadPrivileges(t *testing.T) {
-	r := bridleRun(t, []string{"--user", "root", "--allow-exec", "/usr/bin/"}, "/usr/bin/grep", "-E", "^(Uid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs)", "/proc/self/status")
+	r := probe(t, []string{"--user", "root"}, "creds")
 	if r.status != 0 {
 		t.Fatalf("status %d: %s", r.status, r.stderr)
 	}
-	for _, want := range []string{"CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1"} {
-		if !strings.Contains(r.stdout, want) {
+	for _, want := range []string{"Uid: 0 0 0 0", "CapInh: 0000000000000000", "CapPrm: 0000000000000000", "CapEff: 0000000000000000",
+		"CapBnd: 0000000000000000", "CapAmb: 0000000000000000", "NoNewPrivs: 1"} {
+		if !strings.Contains(r.stdout, want+"\n") {
 			t.Errorf("root workload: want %q in\n%s", want, r.stdout)
 		}
 	}
-	r = bridleRun(t, []string{"--allow-exec", "/usr/bin/"}, "/usr/bin/id", "-un")
-	if strings.TrimSpace(r.stdout) != workloadUser {
-		t.Fatalf("ran as %q, want %q", r.stdout, workloadUser)
+	u, err := user.Lookup(workloadUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = probe(t, nil, "creds")
+	want := fmt.Sprintf("Uid: %s %s %s %s", u.Uid, u.Uid, u.Uid, u.Uid)
+	if !strings.Contains(r.stdout, want) || !strings.Contains(r.stdout, "CapEff: 0000000000000000") {
+		t.Fatalf("want %q and no capabilities in\n%s", want, r.stdout)
 	}
 }

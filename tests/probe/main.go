@@ -110,6 +110,12 @@ func init() {
 		"daemonize":       actDaemonize,
 		"sleep":           actSleep,
 		"hold-tcp":        actHoldTCP,
+		"udp-flood":       actUDPFlood,
+		"after":           actAfter,
+		"wait-file":       actWaitFile,
+		"touch":           actTouch,
+		"creds":           actCreds,
+		"run-script":      actRunScript,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon": actDaemonIntermediate,
 		"__report": actReport,

@@ -534,3 +534,38 @@ func errLabel(err error) string {
 	}
 	return err.Error()
 }
+
+// actUDPFlood connects an unconnected UDP socket to ADDR:PORT N times as fast
+// as it can: the flood an agent could use to bury its actions in decision
+// events. Prints how many connects were refused and allowed.
+func actUDPFlood(args []string) outcome {
+	if len(args) != 2 {
+		return usage("udp-flood ADDR:PORT COUNT")
+	}
+	ep, err := parseEndpoint(args[0])
+	if err != nil {
+		return usage("%v", err)
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil || n <= 0 {
+		return usage("udp-flood: bad count %q", args[1])
+	}
+	fd, err := unix.Socket(ep.family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return failure("socket", err)
+	}
+	defer unix.Close(fd)
+	sa := ep.sockaddr()
+	var refused, allowed int
+	for i := 0; i < n; i++ {
+		switch err := unix.Connect(fd, sa); err {
+		case nil:
+			allowed++
+		case unix.EPERM:
+			refused++
+		default:
+			return failure("connect", err)
+		}
+	}
+	return ok(fmt.Sprintf("refused=%d allowed=%d", refused, allowed))
+}

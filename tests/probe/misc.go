@@ -1,0 +1,88 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The actions here give the e2e tests what a shell and coreutils would,
+// so the same tests run in kernel-matrix guests that have neither.
+
+// actAfter sleeps, then runs ACTION in this same process: an action taken
+// after a task expired, without a new exec.
+func actAfter(args []string) outcome {
+	if len(args) < 2 {
+		return usage("after SECONDS ACTION [ARGS...]")
+	}
+	if o := actSleep(args[:1]); o.code != exitOK {
+		return o
+	}
+	return run(args[1:])
+}
+
+// actWaitFile waits up to SECONDS for PATH to exist and prints its first
+// line: the verdict a detached grandchild left behind.
+func actWaitFile(args []string) outcome {
+	if len(args) != 2 {
+		return usage("wait-file PATH SECONDS")
+	}
+	secs, err := strconv.ParseFloat(args[1], 64)
+	if err != nil {
+		return usage("wait-file: bad SECONDS %q", args[1])
+	}
+	deadline := time.Now().Add(time.Duration(secs * float64(time.Second)))
+	for {
+		b, err := os.ReadFile(args[0])
+		if err == nil {
+			line, _, _ := strings.Cut(string(b), "\n")
+			return outcome{line, exitOK}
+		}
+		if time.Now().After(deadline) {
+			return outcome{"error ETIMEDOUT", exitError}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// actTouch creates PATH: evidence that a command ran.
+func actTouch(args []string) outcome {
+	if len(args) != 1 {
+		return usage("touch PATH")
+	}
+	f, err := os.Create(args[0])
+	if err != nil {
+		return failure("open", err)
+	}
+	f.Close()
+	return ok("")
+}
+
+// actCreds prints the credentials the process runs with, from
+// /proc/self/status, one "Name: value" per line after the ok line.
+func actCreds(args []string) outcome {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return failure("read", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"Uid:", "Gid:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:"} {
+			if strings.HasPrefix(l, k) {
+				lines = append(lines, strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
+	return outcome{"ok\n" + strings.Join(lines, "\n"), exitOK}
+}
+
+// actRunScript makes the probe usable as a #! interpreter: the kernel runs
+// "probe run-script SCRIPT", and it prints that it ran.
+func actRunScript(args []string) outcome {
+	if len(args) != 1 {
+		return usage("run-script SCRIPT")
+	}
+	return ok(fmt.Sprintf("ran %s", args[0]))
+}
