@@ -61,6 +61,46 @@ static __always_inline int is_v4_mapped(const __u32 ip6[4])
 	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff);
 }
 
+/* A destination as the rules see it: IPv4-mapped IPv6 becomes IPv4. */
+struct dest {
+	int family; /* 4 or 6 */
+	__u32 ip4;
+	__u32 ip6[4];
+};
+
+static __always_inline void dest_from_v6(struct dest *d, const __u32 ip6[4])
+{
+	if (is_v4_mapped(ip6)) {
+		d->family = 4;
+		d->ip4 = ip6[3]; /* judged by the IPv4 rules */
+		return;
+	}
+	d->family = 6;
+	__builtin_memcpy(d->ip6, ip6, 16);
+}
+
+/* The port list of the longest rule prefix covering d, or NULL. */
+static __always_inline struct bridle_ports *lookup_dest(__u32 slot, __u32 proto, const struct dest *d)
+{
+	if (d->family == 4) {
+		struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = slot, .proto = proto};
+		__builtin_memcpy(k.addr, &d->ip4, 4);
+		return bpf_map_lookup_elem(&bridle_net4, &k);
+	}
+	struct bridle_net6_key k = {.prefixlen = 64 + 128, .slot = slot, .proto = proto};
+	__builtin_memcpy(k.addr, d->ip6, 16);
+	return bpf_map_lookup_elem(&bridle_net6, &k);
+}
+
+static __always_inline void event_set_dest(struct bridle_event *e, const struct dest *d)
+{
+	e->family = d->family;
+	if (d->family == 4)
+		__builtin_memcpy(e->addr, &d->ip4, 4);
+	else
+		__builtin_memcpy(e->addr, d->ip6, 16);
+}
+
 static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, int v6)
 {
 	struct bridle_ctx c;
@@ -72,21 +112,12 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 	__u8 event_proto;
 	__u32 proto = rule_proto(ctx->type, ctx->protocol, &event_proto);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u32 ip6[4] = {};
-	__u32 ip4 = 0;
-	int family = 4;
-
+	struct dest d = {.family = 4};
 	if (v6) {
-		ip6[0] = ctx->user_ip6[0];
-		ip6[1] = ctx->user_ip6[1];
-		ip6[2] = ctx->user_ip6[2];
-		ip6[3] = ctx->user_ip6[3];
-		if (is_v4_mapped(ip6))
-			ip4 = ip6[3]; /* judged by the IPv4 rules */
-		else
-			family = 6;
+		__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+		dest_from_v6(&d, ip6);
 	} else {
-		ip4 = ctx->user_ip4;
+		d.ip4 = ctx->user_ip4;
 	}
 
 	int allowed = 0;
@@ -94,16 +125,7 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 	if (!proto) {
 		reason = BRIDLE_REASON_PROTOCOL;
 	} else {
-		struct bridle_ports *ports;
-		if (family == 4) {
-			struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = c.slot, .proto = proto};
-			__builtin_memcpy(k.addr, &ip4, 4);
-			ports = bpf_map_lookup_elem(&bridle_net4, &k);
-		} else {
-			struct bridle_net6_key k = {.prefixlen = 64 + 128, .slot = c.slot, .proto = proto};
-			__builtin_memcpy(k.addr, ip6, 16);
-			ports = bpf_map_lookup_elem(&bridle_net6, &k);
-		}
+		struct bridle_ports *ports = lookup_dest(c.slot, proto, &d);
 		if (ports) {
 			allowed = port_allowed(ports, port);
 			reason = allowed ? BRIDLE_REASON_RULE : BRIDLE_REASON_PORT;
@@ -118,11 +140,7 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 			bridle_event_fill(e, &c, action, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
 			e->proto = event_proto;
 			e->port = port;
-			e->family = family;
-			if (family == 4)
-				__builtin_memcpy(e->addr, &ip4, 4);
-			else
-				__builtin_memcpy(e->addr, ip6, 16);
+			event_set_dest(e, &d);
 			bridle_event_submit(e);
 		}
 	}
@@ -206,47 +224,18 @@ int bridle_ping_egress(struct __sk_buff *skb)
 
 	/* The packet's socket, not the current task, owns this decision. */
 	struct bridle_ctx c;
-	__u64 id = bpf_skb_cgroup_id(skb);
-	struct bridle_workload *w = bpf_map_lookup_elem(&bridle_cgroups, &id);
-	if (!w) {
-		for (int level = BRIDLE_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
-			__u64 anc = bpf_skb_ancestor_cgroup_id(skb, level);
-			if (!anc)
-				continue;
-			w = bpf_map_lookup_elem(&bridle_cgroups, &anc);
-			if (w) {
-				id = anc;
-				break;
-			}
-		}
-	}
-	bridle_resolve(&c, id, w);
+	bridle_find_workload_skb(&c, skb);
 
-	int family = sk->family == AF_INET6 ? 6 : 4;
-	__u32 ip6[4] = {};
-	__u32 ip4 = 0;
-	struct bridle_ports *ports;
-	if (family == 4) {
-		if (bpf_skb_load_bytes(skb, 16, &ip4, 4)) /* iphdr.daddr */
-			return CGROUP_REFUSE;
-		struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = c.slot, .proto = IPPROTO_ICMP};
-		__builtin_memcpy(k.addr, &ip4, 4);
-		ports = bpf_map_lookup_elem(&bridle_net4, &k);
-	} else {
+	struct dest d = {.family = 4};
+	if (sk->family == AF_INET6) {
+		__u32 ip6[4];
 		if (bpf_skb_load_bytes(skb, 24, ip6, 16)) /* ipv6hdr.daddr */
 			return CGROUP_REFUSE;
-		if (is_v4_mapped(ip6)) {
-			family = 4;
-			ip4 = ip6[3];
-			struct bridle_net4_key k = {.prefixlen = 64 + 32, .slot = c.slot, .proto = IPPROTO_ICMP};
-			__builtin_memcpy(k.addr, &ip4, 4);
-			ports = bpf_map_lookup_elem(&bridle_net4, &k);
-		} else {
-			struct bridle_net6_key k = {.prefixlen = 64 + 128, .slot = c.slot, .proto = IPPROTO_ICMP};
-			__builtin_memcpy(k.addr, ip6, 16);
-			ports = bpf_map_lookup_elem(&bridle_net6, &k);
-		}
+		dest_from_v6(&d, ip6);
+	} else if (bpf_skb_load_bytes(skb, 16, &d.ip4, 4)) { /* iphdr.daddr */
+		return CGROUP_REFUSE;
 	}
+	struct bridle_ports *ports = lookup_dest(c.slot, IPPROTO_ICMP, &d);
 	int allowed = ports != 0;
 	__u8 verdict;
 	int refuse = bridle_decide(&c, allowed, &verdict);
@@ -257,11 +246,7 @@ int bridle_ping_egress(struct __sk_buff *skb)
 					  allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
 					  BRIDLE_ENFORCEMENT_CGROUP);
 			e->proto = BRIDLE_PROTO_ICMP;
-			e->family = family;
-			if (family == 4)
-				__builtin_memcpy(e->addr, &ip4, 4);
-			else
-				__builtin_memcpy(e->addr, ip6, 16);
+			event_set_dest(e, &d);
 			bridle_event_submit(e);
 		}
 	}

@@ -59,29 +59,36 @@ static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct
 }
 
 /*
- * Looks the current cgroup up, then its ancestors, so a process that ends up
- * in a sub-cgroup of a workload stays governed by that workload. Returns 0
- * when no workload encloses the process.
+ * Finds the workload entry for cgroup id, else for its nearest registered
+ * ancestor (ANCESTOR(level) gives the id at a level, 0 past the cgroup's
+ * depth), so a process in a sub-cgroup of a workload stays governed by it.
  */
+#define BRIDLE_FIND_WORKLOAD(c, first_id, ANCESTOR)                                   \
+	({                                                                            \
+		__u64 __id = (first_id);                                              \
+		struct bridle_workload *__w = bpf_map_lookup_elem(&bridle_cgroups, &__id); \
+		for (int __l = BRIDLE_MAX_CGROUP_DEPTH - 1; !__w && __l >= 0; __l--) {   \
+			__u64 __anc = ANCESTOR(__l);                                  \
+			if (!__anc)                                                   \
+				continue;                                             \
+			__w = bpf_map_lookup_elem(&bridle_cgroups, &__anc);           \
+			if (__w)                                                      \
+				__id = __anc;                                         \
+		}                                                                     \
+		bridle_resolve(c, __id, __w);                                         \
+	})
+
+/* The workload of the current task. Returns 0 when none encloses it. */
 static __always_inline int bridle_find_workload(struct bridle_ctx *c)
 {
-	__u64 id = bpf_get_current_cgroup_id();
-	struct bridle_workload *w = bpf_map_lookup_elem(&bridle_cgroups, &id);
+	return BRIDLE_FIND_WORKLOAD(c, bpf_get_current_cgroup_id(), bpf_get_current_ancestor_cgroup_id);
+}
 
-	if (!w) {
-		/* Deepest registered ancestor wins; level 0 is the root. */
-		for (int level = BRIDLE_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
-			__u64 anc = bpf_get_current_ancestor_cgroup_id(level);
-			if (!anc)
-				continue;
-			w = bpf_map_lookup_elem(&bridle_cgroups, &anc);
-			if (w) {
-				id = anc;
-				break;
-			}
-		}
-	}
-	return bridle_resolve(c, id, w);
+/* The workload of the socket that sends skb. */
+#define BRIDLE_SKB_ANCESTOR(level) bpf_skb_ancestor_cgroup_id(skb, level)
+static __always_inline int bridle_find_workload_skb(struct bridle_ctx *c, struct __sk_buff *skb)
+{
+	return BRIDLE_FIND_WORKLOAD(c, bpf_skb_cgroup_id(skb), BRIDLE_SKB_ANCESTOR);
 }
 
 static __always_inline void bridle_count_drop(void)

@@ -301,15 +301,7 @@ func tcpListener(t testing.TB, network, addr string) int {
 		}
 	})
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(ln)
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
@@ -326,4 +318,15 @@ func udpListener(t testing.TB, network, addr string) int {
 	})
 	t.Cleanup(func() { pc.Close() })
 	return pc.LocalAddr().(*net.UDPAddr).Port
+}
+
+// acceptAndClose serves a listener until it is closed.
+func acceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
 }

@@ -156,15 +156,7 @@ func TestUnixSockets(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		go acceptAndClose(ln)
 	}
 	pc, err := net.ListenPacket("unixgram", dgramPath)
 	if err != nil {
@@ -180,15 +172,7 @@ func TestUnixSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { aln.Close() })
-	go func() {
-		for {
-			c, err := aln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(aln)
 	// The workload user must reach the socket files.
 	chmodAll(t, dir)
 
