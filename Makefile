@@ -1,5 +1,6 @@
 # Bridle. Everything that touches the kernel needs root: run `sudo make ...`.
-GO        ?= go
+# sudo resets PATH, which often drops Go's usual home.
+GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN       := bin
 CLANG     ?= clang-19
 PKGS      := ./...

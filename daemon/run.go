@@ -117,9 +117,6 @@ func prepare(spec RunSpec) (*runner, error) {
 	if r.rules, err = policy.Compile(env); err != nil {
 		return nil, err
 	}
-	if env.TTL > 0 {
-		r.expires = time.Now().Add(env.TTL)
-	}
 	return r, nil
 }
 
@@ -184,6 +181,11 @@ func (r *runner) enforce() error {
 	}
 	if err := r.enf.WriteRules(slot, r.rules); err != nil {
 		return err
+	}
+	// The lifetime starts now, when the grants take effect, not when the
+	// flags were read: loading the programs must not eat into it.
+	if ttl := r.spec.Envelope.TTL; ttl > 0 {
+		r.expires = time.Now().Add(ttl)
 	}
 	if err := r.enf.SetTask(slot, r.expires, 1); err != nil {
 		return err

@@ -43,9 +43,9 @@ func TestTTLExpiry(t *testing.T) {
 	// Three processes, all started by the shell: one connects at once, one
 	// was started before expiry and connects after it, one is exec'd
 	// after expiry.
-	script := fmt.Sprintf("%s tcp %s; %s after 2 tcp %s; %s sleep 0 || echo exec-refused",
+	script := fmt.Sprintf("%s tcp %s; %s after 4 tcp %s; %s sleep 0 || echo exec-refused",
 		probeBin, target, probeBin, target, probeBin)
-	r := bridleRun(t, []string{"--ttl", "1s", "--allow-connect", "tcp:" + target, "--allow-exec", probeBin},
+	r := bridleRun(t, []string{"--ttl", "3s", "--allow-connect", "tcp:" + target, "--allow-exec", probeBin},
 		"/bin/sh", "-c", script)
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if len(lines) < 3 || lines[0] != "ok" || !strings.HasPrefix(lines[1], "EPERM connect") || lines[len(lines)-1] != "exec-refused" {
