@@ -163,7 +163,7 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 		var objs execlsmObjects
 		co := replacementsFor(spec, opts)
 		if err := spec.LoadAndAssign(&objs, &co); err != nil {
-			why = "\"bpf\" is in the active LSM list but this kernel refuses BPF LSM programs: " + rootCause(err)
+			why = "\"bpf\" is in the active LSM list but this kernel refuses BPF LSM programs: " + rootCause(err) + verifierTail(err)
 		} else {
 			l, err := link.AttachLSM(link.LSMOptions{Program: objs.BridleExecLsm})
 			if err != nil {
@@ -208,6 +208,20 @@ func (e *Enforcer) pinExec() error {
 		return fmt.Errorf("load: pin exec link: %w", err)
 	}
 	return nil
+}
+
+// verifierTail is the end of a verifier log, where the verifier says why it
+// refused a program; empty for other errors.
+func verifierTail(err error) string {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) || len(ve.Log) == 0 {
+		return ""
+	}
+	lines := ve.Log
+	if len(lines) > 2 {
+		lines = lines[len(lines)-2:]
+	}
+	return " (verifier: " + strings.Join(lines, " / ") + ")"
 }
 
 // rootCause is the innermost error, without the wrapping context that only
