@@ -40,7 +40,7 @@ var actionNames = map[uint8]string{
 }
 
 var protoNames = map[uint8]string{
-	0: "", // exec events have no protocol
+	0:                                        "", // exec events have no protocol
 	uint8(netBridleProtoBRIDLE_PROTO_TCP):    "tcp",
 	uint8(netBridleProtoBRIDLE_PROTO_UDP):    "udp",
 	uint8(netBridleProtoBRIDLE_PROTO_ICMP):   "icmp",

@@ -35,7 +35,6 @@ func wantExecRefused(t testing.TB, r result, path string) string {
 	return rec.Path
 }
 
-
 // copyExecutable copies a binary into a fresh world-readable directory.
 func copyExecutable(t testing.TB, src, name string) string {
 	t.Helper()

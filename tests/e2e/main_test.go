@@ -33,8 +33,8 @@ var (
 	toolsDir    string
 	allowedTool string
 	refusedTool string
-	execMode  string // what Bridle's own probe chose: lsm or kill
-	features  status // what `bridle status` reported
+	execMode    string // what Bridle's own probe chose: lsm or kill
+	features    status // what `bridle status` reported
 )
 
 // status is the part of `bridle status --json` the tests use.
