@@ -60,7 +60,11 @@ func (r Record) Line() string {
 	if verb == "" {
 		verb = r.Verdict
 	}
-	fmt.Fprintf(&b, "%s %s %s by %s[%d]: %s", verb, r.Action, r.Target(), r.Comm, r.PID, r.Reason)
+	who := fmt.Sprintf("%s[%d]", r.Comm, r.PID)
+	if r.PID == 0 {
+		who = "the workload (packet check)"
+	}
+	fmt.Fprintf(&b, "%s %s %s by %s: %s", verb, r.Action, r.Target(), who, r.Reason)
 	if r.Enforcement == "kill" && r.Verdict == "deny" {
 		b.WriteString(" (killed)")
 	}
