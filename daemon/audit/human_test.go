@@ -1,0 +1,35 @@
+package audit
+
+import "testing"
+
+func TestLine(t *testing.T) {
+	cases := []struct {
+		name string
+		rec  Record
+		want string
+	}{
+		{"tcp v4", Record{Verdict: "deny", Action: "connect", Protocol: "tcp", Address: "10.1.2.3", Port: 443, Comm: "curl", PID: 7, Reason: "no rule allows it", Enforcement: "cgroup"},
+			"denied connect tcp:10.1.2.3:443 by curl[7]: no rule allows it; allow with --allow-connect tcp:10.1.2.3:443"},
+		{"udp v6", Record{Verdict: "would-deny", Action: "sendmsg", Protocol: "udp", Address: "2001:db8::53", Port: 53, Comm: "dig", PID: 8, Reason: "port not allowed"},
+			"would deny sendmsg udp:[2001:db8::53]:53 by dig[8]: port not allowed; allow with --allow-connect udp:[2001:db8::53]:53"},
+		{"icmp from the packet check", Record{Verdict: "deny", Action: "sendmsg", Protocol: "icmp", Address: "192.0.2.1", Reason: "no rule allows it"},
+			"denied sendmsg icmp:192.0.2.1 by the workload (packet check): no rule allows it; allow with --allow-connect icmp:192.0.2.1"},
+		{"unix", Record{Verdict: "deny", Action: "connect", Protocol: "unix", Path: "/run/docker.sock", Comm: "sh", PID: 9, Reason: "no rule allows it"},
+			"denied connect unix:/run/docker.sock by sh[9]: no rule allows it; allow with --allow-unix /run/docker.sock"},
+		{"exec killed", Record{Verdict: "deny", Action: "exec", Path: "/usr/bin/id", Comm: "id", PID: 10, Reason: "no rule allows it", Enforcement: "kill"},
+			"denied exec /usr/bin/id by id[10]: no rule allows it (killed); allow with --allow-exec /usr/bin/id"},
+		{"exec by descriptor", Record{Verdict: "deny", Action: "exec", Path: "/dev/fd/5", Comm: "x", PID: 11, Reason: "no rule allows it", Enforcement: "lsm"},
+			"denied exec /dev/fd/5 by x[11]: no rule allows it; run by descriptor, so no path names it: allow the binary's file with --allow-exec"},
+		{"raw socket", Record{Verdict: "deny", Action: "socket", Protocol: "raw", Comm: "ping", PID: 12, Reason: "socket type not allowed"},
+			"denied socket raw socket by ping[12]: socket type not allowed; no flag allows this"},
+		{"allowed", Record{Verdict: "allow", Action: "connect", Protocol: "tcp", Address: "127.0.0.1", Port: 80, Comm: "c", PID: 1, Reason: "allowed by rule"},
+			"allowed connect tcp:127.0.0.1:80 by c[1]: allowed by rule"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := c.rec.Line(); got != c.want {
+				t.Errorf("got  %q\nwant %q", got, c.want)
+			}
+		})
+	}
+}
