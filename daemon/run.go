@@ -5,8 +5,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
+	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
@@ -39,9 +38,6 @@ type RunSpec struct {
 	Verbose  bool
 	Self     string // the bridle binary, started as the launch shim
 }
-
-// slot is the task slot a standalone run uses; slot 0 is the baseline.
-const slot = 1
 
 // pinParent is where standalone runs pin their programs and maps, one
 // directory per task; cgroupParent likewise for their cgroups.
@@ -72,7 +68,7 @@ type runner struct {
 	path     string // resolved COMMAND
 	creds    workload.Credentials
 	rules    policy.RuleSet
-	expires  time.Time
+	tasks    *tasks.Manager
 
 	cg       workload.Cgroup
 	cgID     uint64
@@ -92,7 +88,7 @@ func prepare(spec RunSpec) (*runner, error) {
 		return nil, errors.New("bridle run needs root to load BPF programs (try sudo)")
 	}
 	r := &runner{spec: spec, stats: newSummary()}
-	r.taskID = newTaskID()
+	r.taskID = tasks.NewTaskID()
 	r.node, _ = os.Hostname()
 	if spec.Records != nil {
 		r.records = audit.NewWriter(spec.Records)
@@ -120,11 +116,6 @@ func prepare(spec RunSpec) (*runner, error) {
 	return r, nil
 }
 
-func newTaskID() string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return "t-" + hex.EncodeToString(b[:])
-}
 
 // resolveUser picks who COMMAND runs as: the named user, else the user sudo
 // was called by. Root needs asking for by name: an agent running as root
@@ -179,19 +170,17 @@ func (r *runner) enforce() error {
 	if len(r.rules.Unix) > 0 && !r.enf.Features().UnixHooks {
 		return fmt.Errorf("--allow-unix needs unix socket hooks: %s", r.enf.Features().UnixReason)
 	}
-	if err := r.enf.WriteRules(slot, r.rules); err != nil {
-		return err
-	}
-	// The lifetime starts now, when the grants take effect, not when the
-	// flags were read: loading the programs must not eat into it.
-	if ttl := r.spec.Envelope.TTL; ttl > 0 {
-		r.expires = time.Now().Add(ttl)
-	}
-	if err := r.enf.SetTask(slot, r.expires, 1); err != nil {
-		return err
-	}
-	mode := loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow}
-	if err := r.enf.BindWorkload(r.cgID, slot, mode); err != nil {
+	r.tasks = tasks.NewManager(r.enf, r.taskEnded)
+	_, err = r.tasks.Start(r.taskID, tasks.StartRequest{
+		Workload: r.cg.Rel(),
+		CgroupID: r.cgID,
+		Identity: r.identity,
+		Intent:   r.spec.Intent,
+		TTL:      r.spec.Envelope.TTL,
+		Rules:    r.rules,
+		Mode:     loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
+	})
+	if err != nil {
 		return err
 	}
 	if err := r.enf.AttachCgroup(r.cg.Path); err != nil {
@@ -235,12 +224,6 @@ func (r *runner) run(ctx context.Context, sigs <-chan os.Signal) (int, error) {
 		return 0, fmt.Errorf("start %s: %w", r.path, err)
 	}
 
-	var ttl <-chan time.Time
-	if !r.expires.IsZero() {
-		t := time.NewTimer(time.Until(r.expires))
-		defer t.Stop()
-		ttl = t.C
-	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
@@ -255,8 +238,6 @@ wait:
 		case <-ctx.Done():
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			ctx = context.Background()
-		case <-ttl:
-			r.expire()
 		}
 	}
 	status, err := exitStatus(err)
@@ -267,16 +248,10 @@ wait:
 	return status, nil
 }
 
-// expire revokes the task's grants. The kernel already judges the workload
-// by the baseline from the expiry instant on; this also removes the rules.
-func (r *runner) expire() {
-	fmt.Fprintf(r.spec.Out, "bridle: task %s expired: its grants are revoked\n", r.taskID)
-	mode := loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow}
-	if err := r.enf.BindWorkload(r.cgID, loader.BaselineSlot, mode); err != nil {
-		fmt.Fprintf(r.spec.Out, "bridle: unbind expired task: %v\n", err)
-	}
-	if err := r.enf.ClearSlot(slot); err != nil {
-		fmt.Fprintf(r.spec.Out, "bridle: clear expired rules: %v\n", err)
+// taskEnded reports a task that ended before its command did.
+func (r *runner) taskEnded(t tasks.Task, reason string) {
+	if reason == "expired" {
+		fmt.Fprintf(r.spec.Out, "bridle: task %s expired: its grants are revoked\n", t.ID)
 	}
 }
 
@@ -301,6 +276,11 @@ func exitStatus(err error) (int, error) {
 // finish ends what COMMAND left running (the task is over), collects the
 // last decisions and prints the summary.
 func (r *runner) finish(status int) {
+	if _, active := r.tasks.Get(r.taskID); active {
+		if err := r.tasks.End(r.taskID, "command exited"); err != nil {
+			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+		}
+	}
 	if pids, _ := r.cg.Procs(); len(pids) > 0 {
 		fmt.Fprintf(r.spec.Out, "bridle: ending %d process(es) the command left in its workload\n", len(pids))
 		if err := r.cg.Kill(5 * time.Second); err != nil {

@@ -1,0 +1,119 @@
+package tasks
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bridle-sh/bridle/loader"
+	"github.com/bridle-sh/bridle/policy"
+)
+
+// recorder notes the order of the manager's kernel writes. Ordering is the
+// manager's whole contract with the kernel (rules before binding, unbinding
+// before deleting); whether the kernel then enforces is proven by the
+// end-to-end tests against real programs.
+type recorder struct {
+	mu    sync.Mutex
+	calls []string
+	fail  string
+}
+
+func (r *recorder) note(s string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, s)
+	if r.fail != "" && strings.HasPrefix(s, r.fail) {
+		return errors.New("injected failure")
+	}
+	return nil
+}
+
+func (r *recorder) WriteRules(slot uint32, rs policy.RuleSet) error {
+	return r.note(fmt.Sprintf("rules %d", slot))
+}
+func (r *recorder) SetTask(slot uint32, expires time.Time, gen uint32) error {
+	return r.note(fmt.Sprintf("task %d", slot))
+}
+func (r *recorder) BindWorkload(cg uint64, slot uint32, _ loader.WorkloadMode) error {
+	return r.note(fmt.Sprintf("bind %d %d", cg, slot))
+}
+func (r *recorder) ClearSlot(slot uint32) error { return r.note(fmt.Sprintf("clear %d", slot)) }
+
+func (r *recorder) log() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.calls, "; ")
+}
+
+func TestStartWritesRulesBeforeBinding(t *testing.T) {
+	k := &recorder{}
+	m := NewManager(k, nil)
+	if _, err := m.Start("t-1", StartRequest{CgroupID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := k.log(), "rules 1; task 1; bind 7 1"; got != want {
+		t.Fatalf("start: %s, want %s", got, want)
+	}
+	k.calls = nil
+	if err := m.End("t-1", "done"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := k.log(), "bind 7 0; clear 1"; got != want {
+		t.Fatalf("end: %s, want %s", got, want)
+	}
+}
+
+func TestOneTaskPerWorkload(t *testing.T) {
+	m := NewManager(&recorder{}, nil)
+	if _, err := m.Start("t-1", StartRequest{CgroupID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start("t-2", StartRequest{CgroupID: 7}); !errors.Is(err, ErrWorkloadBusy) {
+		t.Fatalf("second task on one workload: %v", err)
+	}
+	b, err := m.Start("t-3", StartRequest{CgroupID: 8})
+	if err != nil || b.Slot != 2 {
+		t.Fatalf("other workload: slot %d, %v", b.Slot, err)
+	}
+	if err := m.End("t-1", "done"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Start("t-4", StartRequest{CgroupID: 7})
+	if err != nil || c.Slot != 1 || c.Generation <= b.Generation {
+		t.Fatalf("slot reuse: slot %d gen %d, %v", c.Slot, c.Generation, err)
+	}
+}
+
+func TestFailedBindLeavesNoTask(t *testing.T) {
+	k := &recorder{fail: "bind"}
+	m := NewManager(k, nil)
+	if _, err := m.Start("t-1", StartRequest{CgroupID: 7}); err == nil {
+		t.Fatal("start succeeded with a failing bind")
+	}
+	if len(m.List()) != 0 || !strings.HasSuffix(k.log(), "clear 1") {
+		t.Fatalf("tasks %v, calls %s", m.List(), k.log())
+	}
+}
+
+func TestExpiryEndsTheTask(t *testing.T) {
+	ended := make(chan string, 1)
+	m := NewManager(&recorder{}, func(t Task, reason string) { ended <- t.ID + " " + reason })
+	if _, err := m.Start("t-1", StartRequest{CgroupID: 7, TTL: 20 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-ended:
+		if got != "t-1 expired" {
+			t.Fatalf("ended %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("task did not expire")
+	}
+	if _, ok := m.Get("t-1"); ok {
+		t.Fatal("expired task still listed")
+	}
+}
