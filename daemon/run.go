@@ -116,7 +116,6 @@ func prepare(spec RunSpec) (*runner, error) {
 	return r, nil
 }
 
-
 // resolveUser picks who COMMAND runs as: the named user, else the user sudo
 // was called by. Root needs asking for by name: an agent running as root
 // could undo its own confinement from outside the kernel's hooks.
