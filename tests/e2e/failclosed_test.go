@@ -1,8 +1,9 @@
 package e2e
 
 import (
-	"bytes"
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +26,7 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 	}
 	result := filepath.Join(dir, "result")
 
-	// The workload connects 3 s in, long after bridle is gone, and writes
+	// The workload connects 5 s in, long after bridle is gone, and writes
 	// its verdict to a file it holds open (its stdout).
 	out, err := os.Create(result)
 	if err != nil {
@@ -33,23 +34,51 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 	}
 	defer out.Close()
 	c := exec.Command("nsenter", "--net="+netnsPath, "--", bridleBin, "run", "-v", "--user", workloadUser,
-		"--allow-exec", probeBin, "--", probeBin, "after", "3", "tcp", target)
+		"--allow-exec", probeBin, "--", probeBin, "after", "5", "tcp", target)
 	c.Stdout = out
 	// Own process group, so killing bridle does not reach the workload.
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var stderr bytes.Buffer
-	c.Stderr = &stderr
+	stderrPipe, err := c.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Kill bridle -9 while the workload sleeps.
-	time.Sleep(1500 * time.Millisecond)
+	// -v names the task and its pins before the command starts.
+	var stderr strings.Builder
+	var pins, workload string
+	sc := bufio.NewScanner(stderrPipe)
+	for sc.Scan() && (pins == "" || workload == "") {
+		line := sc.Text()
+		stderr.WriteString(line + "\n")
+		if m := regexp.MustCompile(`pinned at (\S+)`).FindStringSubmatch(line); m != nil {
+			pins = m[1]
+		}
+		if m := regexp.MustCompile(`workload (\S+),`).FindStringSubmatch(line); m != nil {
+			workload = m[1]
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, stderrPipe) }()
+	if pins == "" || workload == "" {
+		t.Fatalf("bridle run -v did not name its pins and workload:\n%s", stderr.String())
+	}
+	// Kill bridle -9 once the workload's process is in its cgroup.
+	procs := filepath.Join(cgroupRoot(t), workload, "cgroup.procs")
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(procs); len(b) > 0 {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no process ever joined %s", procs)
+		}
+	}
 	if err := c.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.Wait()
 
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	var b []byte
 	for time.Now().Before(deadline) {
 		var err error
@@ -64,18 +93,14 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 
 	// The next run sweeps what the killed one left once its workload is
 	// empty: pins of dead runs do not accumulate.
-	m := regexp.MustCompile(`pinned at (\S+)`).FindStringSubmatch(stderr.String())
-	if m == nil {
-		t.Fatalf("killed run did not say where it pinned:\n%s", stderr.String())
-	}
-	if _, err := os.Stat(m[1]); err != nil {
+	if _, err := os.Stat(pins); err != nil {
 		t.Fatalf("the killed run's pins vanished before any sweep: %v", err)
 	}
 	r := bridleRun(t, nil, "/bin/sh", "-c", "exit 0")
 	if r.status != 0 {
 		t.Fatalf("next run: status %d", r.status)
 	}
-	if _, err := os.Stat(m[1]); err == nil {
-		t.Fatalf("%s left behind after its workload ended", m[1])
+	if _, err := os.Stat(pins); err == nil {
+		t.Fatalf("%s left behind after its workload ended", pins)
 	}
 }

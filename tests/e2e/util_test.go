@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/bridle-sh/bridle/loader"
 	"os"
 	"path/filepath"
 	"testing"
@@ -25,4 +26,14 @@ func chmodAll(t testing.TB, dir string) {
 	for _, e := range entries {
 		_ = os.Chmod(filepath.Join(dir, e.Name()), 0o777)
 	}
+}
+
+// cgroupRoot is where the cgroup v2 hierarchy is mounted here.
+func cgroupRoot(t testing.TB) string {
+	t.Helper()
+	root, err := loader.CgroupRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }
