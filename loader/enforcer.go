@@ -201,10 +201,11 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 	return e.pinExec()
 }
 
+// pinExec pins the exec link. A link an earlier load pinned there is
+// replaced only after the new one is attached: for a moment both check each
+// exec, never neither.
 func (e *Enforcer) pinExec() error {
-	p := pinPath(e.pinDir, "exec_link")
-	_ = os.Remove(p)
-	if err := e.execLink.Pin(p); err != nil {
+	if err := replacePin(e.execLink, pinPath(e.pinDir, "exec_link")); err != nil {
 		return fmt.Errorf("load: pin exec link: %w", err)
 	}
 	return nil
@@ -275,16 +276,39 @@ func (e *Enforcer) AttachCgroup(path string) error {
 		return err
 	}
 	for _, a := range list {
+		p := pinPath(e.pinDir, fmt.Sprintf("cg%d_%s", id, a.name))
+		// A link pinned by an earlier load (a restart, an upgrade) gets the
+		// new program in one atomic swap: the cgroup is never without one.
+		if l, err := link.LoadPinnedLink(p, nil); err == nil {
+			if err := l.Update(a.prog); err == nil {
+				e.cgLinks = append(e.cgLinks, l)
+				continue
+			}
+			l.Close()
+		}
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
 		if err != nil {
 			return fmt.Errorf("attach %s to %s: %w", a.name, path, err)
 		}
 		e.cgLinks = append(e.cgLinks, l)
-		p := pinPath(e.pinDir, fmt.Sprintf("cg%d_%s", id, a.name))
-		_ = os.Remove(p)
-		if err := l.Pin(p); err != nil {
+		if err := replacePin(l, p); err != nil {
 			return fmt.Errorf("pin %s link: %w", a.name, err)
 		}
+	}
+	return nil
+}
+
+// replacePin pins l at path, replacing whatever was pinned there in one
+// rename, so the old link stays attached until the new one is in place.
+func replacePin(l link.Link, path string) error {
+	tmp := path + "_new" // bpffs refuses names with dots
+	_ = os.Remove(tmp)
+	if err := l.Pin(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
 	}
 	return nil
 }
