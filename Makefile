@@ -5,7 +5,7 @@ BIN       := bin
 CLANG     ?= clang-19
 PKGS      := ./...
 
-.PHONY: all build generate check-generated lint test test-kernels bench demo clean
+.PHONY: all build generate check-generated lint test test-policy test-kernels bench demo clean
 
 all: build
 
@@ -28,6 +28,13 @@ lint:
 # The whole suite against the real kernel: real cgroups, programs, processes.
 test: lint
 	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+# The example Rego policies, with OPA's own tools (opa check and opa test
+# run on them unchanged).
+OPA := $(GO) run github.com/open-policy-agent/opa@v1.22.3
+test-policy:
+	$(OPA) check --schema policy/engine/input.schema.json policy/examples
+	$(OPA) test -v policy/examples
 
 # The privileged suite inside Debian kernels under qemu (BPF LSM mode too).
 test-kernels:

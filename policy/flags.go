@@ -34,19 +34,9 @@ func ParseConnect(s string) (EgressRule, error) {
 		return fail("no address")
 	}
 	var r EgressRule
-	switch protoStr {
-	case "tcp":
-		r.Protocol = ProtoTCP
-	case "udp":
-		r.Protocol = ProtoUDP
-	case "icmp":
-		r.Protocol = ProtoICMP
-	case "any":
-		r.Protocol = ProtoAny
-	case "":
-		return fail("empty protocol")
-	default:
-		return fail("unknown protocol %q, want tcp, udp, icmp or any", protoStr)
+	var err error
+	if r.Protocol, err = parseProtocol(protoStr); err != nil {
+		return fail("%v", err)
 	}
 
 	var addrStr, portStr string
@@ -76,8 +66,11 @@ func ParseConnect(s string) (EgressRule, error) {
 	if addrStr == "" {
 		return fail("empty address")
 	}
-	bracketed := strings.HasPrefix(rest, "[")
-	prefix, err := parseAddrOrPrefix(addrStr, bracketed)
+	form := formFlagV4
+	if strings.HasPrefix(rest, "[") {
+		form = formFlagV6
+	}
+	prefix, err := parseAddrOrPrefix(addrStr, form)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -98,22 +91,56 @@ func ParseConnect(s string) (EgressRule, error) {
 	return r, nil
 }
 
-// parseAddrOrPrefix parses "ADDR" or "ADDR/BITS". Bracketed input must be
-// IPv6 and unbracketed input IPv4, so that a port can never be mistaken for
-// part of an address.
-func parseAddrOrPrefix(s string, bracketed bool) (netip.Prefix, error) {
+// parseProtocol parses the protocol name of a connect flag or of a policy's
+// egress entry; both spell protocols the same way.
+func parseProtocol(s string) (Protocol, error) {
+	switch s {
+	case "tcp":
+		return ProtoTCP, nil
+	case "udp":
+		return ProtoUDP, nil
+	case "icmp":
+		return ProtoICMP, nil
+	case "any":
+		return ProtoAny, nil
+	case "":
+		return 0, errors.New("empty protocol")
+	}
+	return 0, fmt.Errorf("unknown protocol %q, want tcp, udp, icmp or any", s)
+}
+
+// addrForm says where an address was written, which decides the families
+// it may be in and how a mistake is explained.
+type addrForm int
+
+const (
+	// formFlagV4 is an unbracketed flag address: IPv4 only, so that a port
+	// can never be mistaken for part of an address.
+	formFlagV4 addrForm = iota
+	// formFlagV6 is a bracketed flag address: IPv6 only.
+	formFlagV6
+	// formCIDR is a policy's cidr field: either family, never bracketed,
+	// since a JSON value cannot run into a port.
+	formCIDR
+)
+
+// parseAddrOrPrefix parses "ADDR" or "ADDR/BITS" written in form.
+func parseAddrOrPrefix(s string, form addrForm) (netip.Prefix, error) {
 	addrStr, bitsStr, hasBits := strings.Cut(s, "/")
 	if strings.Contains(addrStr, "%") {
 		return netip.Prefix{}, fmt.Errorf("address %q has a zone; zones are not allowed", addrStr)
 	}
 	addr, err := netip.ParseAddr(addrStr)
 	if err != nil {
-		if bracketed {
+		switch form {
+		case formFlagV6:
 			return netip.Prefix{}, fmt.Errorf("%q is not an IPv6 address", addrStr)
+		case formFlagV4:
+			return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 address (IPv6 goes in brackets)", addrStr)
 		}
-		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 address (IPv6 goes in brackets)", addrStr)
+		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 or IPv6 address", addrStr)
 	}
-	if bracketed && !addr.Is6() {
+	if form == formFlagV6 && !addr.Is6() {
 		return netip.Prefix{}, fmt.Errorf("%q in brackets is not IPv6; write IPv4 without brackets", addrStr)
 	}
 	bits := addr.BitLen()
@@ -148,26 +175,35 @@ func parsePorts(s string) ([]PortRange, error) {
 	parts := strings.Split(s, ",")
 	ports := make([]PortRange, 0, len(parts))
 	for _, part := range parts {
-		if part == "" {
-			return nil, errors.New("empty entry in port list")
-		}
-		firstStr, lastStr, isRange := strings.Cut(part, "-")
-		first, err := parsePort(firstStr)
+		pr, err := parsePortRange(part)
 		if err != nil {
 			return nil, err
 		}
-		last := first
-		if isRange {
-			if last, err = parsePort(lastStr); err != nil {
-				return nil, err
-			}
-			if first > last {
-				return nil, fmt.Errorf("port range %q runs backwards", part)
-			}
-		}
-		ports = append(ports, PortRange{first, last})
+		ports = append(ports, pr)
 	}
 	return ports, nil
+}
+
+// parsePortRange parses one "N" or "N-M" entry of a port list.
+func parsePortRange(part string) (PortRange, error) {
+	if part == "" {
+		return PortRange{}, errors.New("empty entry in port list")
+	}
+	firstStr, lastStr, isRange := strings.Cut(part, "-")
+	first, err := parsePort(firstStr)
+	if err != nil {
+		return PortRange{}, err
+	}
+	last := first
+	if isRange {
+		if last, err = parsePort(lastStr); err != nil {
+			return PortRange{}, err
+		}
+		if first > last {
+			return PortRange{}, fmt.Errorf("port range %q runs backwards", part)
+		}
+	}
+	return PortRange{first, last}, nil
 }
 
 func parsePort(s string) (uint16, error) {
@@ -182,28 +218,38 @@ func parsePort(s string) (uint16, error) {
 // which is cleaned, or "@name" for a socket in the abstract namespace, which
 // is kept byte for byte.
 func ParseUnix(s string) (string, error) {
+	p, err := checkUnix(s)
+	if err != nil {
+		return "", fmt.Errorf("policy: bad unix socket %q: %w", s, err)
+	}
+	return p, nil
+}
+
+// checkUnix is ParseUnix without the framing, so that a policy's unix
+// entries are judged by the same rules and explained in their own terms.
+func checkUnix(s string) (string, error) {
 	if name, ok := strings.CutPrefix(s, "@"); ok {
 		if name == "" {
-			return "", fmt.Errorf("policy: bad unix socket %q: empty abstract name (want /absolute/path or @name)", s)
+			return "", errors.New("empty abstract name (want /absolute/path or @name)")
 		}
 		if len(name) > MaxUnixPath {
-			return "", fmt.Errorf("policy: bad unix socket %q: abstract name is %d bytes, the kernel allows %d", s, len(name), MaxUnixPath)
+			return "", fmt.Errorf("abstract name is %d bytes, the kernel allows %d", len(name), MaxUnixPath)
 		}
 		return s, nil
 	}
 	if s == "" {
-		return "", errors.New("policy: bad unix socket \"\": empty path (want /absolute/path or @name)")
+		return "", errors.New("empty path (want /absolute/path or @name)")
 	}
 	if strings.IndexByte(s, 0) >= 0 {
-		return "", fmt.Errorf("policy: bad unix socket %q: path contains a NUL byte", s)
+		return "", errors.New("path contains a NUL byte")
 	}
 	if !filepath.IsAbs(s) {
-		return "", fmt.Errorf("policy: bad unix socket %q: path is relative; the kernel compares the path the process passes to connect(), "+
-			"which depends on its working directory, so only absolute paths (or @name for abstract sockets) can be allowed", s)
+		return "", errors.New("path is relative; the kernel compares the path the process passes to connect(), " +
+			"which depends on its working directory, so only absolute paths (or @name for abstract sockets) can be allowed")
 	}
 	p := filepath.Clean(s)
 	if len(p) > MaxUnixPath {
-		return "", fmt.Errorf("policy: bad unix socket %q: path is %d bytes, the kernel allows %d", s, len(p), MaxUnixPath)
+		return "", fmt.Errorf("path is %d bytes, the kernel allows %d", len(p), MaxUnixPath)
 	}
 	return p, nil
 }
@@ -211,14 +257,23 @@ func ParseUnix(s string) (string, error) {
 // ParseExec parses the value of --allow-exec PATH. PATH must be absolute; a
 // trailing slash makes it a directory rule covering every executable below.
 func ParseExec(s string) (ExecRule, error) {
+	r, err := checkExec(s)
+	if err != nil {
+		return ExecRule{}, fmt.Errorf("policy: bad exec rule %q: %w", s, err)
+	}
+	return r, nil
+}
+
+// checkExec is ParseExec without the framing; see checkUnix.
+func checkExec(s string) (ExecRule, error) {
 	if s == "" {
-		return ExecRule{}, errors.New("policy: bad exec rule \"\": empty path (want /path/to/program or /path/to/dir/)")
+		return ExecRule{}, errors.New("empty path (want /path/to/program or /path/to/dir/)")
 	}
 	if strings.IndexByte(s, 0) >= 0 {
-		return ExecRule{}, fmt.Errorf("policy: bad exec rule %q: path contains a NUL byte", s)
+		return ExecRule{}, errors.New("path contains a NUL byte")
 	}
 	if !filepath.IsAbs(s) {
-		return ExecRule{}, fmt.Errorf("policy: bad exec rule %q: path must be absolute (want /path/to/program or /path/to/dir/)", s)
+		return ExecRule{}, errors.New("path must be absolute (want /path/to/program or /path/to/dir/)")
 	}
 	return ExecRule{Path: filepath.Clean(s), Dir: strings.HasSuffix(s, "/")}, nil
 }

@@ -1,0 +1,307 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The decoders below turn what a policy returned (JSON-shaped values: maps,
+// slices, strings and json.Numbers) into an Envelope. They are strict on
+// purpose: a key Bridle does not know is more likely a typo than a
+// harmless extra, and a grant that is silently dropped or widened is worse
+// than a task start that is refused with the reason.
+
+// errHostReserved is returned for {host: NAME} egress entries. Name-based
+// egress needs the DNS proxy to learn which addresses a name stands for
+// while the task runs; until that exists, accepting the entry would either
+// allow nothing (surprising) or tempt an implementation that resolves the
+// name once at task start (wrong as soon as the name moves).
+var errHostReserved = errors.New("{host: NAME} entries are reserved for name-based egress, which Bridle does not support yet; allow the addresses by cidr instead")
+
+// errSHA256Unsupported is returned for {sha256: DIGEST} exec entries. The
+// kernel identifies a program by the (device, inode) of the file being
+// executed, so a digest would have to be resolved to files by hashing every
+// candidate on the host at task start, and a file rewritten in place after
+// that would keep its identity and its grant. Refusing is more honest than
+// pretending to pin content.
+var errSHA256Unsupported = errors.New("{sha256: DIGEST} exec entries are not supported yet: the kernel identifies programs by device and inode, not content; name the program with {path} or {dir}")
+
+// decodeEnvelope converts the value of the rule named rule (such as
+// "data.bridle.envelope") into an Envelope and, when withTTL is set, the
+// maximum TTL the policy allows (0 for none).
+func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, error) {
+	var env Envelope
+	fail := func(format string, args ...any) (Envelope, time.Duration, error) {
+		return Envelope{}, 0, fmt.Errorf("%s: %s", rule, fmt.Sprintf(format, args...))
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return fail("want an object {egress, exec%s}, got %s", map[bool]string{true: ", ttl"}[withTTL], describe(v))
+	}
+	var maxTTL time.Duration
+	for _, k := range sortedKeys(obj) {
+		val := obj[k]
+		switch {
+		case k == "egress":
+			items, ok := val.([]any)
+			if !ok {
+				return fail("egress: want an array or set of entries, got %s", describe(val))
+			}
+			for i, item := range items {
+				r, unix, err := decodeEgress(item)
+				if err != nil {
+					return fail("egress[%d] %s: %v", i, compactJSON(item), err)
+				}
+				if unix != "" {
+					env.Unix = append(env.Unix, unix)
+				} else {
+					env.Egress = append(env.Egress, r)
+				}
+			}
+		case k == "exec":
+			items, ok := val.([]any)
+			if !ok {
+				return fail("exec: want an array or set of entries, got %s", describe(val))
+			}
+			for i, item := range items {
+				r, err := decodeExec(item)
+				if err != nil {
+					return fail("exec[%d] %s: %v", i, compactJSON(item), err)
+				}
+				env.Exec = append(env.Exec, r)
+			}
+		case k == "ttl" && withTTL:
+			d, err := decodeTTL(val)
+			if err != nil {
+				return fail("ttl %s: %v", compactJSON(val), err)
+			}
+			maxTTL = d
+		case k == "ttl":
+			return fail("a baseline has no ttl: it is what a workload gets while it has no task, for as long as it has none")
+		default:
+			want := "egress, exec or ttl"
+			if !withTTL {
+				want = "egress or exec"
+			}
+			return fail("unknown key %q (want %s)", k, want)
+		}
+	}
+	return env, maxTTL, nil
+}
+
+// decodeEgress converts one egress entry. It returns either a network rule
+// or, for {unix: PATH}, the socket path.
+func decodeEgress(v any) (EgressRule, string, error) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return EgressRule{}, "", fmt.Errorf("want an object {protocol, cidr, ports} or {unix}, got %s", describe(v))
+	}
+	if _, ok := obj["host"]; ok {
+		return EgressRule{}, "", errHostReserved
+	}
+	if u, ok := obj["unix"]; ok {
+		if err := onlyKeys(obj, "unix"); err != nil {
+			return EgressRule{}, "", fmt.Errorf("%w; a unix entry has only the key unix", err)
+		}
+		s, ok := u.(string)
+		if !ok {
+			return EgressRule{}, "", fmt.Errorf("unix: want a socket path string, got %s", describe(u))
+		}
+		p, err := checkUnix(s)
+		if err != nil {
+			return EgressRule{}, "", fmt.Errorf("unix: %w", err)
+		}
+		return EgressRule{}, p, nil
+	}
+	if err := onlyKeys(obj, "protocol", "cidr", "ports"); err != nil {
+		return EgressRule{}, "", fmt.Errorf("%w (want protocol, cidr, ports; or unix)", err)
+	}
+	var r EgressRule
+	proto, ok := obj["protocol"].(string)
+	if !ok {
+		return EgressRule{}, "", fmt.Errorf("protocol: want one of \"tcp\", \"udp\", \"icmp\", \"any\", got %s", describe(obj["protocol"]))
+	}
+	var err error
+	if r.Protocol, err = parseProtocol(proto); err != nil {
+		return EgressRule{}, "", fmt.Errorf("protocol: %w", err)
+	}
+	cidr, ok := obj["cidr"].(string)
+	if !ok {
+		return EgressRule{}, "", fmt.Errorf("cidr: want an address or CIDR string such as \"192.0.2.0/24\" or \"2001:db8::/32\", got %s", describe(obj["cidr"]))
+	}
+	if r.Prefix, err = parseAddrOrPrefix(cidr, formCIDR); err != nil {
+		return EgressRule{}, "", fmt.Errorf("cidr: %w", err)
+	}
+	ports, hasPorts := obj["ports"]
+	if !hasPorts {
+		return r, "", nil
+	}
+	if r.Protocol == ProtoICMP {
+		return EgressRule{}, "", errors.New("ports: icmp has no ports")
+	}
+	list, ok := ports.([]any)
+	if !ok {
+		return EgressRule{}, "", fmt.Errorf("ports: want an array of port numbers and \"N-M\" strings, got %s", describe(ports))
+	}
+	if len(list) == 0 {
+		// An empty list could mean "no ports" or "every port"; neither
+		// reading is safe to guess.
+		return EgressRule{}, "", errors.New("ports: empty list; leave ports out to allow every port")
+	}
+	for _, p := range list {
+		var pr PortRange
+		switch p := p.(type) {
+		case json.Number:
+			n, err := parsePort(p.String())
+			if err != nil {
+				return EgressRule{}, "", fmt.Errorf("ports: %w", err)
+			}
+			pr = PortRange{n, n}
+		case string:
+			if pr, err = parsePortRange(p); err != nil {
+				return EgressRule{}, "", fmt.Errorf("ports: %w", err)
+			}
+		default:
+			return EgressRule{}, "", fmt.Errorf("ports: want a port number or \"N-M\" string, got %s", describe(p))
+		}
+		r.Ports = append(r.Ports, pr)
+	}
+	return r, "", nil
+}
+
+// decodeExec converts one exec entry.
+func decodeExec(v any) (ExecRule, error) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return ExecRule{}, fmt.Errorf("want an object {path} or {dir}, got %s", describe(v))
+	}
+	if len(obj) != 1 {
+		return ExecRule{}, fmt.Errorf("want exactly one of the keys path, dir, sha256; got %s", strings.Join(sortedKeys(obj), ", "))
+	}
+	k := sortedKeys(obj)[0]
+	val := obj[k]
+	s, isString := val.(string)
+	switch k {
+	case "sha256":
+		return ExecRule{}, errSHA256Unsupported
+	case "path", "dir":
+		if !isString {
+			return ExecRule{}, fmt.Errorf("%s: want an absolute path string, got %s", k, describe(val))
+		}
+	default:
+		return ExecRule{}, fmt.Errorf("unknown key %q (want path, dir or sha256)", k)
+	}
+	if k == "path" && strings.HasSuffix(s, "/") {
+		return ExecRule{}, fmt.Errorf("path %q ends in /; write {dir: %q} to allow the programs below a directory", s, s)
+	}
+	if k == "dir" && !strings.HasSuffix(s, "/") {
+		s += "/" // checkExec reads the trailing slash as "directory"
+	}
+	r, err := checkExec(s)
+	if err != nil {
+		return ExecRule{}, fmt.Errorf("%s: %w", k, err)
+	}
+	return r, nil
+}
+
+// decodeTTL reads a TTL given as a whole number of seconds or as a duration
+// string ("90m", "2h").
+func decodeTTL(v any) (time.Duration, error) {
+	var d time.Duration
+	switch v := v.(type) {
+	case json.Number:
+		n, err := v.Int64()
+		if err != nil || n <= 0 || n > int64(maxTTLSeconds) {
+			return 0, fmt.Errorf("want a whole number of seconds from 1 to %d, or a duration string such as \"45m\"", maxTTLSeconds)
+		}
+		d = time.Duration(n) * time.Second
+	case string:
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			return 0, fmt.Errorf("want a duration string such as \"45m\" or a number of seconds: %w", err)
+		}
+		if d <= 0 {
+			return 0, errors.New("must be positive; leave ttl out for no maximum")
+		}
+	default:
+		return 0, fmt.Errorf("want a number of seconds or a duration string, got %s", describe(v))
+	}
+	return d, nil
+}
+
+// maxTTLSeconds keeps a TTL in seconds within time.Duration.
+const maxTTLSeconds = int64(1<<63-1) / int64(time.Second)
+
+// decodeDeny converts the value of data.bridle.deny into its messages.
+func DecodeDeny(v any) ([]string, error) {
+	items, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("data.bridle.deny: want a set of message strings, got %s", describe(v))
+	}
+	msgs := make([]string, 0, len(items))
+	for _, item := range items {
+		s, ok := item.(string)
+		if !ok {
+			return nil, fmt.Errorf("data.bridle.deny: want message strings, got %s", compactJSON(item))
+		}
+		if s == "" {
+			s = "(a deny rule gave an empty message)"
+		}
+		msgs = append(msgs, s)
+	}
+	return msgs, nil
+}
+
+func onlyKeys(obj map[string]any, allowed ...string) error {
+	for _, k := range sortedKeys(obj) {
+		if !slices.Contains(allowed, k) {
+			return fmt.Errorf("unknown key %q", k)
+		}
+	}
+	return nil
+}
+
+func sortedKeys(obj map[string]any) []string {
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// describe names the JSON type of v for error messages.
+func describe(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "a boolean"
+	case json.Number:
+		return "a number"
+	case string:
+		return "a string"
+	case []any:
+		return "an array"
+	case map[string]any:
+		return "an object"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// compactJSON renders v for an error message, so that the user can find the
+// entry in the policy's output.
+func compactJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	if len(b) > 200 {
+		return string(b[:200]) + "..."
+	}
+	return string(b)
+}
