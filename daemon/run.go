@@ -212,6 +212,7 @@ func (r *runner) printFeatures() {
 		fmt.Fprintf(out, "bridle: unix sockets: NOT enforced (%s)\n", f.UnixReason)
 	}
 	fmt.Fprintf(out, "bridle: BTF: %s\n", f.BTF)
+	fmt.Fprintf(out, "bridle: open connections at task end: %s (%s)\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)
 	fmt.Fprintf(out, "bridle: pinned at %s\n", r.enf.PinDir())
 	fmt.Fprintf(out, "bridle: task %s, workload %s, %d kernel rules, identity %s\n", r.taskID, r.cg.Rel(), r.rules.Count(), r.identity)
 }
@@ -247,10 +248,17 @@ wait:
 	return status, nil
 }
 
-// taskEnded reports a task that ended before its command did.
-func (r *runner) taskEnded(t tasks.Task, reason string) {
-	if reason == "expired" {
-		fmt.Fprintf(r.spec.Out, "bridle: task %s expired: its grants are revoked\n", t.ID)
+// taskEnded reports how a task ended: on expiry while the command runs, or
+// when the command exits.
+func (r *runner) taskEnded(e tasks.End) {
+	if e.Reason == "expired" {
+		fmt.Fprintf(r.spec.Out, "bridle: task %s expired: its grants are revoked\n", e.Task.ID)
+	}
+	if n := e.Sockets.TCP + e.Sockets.UDP; n > 0 {
+		fmt.Fprintf(r.spec.Out, "bridle: aborted %d open connection(s) of the task (%d tcp, %d udp)\n", n, e.Sockets.TCP, e.Sockets.UDP)
+	}
+	if e.SocketsErr != nil {
+		fmt.Fprintf(r.spec.Out, "bridle: WARNING: connections opened under the task may still be open: %v\n", e.SocketsErr)
 	}
 }
 

@@ -91,6 +91,7 @@ func Load(opts Options) (*Enforcer, error) {
 		e.Close()
 		return nil, err
 	}
+	e.features.SocketDestroy = ProbeSocketDestroy()
 	return e, nil
 }
 

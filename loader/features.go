@@ -30,7 +30,8 @@ type Features struct {
 	ExecModeReason string
 	UnixHooks      bool // cgroup connect_unix/sendmsg_unix (kernel 6.7+)
 	UnixReason     string
-	BTF            string // where kernel type information came from
+	BTF            string               // where kernel type information came from
+	SocketDestroy  SocketDestroyFeature // how a revoked workload's open sockets are aborted
 }
 
 // UnsupportedError says that a kernel feature Bridle wanted is missing, and why.

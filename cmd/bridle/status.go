@@ -35,6 +35,7 @@ func newStatusCommand() *cobra.Command {
 					"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
 					"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "active_lsms": f.ActiveLSMs,
 					"btf": f.BTF, "pinned_runs": len(pinned),
+					"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
 				})
 			}
 			fmt.Printf("kernel:        %s\n", f.Kernel)
@@ -46,6 +47,7 @@ func newStatusCommand() *cobra.Command {
 			}
 			fmt.Printf("active LSMs:   %v\n", f.ActiveLSMs)
 			fmt.Printf("BTF:           %s\n", f.BTF)
+			fmt.Printf("open sockets:  %s — %s\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)
 			fmt.Printf("pinned runs:   %d under %s\n", len(pinned), filepath.Join(loader.DefaultPinRoot, "run"))
 			return nil
 		},

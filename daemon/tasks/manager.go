@@ -23,6 +23,7 @@ type Kernel interface {
 	SetTask(slot uint32, expires time.Time, generation uint32) error
 	BindWorkload(cgroupID uint64, slot uint32, mode loader.WorkloadMode) error
 	ClearSlot(slot uint32) error
+	DestroySockets(cgroupIDs ...uint64) (loader.DestroyStats, error)
 }
 
 // Task is one task in force.
@@ -68,12 +69,12 @@ type Manager struct {
 	usedSlots  map[uint32]bool
 	generation uint32
 	timers     map[string]*time.Timer
-	onEnd      func(t Task, reason string)
+	onEnd      func(End)
 }
 
 // NewManager manages the slots of k. onEnd, if set, is told about every task
 // that ends, by call or by expiry.
-func NewManager(k Kernel, onEnd func(t Task, reason string)) *Manager {
+func NewManager(k Kernel, onEnd func(End)) *Manager {
 	return &Manager{
 		k:          k,
 		tasks:      map[string]*Task{},
@@ -144,7 +145,8 @@ func (m *Manager) freeSlot() (uint32, error) {
 }
 
 // End revokes a task: its workload falls back to the baseline at once (one
-// map write), then the task's rules are deleted and its slot freed. The
+// map write), the sockets it opened are aborted, then the task's rules are
+// deleted and its slot freed. The
 // kernel already refuses by the baseline from an expiry instant on; End is
 // what removes the rules.
 func (m *Manager) End(id, reason string) error {
@@ -167,17 +169,27 @@ func (m *Manager) End(id, reason string) error {
 	}
 	delete(m.tasks, id)
 	delete(m.byWorkload, t.CgroupID)
+	// Connections opened under the task end with it.
+	stats, destroyErr := m.k.DestroySockets(t.CgroupID)
 	clearErr := m.k.ClearSlot(t.Slot)
 	delete(m.usedSlots, t.Slot)
-	ended := *t
+	ended := End{Task: *t, Reason: reason, Sockets: stats, SocketsErr: destroyErr}
 	m.mu.Unlock()
 	if m.onEnd != nil {
-		m.onEnd(ended, reason)
+		m.onEnd(ended)
 	}
 	if clearErr != nil {
 		return fmt.Errorf("tasks: delete rules of %s: %w", id, clearErr)
 	}
 	return nil
+}
+
+// End reports a task that ended: why, and what became of its open sockets.
+type End struct {
+	Task       Task
+	Reason     string // "expired", or what the caller of End said
+	Sockets    loader.DestroyStats
+	SocketsErr error // open sockets could not be aborted (kernel support, or failures)
 }
 
 // Get returns a task by id.

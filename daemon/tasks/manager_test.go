@@ -42,6 +42,9 @@ func (r *recorder) BindWorkload(cg uint64, slot uint32, _ loader.WorkloadMode) e
 	return r.note(fmt.Sprintf("bind %d %d", cg, slot))
 }
 func (r *recorder) ClearSlot(slot uint32) error { return r.note(fmt.Sprintf("clear %d", slot)) }
+func (r *recorder) DestroySockets(ids ...uint64) (loader.DestroyStats, error) {
+	return loader.DestroyStats{}, r.note(fmt.Sprintf("destroy %v", ids))
+}
 
 func (r *recorder) log() string {
 	r.mu.Lock()
@@ -62,7 +65,7 @@ func TestStartWritesRulesBeforeBinding(t *testing.T) {
 	if err := m.End("t-1", "done"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := k.log(), "bind 7 0; clear 1"; got != want {
+	if got, want := k.log(), "bind 7 0; destroy [7]; clear 1"; got != want {
 		t.Fatalf("end: %s, want %s", got, want)
 	}
 }
@@ -101,7 +104,7 @@ func TestFailedBindLeavesNoTask(t *testing.T) {
 
 func TestExpiryEndsTheTask(t *testing.T) {
 	ended := make(chan string, 1)
-	m := NewManager(&recorder{}, func(t Task, reason string) { ended <- t.ID + " " + reason })
+	m := NewManager(&recorder{}, func(e End) { ended <- e.Task.ID + " " + e.Reason })
 	if _, err := m.Start("t-1", StartRequest{CgroupID: 7, TTL: 20 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}

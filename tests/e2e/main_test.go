@@ -43,6 +43,9 @@ type status struct {
 	ExecMode   string `json:"exec_mode"`
 	UnixHooks  bool   `json:"unix_hooks"`
 	UnixReason string `json:"unix_reason"`
+
+	SocketDestroy       string `json:"socket_destroy"`
+	SocketDestroyReason string `json:"socket_destroy_reason"`
 }
 
 // workloadUser is the unprivileged user workloads run as.
@@ -329,4 +332,38 @@ func acceptAndClose(ln net.Listener) {
 		}
 		c.Close()
 	}
+}
+
+// tcpHoldingListener accepts connections in the test namespace and keeps
+// them open until the test ends, so only the client side can end them.
+func tcpHoldingListener(t testing.TB, network, addr string) int {
+	t.Helper()
+	var ln net.Listener
+	inNetns(t, func() {
+		var err error
+		ln, err = net.Listen(network, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	return ln.Addr().(*net.TCPAddr).Port
 }

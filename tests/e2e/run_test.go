@@ -61,6 +61,28 @@ func TestTTLExpiry(t *testing.T) {
 	}
 }
 
+// A connection opened during the task does not outlive it: at expiry the
+// kernel aborts it, IPv4 and IPv6 alike.
+func TestTTLExpiryAbortsOpenConnections(t *testing.T) {
+	if features.SocketDestroy == "none" {
+		t.Skipf("this kernel cannot abort a workload's sockets: %s", features.SocketDestroyReason)
+	}
+	for _, c := range []struct{ allow, target string }{
+		{"tcp:127.0.0.1", fmt.Sprintf("127.0.0.1:%d", tcpHoldingListener(t, "tcp4", "127.0.0.1:0"))},
+		{"tcp:[::1]", fmt.Sprintf("[::1]:%d", tcpHoldingListener(t, "tcp6", "[::1]:0"))},
+	} {
+		t.Run(c.target, func(t *testing.T) {
+			r := probe(t, []string{"--ttl", "3s", "--allow-connect", c.allow}, "hold-tcp", c.target, "30")
+			if !strings.Contains(r.stdout, "ok connected") || !strings.Contains(r.stdout, "closed ECONNABORTED") {
+				t.Fatalf("want the held connection aborted at expiry, got %q", r.stdout)
+			}
+			if !strings.Contains(r.stderr, "aborted 1 open connection(s)") {
+				t.Fatalf("abort not reported:\n%s", r.stderr)
+			}
+		})
+	}
+}
+
 // The decision record is a contract: these field names, these formats.
 func TestDecisionRecordSchema(t *testing.T) {
 	p := tcpListener(t, "tcp4", "127.0.0.1:0")

@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types shared between the socket destroy iterators (destroy.c) and the Go
+ * loader. bpf2go generates their Go side from the global variables that use
+ * them. Kept out of bridle.h because only the destroy object uses them, and
+ * that object loads on its own.
+ */
+#pragma once
+
+/* How many workload cgroups one iterator pass can match; the loader runs
+ * more passes for more. */
+#define BRIDLE_DST_MAX_TARGETS 64
+
+/* A cgroup whose sockets (and its descendants' sockets) are destroyed. The
+ * level is the cgroup's depth below the root cgroup (root = 0), so a socket's
+ * cgroup matches when its ancestor at that level has this id. */
+struct bridle_dst_target {
+	__u64 id;
+	__u32 level;
+	__u32 _pad;
+};
+
+/* What one pass did, written by the iterators and reset by the loader. */
+struct bridle_dst_counts {
+	__u64 tcp;        /* TCP sockets aborted */
+	__u64 udp;        /* UDP sockets aborted */
+	__u64 tcp_failed; /* bpf_sock_destroy refused a TCP socket */
+	__u64 udp_failed;
+	__s64 last_err;   /* the last refusal's errno (negative), 0 if none */
+	__u64 skipped;    /* matching sockets left alone (listeners) */
+};
