@@ -42,8 +42,9 @@ test-kernels:
 		-build ./cmd/bridle -build ./tests/probe \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_PROBE=/bridle/files/probe
 
+# Costs measured against a baseline of the same run (docs/BENCHMARKS.md).
 bench:
-	@echo "bench: see docs/BENCHMARKS.md"
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 200ms -timeout 20m ./loader ./tests/bench 2>&1 | $(GO) run ./tests/bench/report
 
 demo: build
 	$(GO) build -o $(BIN)/demo-listen ./tests/demo

@@ -155,7 +155,7 @@ func (r *runner) enforce() error {
 		return err
 	}
 
-	r.enf, err = loader.Load(loader.Options{PinDir: filepath.Join(pinParent, r.taskID), WakeupBytes: 64 << 10})
+	r.enf, err = loader.Load(loader.Options{PinDir: filepath.Join(pinParent, r.taskID), WakeupBytes: loader.DefaultWakeupBytes})
 	if err != nil {
 		return err
 	}

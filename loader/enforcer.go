@@ -13,6 +13,10 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 )
 
+// DefaultWakeupBytes batches event wakeups: the reader is woken when this
+// much is pending, and polls for the rest (loader.pollInterval).
+const DefaultWakeupBytes = 64 << 10
+
 // Options configure Load.
 type Options struct {
 	// PinDir holds the pinned maps and links of this enforcer, on a BPF
