@@ -257,7 +257,9 @@ func (r *runner) taskEnded(e tasks.End) {
 	if n := e.Sockets.TCP + e.Sockets.UDP; n > 0 {
 		fmt.Fprintf(r.spec.Out, "bridle: aborted %d open connection(s) of the task (%d tcp, %d udp)\n", n, e.Sockets.TCP, e.Sockets.UDP)
 	}
-	if e.SocketsErr != nil {
+	// When the command has exited, its workload is about to be emptied,
+	// which closes everything; only a live workload needs the warning.
+	if e.SocketsErr != nil && e.Reason == "expired" {
 		fmt.Fprintf(r.spec.Out, "bridle: WARNING: connections opened under the task may still be open: %v\n", e.SocketsErr)
 	}
 }

@@ -70,7 +70,8 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 			break
 		}
 		if time.Since(start) > 20*time.Second {
-			t.Fatalf("no process ever joined %s", procs)
+			b, _ := os.ReadFile(out.Name())
+			t.Fatalf("no process ever joined %s\nbridle stderr:\n%s\nworkload stdout: %q", procs, stderr.String(), b)
 		}
 	}
 	if err := c.Process.Signal(syscall.SIGKILL); err != nil {
