@@ -11,6 +11,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/bridle ./cmd/bridle
+	$(GO) build -o $(BIN)/bridled ./cmd/bridled
 
 # Regenerate the BPF objects and their Go bindings (needs clang-19, llvm-19,
 # libbpf-dev). The results are committed so `go build` needs no C toolchain.
@@ -39,8 +40,9 @@ test-policy:
 # The privileged suite inside Debian kernels under qemu (BPF LSM mode too).
 test-kernels:
 	$(GO) run ./tests/kernels -pkg ./loader -pkg ./tests/e2e \
-		-build ./cmd/bridle -build ./tests/probe \
-		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_PROBE=/bridle/files/probe
+		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe \
+		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
+		-env BRIDLE_E2E_PROBE=/bridle/files/probe
 
 # Costs measured against a baseline of the same run (docs/BENCHMARKS.md).
 bench:

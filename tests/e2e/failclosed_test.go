@@ -38,18 +38,23 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 	c.Stdout = out
 	// Own process group, so killing bridle does not reach the workload.
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderrPipe, err := c.StderrPipe()
+	// A pipe of the test's own, not StderrPipe: Wait would close that, and
+	// the workload, which shares bridle's stderr, would die of SIGPIPE.
+	stderrPipe, stderrW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer stderrPipe.Close()
+	c.Stderr = stderrW
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
+	stderrW.Close()
 	// -v names the task and its pins before the command starts.
 	var stderr strings.Builder
 	var pins, workload string
 	sc := bufio.NewScanner(stderrPipe)
-	for sc.Scan() && (pins == "" || workload == "") {
+	for (pins == "" || workload == "") && sc.Scan() {
 		line := sc.Text()
 		stderr.WriteString(line + "\n")
 		if m := regexp.MustCompile(`pinned at (\S+)`).FindStringSubmatch(line); m != nil {
@@ -63,15 +68,12 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 	if pins == "" || workload == "" {
 		t.Fatalf("bridle run -v did not name its pins and workload:\n%s", stderr.String())
 	}
-	// Kill bridle -9 once the workload's process is in its cgroup.
-	procs := filepath.Join(cgroupRoot(t), workload, "cgroup.procs")
-	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-		if b, _ := os.ReadFile(procs); len(b) > 0 {
-			break
-		}
+	// Kill bridle -9 once the workload's command is running (it sleeps 5 s
+	// before it connects).
+	for start := time.Now(); !processRunning(probeBin, "after", "5", "tcp", target); time.Sleep(20 * time.Millisecond) {
 		if time.Since(start) > 20*time.Second {
 			b, _ := os.ReadFile(out.Name())
-			t.Fatalf("no process ever joined %s\nbridle stderr:\n%s\nworkload stdout: %q", procs, stderr.String(), b)
+			t.Fatalf("the workload never started\nbridle stderr:\n%s\nworkload stdout: %q", stderr.String(), b)
 		}
 	}
 	if err := c.Process.Signal(syscall.SIGKILL); err != nil {
@@ -104,4 +106,17 @@ func TestKilledBridleStaysClosed(t *testing.T) {
 	if _, err := os.Stat(pins); err == nil {
 		t.Fatalf("%s left behind after its workload ended", pins)
 	}
+}
+
+// processRunning reports whether a process with exactly this command line
+// exists.
+func processRunning(argv ...string) bool {
+	want := strings.Join(argv, "\x00") + "\x00"
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, d := range dirs {
+		if b, err := os.ReadFile(d); err == nil && string(b) == want {
+			return true
+		}
+	}
+	return false
 }

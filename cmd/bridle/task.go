@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/server/api"
+)
+
+// taskClient calls bridled's task API on its unix socket.
+type taskClient struct {
+	socket string
+	http   *http.Client
+}
+
+func newTaskClient(socket string) *taskClient {
+	return &taskClient{socket: socket, http: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+// do sends a call and decodes a 2xx answer into out; any other answer
+// becomes an error carrying the daemon's message.
+func (c *taskClient) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://bridled"+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("bridled at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("bridled: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb api.Error
+		if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
+			msg := eb.Error
+			for _, r := range eb.Reasons {
+				msg += "\n  - " + r
+			}
+			return fmt.Errorf("bridled refused (%d): %s", resp.StatusCode, msg)
+		}
+		return fmt.Errorf("bridled: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("bridled: answer: %w", err)
+		}
+	}
+	return nil
+}
+
+func newTaskCommand() *cobra.Command {
+	var socket string
+	cmd := &cobra.Command{
+		Use:   "task",
+		Short: "Start, end and list tasks through the node daemon (bridled)",
+	}
+	cmd.PersistentFlags().StringVar(&socket, "socket", config.DefaultSocket, "bridled's API socket")
+	client := func() *taskClient { return newTaskClient(socket) }
+	cmd.AddCommand(newTaskStartCommand(client), newTaskEndCommand(client), newTaskListCommand(client))
+	return cmd
+}
+
+func newTaskStartCommand(client func() *taskClient) *cobra.Command {
+	var (
+		req    api.StartRequest
+		labels []string
+		ttl    time.Duration
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "start --workload CGROUP|--pid PID --intent TEXT [--label k=v]... [--ttl D]",
+		Short: "Start a task on a workload; prints the task id",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (req.Workload == "") == (req.PID == 0) {
+				return usageError{fmt.Errorf("name the workload with exactly one of --workload and --pid")}
+			}
+			if strings.TrimSpace(req.Intent) == "" {
+				return usageError{fmt.Errorf("--intent is required: say what the task is for")}
+			}
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return usageError{fmt.Errorf("--label %q: want KEY=VALUE", l)}
+				}
+				if req.Labels == nil {
+					req.Labels = map[string]string{}
+				}
+				req.Labels[k] = v
+			}
+			if ttl < 0 {
+				return usageError{fmt.Errorf("--ttl %s: must not be negative", ttl)}
+			}
+			if ttl > 0 {
+				req.TTL = ttl.String()
+			}
+			var t api.Task
+			if err := client().do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(os.Stdout).Encode(t)
+			}
+			fmt.Println(t.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Workload, "workload", "", "the workload's cgroup path below the cgroup v2 mount")
+	f.IntVar(&req.PID, "pid", 0, "a process in the workload")
+	f.StringVar(&req.Intent, "intent", "", "what the task is for")
+	f.StringArrayVar(&labels, "label", nil, "task label KEY=VALUE (repeatable)")
+	f.DurationVar(&ttl, "ttl", 0, "requested lifetime (capped by the policy; 0: as long as the policy allows)")
+	f.BoolVar(&asJSON, "json", false, "print the task as JSON")
+	return cmd
+}
+
+func newTaskEndCommand(client func() *taskClient) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "end ID",
+		Short: "End a task: its grants are revoked and its open connections aborted",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var t api.Task
+			if err := client().do(cmd.Context(), http.MethodDelete, "/v1/tasks/"+args[0], nil, &t); err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(os.Stdout).Encode(t)
+			}
+			fmt.Printf("task %s ended\n", t.ID)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the ended task as JSON")
+	return cmd
+}
+
+func newTaskListCommand(client func() *taskClient) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the tasks in force",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out api.TaskList
+			if err := client().do(cmd.Context(), http.MethodGet, "/v1/tasks", nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(os.Stdout).Encode(out)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tWORKLOAD\tIDENTITY\tINTENT\tRULES\tEXPIRES")
+			for _, t := range out.Tasks {
+				exp := "never"
+				if !t.Expires.IsZero() {
+					exp = t.Expires.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", t.ID, t.Workload, t.Identity, t.Intent, t.Rules, exp)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

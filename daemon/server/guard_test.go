@@ -1,0 +1,111 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/policy/engine"
+)
+
+// serveGuarded serves one guarded handler on a unix socket with the
+// daemon's peer-credential hook and returns a client for it.
+func serveGuarded(t *testing.T, d *Daemon, mutating bool) *http.Client {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler:     d.guard(mutating, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, "ok") }),
+		ConnContext: connContext,
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", sock)
+		},
+	}}
+}
+
+func testDaemon(t *testing.T, roots []string, auditBuf *bytes.Buffer) *Daemon {
+	t.Helper()
+	return &Daemon{
+		cfg:    &config.Config{Roots: roots, NodeName: "n"},
+		log:    slog.New(slog.DiscardHandler),
+		audit:  newAuditLog(nopCloser{auditBuf}),
+		engine: engine.NewEngine(),
+	}
+}
+
+func get(t *testing.T, c *http.Client) (int, string) {
+	t.Helper()
+	resp, err := c.Get("http://bridled/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// The caller's cgroup comes from the kernel: a caller whose cgroup lies
+// under a root is refused and audited, whoever it is.
+func TestGuardRefusesCallersInsideRoots(t *testing.T) {
+	self, err := procCgroup(os.Getpid())
+	if err != nil {
+		t.Skipf("no cgroup v2 entry for this process: %v", err)
+	}
+	var audit bytes.Buffer
+	d := testDaemon(t, []string{self}, &audit)
+	status, body := get(t, serveGuarded(t, d, false))
+	if status != http.StatusForbidden || !strings.Contains(body, "workload") {
+		t.Fatalf("caller inside a root: %d %s", status, body)
+	}
+	var rec Record
+	if err := json.Unmarshal(audit.Bytes(), &rec); err != nil {
+		t.Fatalf("audit record %q: %v", audit.String(), err)
+	}
+	if rec.Action != "api" || rec.Verdict != "deny" || rec.Workload != self || rec.PID != uint32(os.Getpid()) {
+		t.Fatalf("audit record: %+v", rec)
+	}
+}
+
+func TestGuardAdmits(t *testing.T) {
+	var audit bytes.Buffer
+	d := testDaemon(t, []string{"/bridle-guard-test-nowhere"}, &audit)
+	if status, body := get(t, serveGuarded(t, d, false)); status != http.StatusOK {
+		t.Fatalf("read by a caller outside the roots: %d %s", status, body)
+	}
+	status, body := get(t, serveGuarded(t, d, true))
+	admin := d.cfg.IsAdmin(uint32(os.Getuid()), nil)
+	if admin && status != http.StatusOK || !admin && status != http.StatusForbidden {
+		t.Fatalf("mutating call by uid %d (admin %v): %d %s", os.Getuid(), admin, status, body)
+	}
+}
+
+func TestProcCgroup(t *testing.T) {
+	p, err := procCgroup(os.Getpid())
+	if err != nil {
+		t.Skipf("no cgroup v2 entry: %v", err)
+	}
+	if !strings.HasPrefix(p, "/") {
+		t.Fatalf("cgroup %q", p)
+	}
+	if _, err := procCgroup(-1); err == nil {
+		t.Fatal("pid -1 has a cgroup")
+	}
+}

@@ -1,0 +1,141 @@
+// Package store persists the daemon's tasks, so that a restarted bridled
+// knows which slots hold which task and when each one expires. The kernel
+// keeps enforcing while the daemon is down; the store is what lets the new
+// daemon take over those tasks rather than guess.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/bridle-sh/bridle/daemon/tasks"
+)
+
+// version of the file format; a file with another version is refused.
+const version = 1
+
+// Entry is one stored task and the policy revision that decided its
+// envelope (its decision events carry that revision after a restart too).
+type Entry struct {
+	tasks.Task
+	PolicyRevision string `json:"policy_revision"`
+}
+
+type file struct {
+	Version int     `json:"version"`
+	Tasks   []Entry `json:"tasks"`
+}
+
+// Store is one JSON file of tasks.
+type Store struct {
+	mu   sync.Mutex
+	path string
+}
+
+// Open returns the store at dir/tasks.json, creating dir if missing.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return &Store{path: filepath.Join(dir, "tasks.json")}, nil
+}
+
+// Path is the store's file.
+func (s *Store) Path() string { return s.path }
+
+// Load returns the stored tasks; none when the file does not exist yet.
+func (s *Store) Load() ([]Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var f file
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("store: %s: %w", s.path, err)
+	}
+	if f.Version != version {
+		return nil, fmt.Errorf("store: %s: version %d, want %d", s.path, f.Version, version)
+	}
+	return f.Tasks, nil
+}
+
+// Save replaces the stored tasks.
+func (s *Store) Save(ts []Entry) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ts == nil {
+		ts = []Entry{}
+	}
+	b, err := json.MarshalIndent(file{Version: version, Tasks: ts}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return writeAtomic(s.path, append(b, '\n'))
+}
+
+// BaselineRevision returns the policy revision whose baseline the last
+// daemon wrote into the kernel, "" if none is recorded.
+func (s *Store) BaselineRevision() (string, error) {
+	b, err := os.ReadFile(s.baselinePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("store: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// SetBaselineRevision records the revision of the baseline in the kernel.
+func (s *Store) SetBaselineRevision(rev string) error {
+	return writeAtomic(s.baselinePath(), []byte(rev+"\n"))
+}
+
+func (s *Store) baselinePath() string {
+	return filepath.Join(filepath.Dir(s.path), "baseline.rev")
+}
+
+// writeAtomic replaces a file whole: a temporary file is written, synced,
+// renamed over the old one and the directory synced, so after a crash the
+// file holds either the old content or the new, never a mix.
+func writeAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("store: write: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("store: sync: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("store: sync %s: %w", dir, err)
+	}
+	return nil
+}
