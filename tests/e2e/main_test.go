@@ -295,17 +295,23 @@ func wantRecord(t testing.TB, r result, verdict, action, protocol string) audit.
 // tcpListener accepts and closes connections in the test namespace.
 func tcpListener(t testing.TB, network, addr string) int {
 	t.Helper()
-	var ln net.Listener
-	inNetns(t, func() {
-		var err error
-		ln, err = net.Listen(network, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-	})
+	ln := listenInNetns(t, network, addr)
 	t.Cleanup(func() { ln.Close() })
 	go acceptAndClose(ln)
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// listenInNetns opens a TCP listener in the test namespace.
+func listenInNetns(t testing.TB, network, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	inNetns(t, func() {
+		var err error
+		if ln, err = net.Listen(network, addr); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return ln
 }
 
 // udpListener returns a port with a UDP socket bound in the test namespace.
@@ -338,14 +344,7 @@ func acceptAndClose(ln net.Listener) {
 // them open until the test ends, so only the client side can end them.
 func tcpHoldingListener(t testing.TB, network, addr string) int {
 	t.Helper()
-	var ln net.Listener
-	inNetns(t, func() {
-		var err error
-		ln, err = net.Listen(network, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-	})
+	ln := listenInNetns(t, network, addr)
 	var held []net.Conn
 	done := make(chan struct{})
 	go func() {
