@@ -142,6 +142,13 @@ func resolveIdentity(id, user string) (string, error) {
 
 // enforce puts the task's rules in the kernel before anything runs.
 func (r *runner) enforce() error {
+	// The lock first: from here on, concurrent runs' sweeps leave this
+	// run's cgroup and pins alone.
+	lock, err := lockRun(r.taskID)
+	if err != nil {
+		return err
+	}
+	r.defer_(lock.release)
 	sweepStale()
 	root, err := loader.CgroupRoot()
 	if err != nil {

@@ -1,17 +1,72 @@
 package daemon
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
 )
 
+// lockParent holds one lock file per live standalone run. A run holds its
+// lock (flock) from before it creates anything until it has removed it all;
+// the kernel drops the lock when the run dies, however it dies.
+const lockParent = "/run/bridle/run"
+
+// runLock is a held run lock.
+type runLock struct {
+	f *os.File
+}
+
+// lockRun creates and takes the lock of a new run.
+func lockRun(taskID string) (*runLock, error) {
+	if err := os.MkdirAll(lockParent, 0o700); err != nil {
+		return nil, fmt.Errorf("run lock: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(lockParent, taskID+".lock"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("run lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("run lock: %w", err)
+	}
+	return &runLock{f: f}, nil
+}
+
+// release removes the lock file, then drops the lock.
+func (l *runLock) release() {
+	_ = os.Remove(l.f.Name())
+	_ = l.f.Close()
+}
+
+// ownerGone reports whether the run that owns taskID's pins is dead: its
+// lock file is missing or can be locked.
+func ownerGone(taskID string) bool {
+	f, err := os.OpenFile(filepath.Join(lockParent, taskID+".lock"), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return false // held: the run is alive
+	}
+	_ = os.Remove(f.Name())
+	return true
+}
+
 // sweepStale removes what earlier runs left behind when they were killed
 // before cleaning up. Their pins keep enforcing while processes of the
-// workload remain (fail closed); once the workload is empty they are removed.
+// workload remain (fail closed); once the owner is dead and the workload
+// empty they are removed. Runs in progress are never touched.
 func sweepStale() {
 	root, err := loader.CgroupRoot()
 	if err != nil {
@@ -27,6 +82,9 @@ func sweepStale() {
 		}
 		cg := workload.Cgroup{Root: root, Path: filepath.Join(root, cgroupParent, "run-"+ent.Name())}
 		if pids, err := cg.Procs(); err == nil && len(pids) > 0 {
+			continue
+		}
+		if !ownerGone(ent.Name()) {
 			continue
 		}
 		_ = loader.RemovePins(filepath.Join(pinParent, ent.Name()))

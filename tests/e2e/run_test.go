@@ -236,3 +236,22 @@ func TestWorkloadPrivileges(t *testing.T) {
 		t.Fatalf("want %q and no capabilities in\n%s", want, r.stdout)
 	}
 }
+
+// Runs started at the same time keep to their own cgroups and pins: one
+// run's sweep of leftovers never takes another's.
+func TestConcurrentRuns(t *testing.T) {
+	p := tcpListener(t, "tcp4", "127.0.0.1:0")
+	target := fmt.Sprintf("127.0.0.1:%d", p)
+	const n = 4
+	results := make(chan result, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			results <- probe(t, []string{"--allow-connect", "tcp:" + target}, "after", "0.5", "tcp", target)
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if r := <-results; r.status != 0 || !strings.HasPrefix(r.probeLine(), "ok") {
+			t.Errorf("run %d: status %d line %q\n%s", i, r.status, r.probeLine(), r.stderr)
+		}
+	}
+}
