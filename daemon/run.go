@@ -1,6 +1,6 @@
-// Package daemon is Bridle's node agent. Run is the embedded engine behind
-// `bridle run`: one command, as one workload with one task, on this machine,
-// with no other setup.
+// Package daemon is Bridle's node agent. Run is `bridle run`: one command,
+// as one workload with one task, enforced by bridled when it runs on the
+// machine and by a node in this process otherwise (no other setup).
 package daemon
 
 import (
@@ -11,13 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
+	"github.com/bridle-sh/bridle/daemon/node"
+	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
@@ -26,21 +31,31 @@ import (
 
 // RunSpec is one `bridle run`.
 type RunSpec struct {
-	Command  []string        // COMMAND and its arguments
-	Envelope policy.Envelope // what the task may do besides running COMMAND
-	User     string          // who COMMAND runs as; "root" only when asked for
-	Audit    bool            // --mode audit: record refusals, refuse nothing
-	LogAllow bool            // emit allowed decisions too
-	Identity string          // SPIFFE ID; a default names the user
+	Command []string // COMMAND and its arguments
+	// Grants are the --allow-* flags: what the task may do besides
+	// running COMMAND. Without a policy they are the whole envelope; with
+	// one (bridled's, or --policy) they cap it, and nil leaves it as the
+	// policy says.
+	Grants   *api.Grants
+	TTL      time.Duration
+	User     string // who COMMAND runs as; "root" only when asked for
+	Audit    bool   // --mode audit: record refusals, refuse nothing
+	LogAllow bool   // emit allowed decisions too
+	Identity string // SPIFFE ID; a default names the user
 	Intent   string
-	Records  io.Writer // decision records as JSON lines; nil for none
-	Out      io.Writer // what a person reads: denials as they happen, summary
-	Verbose  bool
-	Self     string // the bridle binary, started as the launch shim
+	Policy   string // --policy: a Rego directory or bundle; "" for none
+	// Socket is where bridled is looked for; Standalone runs without it
+	// even if it is there.
+	Socket     string
+	Standalone bool
+	Records    io.Writer // decision records as JSON lines; nil for none
+	Out        io.Writer // what a person reads: denials as they happen, summary
+	Verbose    bool
+	Self       string // the bridle binary, started as the launch shim
 }
 
 // pinParent is where standalone runs pin their programs and maps, one
-// directory per task; cgroupParent likewise for their cgroups.
+// directory per run; cgroupParent likewise for their cgroups.
 const (
 	pinParent    = loader.DefaultPinRoot + "/run"
 	cgroupParent = "bridle.run"
@@ -53,8 +68,16 @@ func Run(ctx context.Context, spec RunSpec, sigs <-chan os.Signal) (int, error) 
 	if err != nil {
 		return 0, err
 	}
-	defer r.cleanup()
-	if err := r.enforce(); err != nil {
+	if r.host, err = pickHost(ctx, spec, r.runID); err != nil {
+		return 0, err
+	}
+	defer r.host.close()
+	// Under a policy (bridled's, or --policy) with no flags, the policy
+	// alone decides what the run may do.
+	if spec.Grants == nil && r.host.hasPolicy() {
+		r.grants = nil
+	}
+	if err := r.enforce(ctx); err != nil {
 		return 0, err
 	}
 	return r.run(ctx, sigs)
@@ -62,22 +85,21 @@ func Run(ctx context.Context, spec RunSpec, sigs <-chan os.Signal) (int, error) 
 
 type runner struct {
 	spec     RunSpec
-	taskID   string
+	runID    string
 	identity string
-	node     string
 	path     string // resolved COMMAND
 	creds    workload.Credentials
-	rules    policy.RuleSet
-	tasks    *tasks.Manager
+	grants   *api.Grants
+	host     host
 
-	cg       workload.Cgroup
-	cgID     uint64
-	enf      *loader.Enforcer
-	events   *loader.EventReader
-	stats    *summary
-	records  *audit.Writer
-	eventsWG sync.WaitGroup
-	cleanups []func()
+	cg      workload.Cgroup
+	task    node.Task
+	records <-chan audit.Record
+	wait    func() error
+	stats   *summary
+	writer  *audit.Writer
+	shown   sync.WaitGroup
+	ending  atomic.Bool // the run is ending its own task
 }
 
 func prepare(spec RunSpec) (*runner, error) {
@@ -87,11 +109,9 @@ func prepare(spec RunSpec) (*runner, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bridle run needs root to load BPF programs (try sudo)")
 	}
-	r := &runner{spec: spec, stats: newSummary()}
-	r.taskID = tasks.NewTaskID()
-	r.node, _ = os.Hostname()
+	r := &runner{spec: spec, stats: newSummary(), runID: tasks.NewTaskID()}
 	if spec.Records != nil {
-		r.records = audit.NewWriter(spec.Records)
+		r.writer = audit.NewWriter(spec.Records)
 	}
 
 	var err error
@@ -107,13 +127,30 @@ func prepare(spec RunSpec) (*runner, error) {
 	if r.identity, err = resolveIdentity(spec.Identity, r.creds.Name); err != nil {
 		return nil, err
 	}
-
-	env := spec.Envelope
-	env.Exec = append(append([]policy.ExecRule(nil), env.Exec...), commandExecRules(r.path)...)
-	if r.rules, err = policy.Compile(env); err != nil {
+	// The flags plus COMMAND itself are what the run may do (at most);
+	// checked here, before anything runs, with the flag in the message.
+	g := api.Grants{}
+	if spec.Grants != nil {
+		g = *spec.Grants
+	}
+	g.Exec = append(slices.Clone(g.Exec), execStrings(commandExecRules(r.path))...)
+	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
+	if err != nil {
 		return nil, err
 	}
+	if _, err := policy.Compile(env); err != nil {
+		return nil, err
+	}
+	r.grants = &g
 	return r, nil
+}
+
+func execStrings(rules []policy.ExecRule) []string {
+	out := make([]string, len(rules))
+	for i, rule := range rules {
+		out[i] = rule.String()
+	}
+	return out
 }
 
 // resolveUser picks who COMMAND runs as: the named user, else the user sudo
@@ -140,94 +177,41 @@ func resolveIdentity(id, user string) (string, error) {
 	return parsed.String(), nil
 }
 
-// enforce puts the task's rules in the kernel before anything runs.
-func (r *runner) enforce() error {
-	// The lock first: from here on, concurrent runs' sweeps leave this
-	// run's cgroup and pins alone.
-	lock, err := lockRun(r.taskID)
-	if err != nil {
+// enforce puts the task in force before anything runs, and starts showing
+// the workload's decisions.
+func (r *runner) enforce(ctx context.Context) error {
+	var err error
+	if r.cg, err = r.host.newWorkload(r.runID); err != nil {
 		return err
 	}
-	r.defer_(lock.release)
-	sweepStale()
-	root, err := loader.CgroupRoot()
-	if err != nil {
-		return err
-	}
-	if r.cg, err = workload.Create(root, cgroupParent, "run-"+r.taskID); err != nil {
-		return err
-	}
-	r.defer_(func() { _ = r.cg.Remove() })
-	if r.cgID, err = loader.CgroupID(r.cg.Path); err != nil {
-		return err
-	}
-
-	r.enf, err = loader.Load(loader.Options{PinDir: filepath.Join(pinParent, r.taskID), WakeupBytes: loader.DefaultWakeupBytes})
-	if err != nil {
-		return err
-	}
-	r.defer_(func() {
-		_ = r.enf.Unpin()
-		_ = r.enf.Close()
+	r.task, err = r.host.start(ctx, taskRequest{
+		ID: r.runID, Workload: r.cg, Intent: r.spec.Intent, TTL: r.spec.TTL,
+		Grants: r.grants, Identity: r.identity,
+		Mode: loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
 	})
+	if err != nil {
+		return err
+	}
 	if r.spec.Verbose {
-		r.printFeatures()
+		for _, line := range r.host.describe() {
+			fmt.Fprintf(r.spec.Out, "bridle: %s\n", line)
+		}
+		fmt.Fprintf(r.spec.Out, "bridle: task %s, workload %s, %d kernel rules, identity %s, policy %s\n",
+			r.task.ID, r.task.Workload, r.task.Rules, r.task.Identity, r.task.PolicyRevision)
 	}
-	if len(r.rules.Unix) > 0 && !r.enf.Features().UnixHooks {
-		return fmt.Errorf("--allow-unix needs unix socket hooks: %s", r.enf.Features().UnixReason)
-	}
-	r.tasks = tasks.NewManager(r.enf, r.taskEnded)
-	_, err = r.tasks.Start(r.taskID, tasks.StartRequest{
-		Workload: r.cg.Rel(),
-		CgroupID: r.cgID,
-		Identity: r.identity,
-		Intent:   r.spec.Intent,
-		TTL:      r.spec.Envelope.TTL,
-		Rules:    r.rules,
-		Mode:     loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
-	})
-	if err != nil {
+	if r.records, r.wait, err = r.host.events(ctx, r.cg); err != nil {
+		_ = r.host.end(r.task.ID)
 		return err
 	}
-	if err := r.enf.AttachCgroup(r.cg.Path); err != nil {
-		return err
-	}
-	if r.events, err = r.enf.Events(); err != nil {
-		return err
-	}
-	r.eventsWG.Add(1)
-	go r.readEvents()
+	r.shown.Go(r.show)
 	return nil
-}
-
-func (r *runner) defer_(f func()) { r.cleanups = append(r.cleanups, f) }
-
-func (r *runner) cleanup() {
-	for i := len(r.cleanups) - 1; i >= 0; i-- {
-		r.cleanups[i]()
-	}
-}
-
-func (r *runner) printFeatures() {
-	f := r.enf.Features()
-	out := r.spec.Out
-	fmt.Fprintf(out, "bridle: kernel %s\n", f.Kernel)
-	fmt.Fprintf(out, "bridle: exec enforcement: %s (%s)\n", f.ExecMode, f.ExecModeReason)
-	if f.UnixHooks {
-		fmt.Fprintf(out, "bridle: unix sockets: enforced by path\n")
-	} else {
-		fmt.Fprintf(out, "bridle: unix sockets: NOT enforced (%s)\n", f.UnixReason)
-	}
-	fmt.Fprintf(out, "bridle: BTF: %s\n", f.BTF)
-	fmt.Fprintf(out, "bridle: open connections at task end: %s (%s)\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)
-	fmt.Fprintf(out, "bridle: pinned at %s\n", r.enf.PinDir())
-	fmt.Fprintf(out, "bridle: task %s, workload %s, %d kernel rules, identity %s\n", r.taskID, r.cg.Rel(), r.rules.Count(), r.identity)
 }
 
 func (r *runner) run(ctx context.Context, sigs <-chan os.Signal) (int, error) {
 	cmd := workload.Command(r.spec.Self, r.cg, r.creds, r.path, r.spec.Command)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
+		r.finish()
 		return 0, fmt.Errorf("start %s: %w", r.path, err)
 	}
 
@@ -249,26 +233,40 @@ wait:
 	}
 	status, err := exitStatus(err)
 	if err != nil {
+		r.finish()
 		return 0, err
 	}
-	r.finish(status)
+	drops := r.finish()
+	r.stats.print(r.spec.Out, r.spec.Command[0], status, drops)
 	return status, nil
 }
 
-// taskEnded reports how a task ended: on expiry while the command runs, or
-// when the command exits.
-func (r *runner) taskEnded(e tasks.End) {
-	if e.Reason == "expired" {
-		fmt.Fprintf(r.spec.Out, "bridle: task %s expired: its grants are revoked\n", e.Task.ID)
+// finish ends what COMMAND left running and the task (in that order: the
+// leftovers are the task's to the end), then waits until every decision of
+// the workload has been shown. It returns the ring's drop count when it is
+// known.
+func (r *runner) finish() uint64 {
+	if pids, _ := r.cg.Procs(); len(pids) > 0 {
+		fmt.Fprintf(r.spec.Out, "bridle: ending %d process(es) the command left in its workload\n", len(pids))
+		if err := r.cg.Kill(5 * time.Second); err != nil {
+			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+		}
 	}
-	if n := e.Sockets.TCP + e.Sockets.UDP; n > 0 {
-		fmt.Fprintf(r.spec.Out, "bridle: aborted %d open connection(s) of the task (%d tcp, %d udp)\n", n, e.Sockets.TCP, e.Sockets.UDP)
+	r.ending.Store(true)
+	if err := r.host.end(r.task.ID); err != nil {
+		fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
 	}
-	// When the command has exited, its workload is about to be emptied,
-	// which closes everything; only a live workload needs the warning.
-	if e.SocketsErr != nil && e.Reason == "expired" {
-		fmt.Fprintf(r.spec.Out, "bridle: WARNING: connections opened under the task may still be open: %v\n", e.SocketsErr)
+	done := make(chan struct{})
+	go func() { r.shown.Wait(); close(done) }()
+	select {
+	case <-done:
+		if err := r.wait(); err != nil {
+			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+		}
+	case <-time.After(10 * time.Second):
+		fmt.Fprintf(r.spec.Out, "bridle: decisions still arriving after 10s; the summary may be incomplete\n")
 	}
+	return r.host.drops()
 }
 
 func exitStatus(err error) (int, error) {
@@ -289,70 +287,26 @@ func exitStatus(err error) (int, error) {
 	return ws.ExitStatus(), nil
 }
 
-// finish ends what COMMAND left running (the task is over), collects the
-// last decisions and prints the summary.
-func (r *runner) finish(status int) {
-	if _, active := r.tasks.Get(r.taskID); active {
-		if err := r.tasks.End(r.taskID, "command exited"); err != nil {
-			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
-		}
-	}
-	if pids, _ := r.cg.Procs(); len(pids) > 0 {
-		fmt.Fprintf(r.spec.Out, "bridle: ending %d process(es) the command left in its workload\n", len(pids))
-		if err := r.cg.Kill(5 * time.Second); err != nil {
-			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
-		}
-	}
-	_ = r.events.Flush()
-	r.eventsWG.Wait()
-	_ = r.events.Close()
-	drops, err := r.enf.Drops()
-	if err != nil {
-		fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
-	}
-	r.stats.print(r.spec.Out, r.spec.Command[0], status, drops)
-}
-
-func (r *runner) readEvents() {
-	defer r.eventsWG.Done()
-	for {
-		ev, err := r.events.Read()
-		if err != nil {
-			if !errors.Is(err, loader.ErrFlushed) && !errors.Is(err, loader.ErrClosed) {
-				fmt.Fprintf(r.spec.Out, "bridle: event reader: %v\n", err)
+// show prints each refusal as it happens, counts every decision for the
+// summary and writes the records to --audit.
+func (r *runner) show() {
+	for rec := range r.records {
+		if rec.Action == "task_end" {
+			// The run's own end is no news; an expiry, or an end by
+			// someone else, is.
+			if strings.HasPrefix(rec.Reason, "expired") || !r.ending.Load() {
+				fmt.Fprintf(r.spec.Out, "bridle: task %s ended: %s\n", rec.Task, rec.Reason)
 			}
-			return
+			continue
 		}
-		rec := r.record(ev)
 		r.stats.add(rec)
 		if rec.Verdict != "allow" {
 			fmt.Fprintf(r.spec.Out, "bridle: %s\n", rec.Line())
 		}
-		if r.records != nil {
-			if err := r.records.Write(rec); err != nil {
+		if r.writer != nil {
+			if err := r.writer.Write(rec); err != nil {
 				fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
 			}
 		}
-	}
-}
-
-func (r *runner) record(ev loader.Event) audit.Record {
-	return audit.Record{
-		Time:        audit.Timestamp(ev.Time),
-		Node:        r.node,
-		Workload:    r.cg.Rel(),
-		Identity:    r.identity,
-		Task:        r.taskID,
-		Intent:      r.spec.Intent,
-		PID:         ev.PID,
-		Comm:        ev.Comm,
-		Action:      ev.Action,
-		Protocol:    ev.Protocol,
-		Address:     audit.Addr(ev.Addr),
-		Port:        ev.Port,
-		Path:        ev.Path,
-		Verdict:     ev.Verdict,
-		Reason:      ev.Reason,
-		Enforcement: ev.Enforcement,
 	}
 }

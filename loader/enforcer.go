@@ -258,29 +258,11 @@ func (e *Enforcer) PinDir() string { return e.pinDir }
 // AttachCgroup attaches the network programs to a cgroup and its whole
 // subtree, and pins the links so they outlive this process.
 func (e *Enforcer) AttachCgroup(path string) error {
-	type attach struct {
-		name string
-		typ  ebpf.AttachType
-		prog *ebpf.Program
-	}
-	list := []attach{
-		{"connect4", ebpf.AttachCGroupInet4Connect, e.net.BridleConnect4},
-		{"connect6", ebpf.AttachCGroupInet6Connect, e.net.BridleConnect6},
-		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, e.net.BridleSendmsg4},
-		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, e.net.BridleSendmsg6},
-		{"sock_create", ebpf.AttachCGroupInetSockCreate, e.net.BridleSockCreate},
-		{"ping_egress", ebpf.AttachCGroupInetEgress, e.net.BridlePingEgress},
-	}
-	if e.unix != nil {
-		list = append(list,
-			attach{"connect_unix", ebpf.AttachCgroupUnixConnect, e.unix.BridleConnUnix},
-			attach{"sendmsg_unix", ebpf.AttachCgroupUnixSendmsg, e.unix.BridleSendUnix})
-	}
 	id, err := CgroupID(path)
 	if err != nil {
 		return err
 	}
-	for _, a := range list {
+	for _, a := range e.cgroupHooks() {
 		p := pinPath(e.pinDir, fmt.Sprintf("cg%d_%s", id, a.name))
 		// A link pinned by an earlier load (a restart, an upgrade) gets the
 		// new program in one atomic swap: the cgroup is never without one.
@@ -301,6 +283,62 @@ func (e *Enforcer) AttachCgroup(path string) error {
 		}
 	}
 	return nil
+}
+
+// AttachedAt checks that every cgroup program of this enforcer is attached
+// to the cgroup at path, and returns the hooks that are not. Someone with
+// root can detach programs behind Bridle's back; this is how it notices.
+func (e *Enforcer) AttachedAt(path string) ([]string, error) {
+	dir, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("check attachments of %s: %w", path, err)
+	}
+	defer dir.Close()
+	var missing []string
+	for _, a := range e.cgroupHooks() {
+		info, err := a.prog.Info()
+		if err != nil {
+			return nil, fmt.Errorf("check attachments: %s: %w", a.name, err)
+		}
+		want, _ := info.ID()
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(dir.Fd()), Attach: a.typ})
+		if err != nil {
+			return nil, fmt.Errorf("check attachments of %s: %s: %w", path, a.name, err)
+		}
+		found := false
+		for _, p := range res.Programs {
+			found = found || p.ID == want
+		}
+		if !found {
+			missing = append(missing, a.name)
+		}
+	}
+	return missing, nil
+}
+
+type cgroupHook struct {
+	name string
+	typ  ebpf.AttachType
+	prog *ebpf.Program
+}
+
+// cgroupHooks lists the programs a confined cgroup gets.
+func (e *Enforcer) cgroupHooks() []cgroupHook {
+	type attach = cgroupHook
+	list := []attach{
+		{"connect4", ebpf.AttachCGroupInet4Connect, e.net.BridleConnect4},
+		{"connect6", ebpf.AttachCGroupInet6Connect, e.net.BridleConnect6},
+		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, e.net.BridleSendmsg4},
+		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, e.net.BridleSendmsg6},
+		{"sock_create", ebpf.AttachCGroupInetSockCreate, e.net.BridleSockCreate},
+		{"ping_egress", ebpf.AttachCGroupInetEgress, e.net.BridlePingEgress},
+	}
+	if e.unix != nil {
+		list = append(list,
+			attach{"connect_unix", ebpf.AttachCgroupUnixConnect, e.unix.BridleConnUnix},
+			attach{"sendmsg_unix", ebpf.AttachCgroupUnixSendmsg, e.unix.BridleSendUnix})
+	}
+	return list
 }
 
 // replacePin pins l at path, replacing whatever was pinned there in one

@@ -80,6 +80,11 @@ func name(m map[uint8]string, v uint8) string {
 
 // EventReader reads decision events from the kernel's ring buffer.
 type EventReader struct {
+	// OnIdle, if set, is called by Read each time it finds the ring empty.
+	// Every event queued before that moment has then been returned, which
+	// is how a consumer knows a finished workload's decisions are all in.
+	OnIdle func()
+
 	rd       *ringbuf.Reader
 	bootBase time.Time // wall-clock time at CLOCK_BOOTTIME zero
 	rec      ringbuf.Record
@@ -113,6 +118,9 @@ func (r *EventReader) Read() (Event, error) {
 		r.rd.SetDeadline(time.Now().Add(pollInterval))
 		err := r.rd.ReadInto(&r.rec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if r.OnIdle != nil {
+				r.OnIdle()
+			}
 			continue
 		}
 		if err != nil {

@@ -232,6 +232,44 @@ func (e *Enforcer) ClearSlot(slot uint32) error {
 	return errors.Join(errs...)
 }
 
+// Bindings returns every cgroup the kernel has a workload entry for, with
+// the slot it is bound to. A restarted daemon compares it with its task
+// store: a binding the store does not explain is revoked.
+func (e *Enforcer) Bindings() (map[uint64]uint32, error) {
+	out := map[uint64]uint32{}
+	var (
+		id uint64
+		v  netBridleWorkload
+	)
+	it := e.net.BridleCgroups.Iterate()
+	for it.Next(&id, &v) {
+		out[id] = v.Slot
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read workload bindings: %w", err)
+	}
+	return out, nil
+}
+
+// ClearSlotsExcept deletes the rules and task entry of every task slot not
+// in keep. The baseline slot is never touched. A daemon that crashed
+// between writing a task's rules and recording the task leaves such slots
+// behind; a later task given the slot must not inherit their rules.
+func (e *Enforcer) ClearSlotsExcept(keep map[uint32]bool) error {
+	stale := func(slot uint32) bool { return slot != BaselineSlot && !keep[slot] }
+	var errs []error
+	errs = append(errs, deleteWhere(e.net.BridleNet4, func(k *netBridleNet4Key) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleNet6, func(k *netBridleNet6Key) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleExec, func(k *netBridleExecKey) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleUnix, func(k *netBridleUnixKey) bool { return stale(k.Slot) }))
+	for slot := uint32(1); slot < MaxSlots; slot++ {
+		if stale(slot) {
+			errs = append(errs, e.net.BridleTasks.Update(slot, &netBridleTask{}, ebpf.UpdateAny))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func deleteWhere[K any](m *ebpf.Map, match func(*K) bool) error {
 	var doomed []K
 	var k K

@@ -277,3 +277,32 @@ func checkExec(s string) (ExecRule, error) {
 	}
 	return ExecRule{Path: filepath.Clean(s), Dir: strings.HasSuffix(s, "/")}, nil
 }
+
+// ParseGrants parses grants written as `bridle run` flags (--allow-connect,
+// --allow-unix, --allow-exec values) into an envelope with no TTL. Errors
+// name the flag the bad value belongs to.
+func ParseGrants(connect, unixPaths, exec []string) (Envelope, error) {
+	var env Envelope
+	for _, s := range connect {
+		r, err := ParseConnect(s)
+		if err != nil {
+			return Envelope{}, fmt.Errorf("--allow-connect: %w", err)
+		}
+		env.Egress = append(env.Egress, r)
+	}
+	for _, s := range unixPaths {
+		p, err := ParseUnix(s)
+		if err != nil {
+			return Envelope{}, fmt.Errorf("--allow-unix: %w", err)
+		}
+		env.Unix = append(env.Unix, p)
+	}
+	for _, s := range exec {
+		r, err := ParseExec(s)
+		if err != nil {
+			return Envelope{}, fmt.Errorf("--allow-exec: %w", err)
+		}
+		env.Exec = append(env.Exec, r)
+	}
+	return env, nil
+}

@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bridle-sh/bridle/daemon"
+	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/policy"
 )
 
@@ -20,6 +22,8 @@ type runFlags struct {
 	identity, intent    string
 	ttl                 time.Duration
 	audit               string
+	policy, socket      string
+	standalone          bool
 	logAllowed, verbose bool
 }
 
@@ -67,6 +71,9 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 	fl.StringVar(&f.intent, "intent", "", "what the task is for, recorded with every decision")
 	fl.DurationVar(&f.ttl, "ttl", 0, "lifetime of the task's grants (e.g. 10m); afterwards everything is refused")
 	fl.StringVar(&f.audit, "audit", "", "write decision records as JSON lines to FILE (appended), or - for stdout")
+	fl.StringVar(&f.policy, "policy", "", "decide the task's envelope with this Rego policy (a directory or an OPA bundle file); --allow-* flags then cap it")
+	fl.StringVar(&f.socket, "socket", config.DefaultSocket, "bridled's API socket: when a daemon answers there, it enforces the run under the node's policy")
+	fl.BoolVar(&f.standalone, "standalone", false, "enforce in this process even if bridled runs")
 	fl.BoolVar(&f.logAllowed, "log-allowed", false, "record allowed decisions too, not only refusals")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "report what the kernel supports and how the task is enforced")
 	return cmd
@@ -76,34 +83,22 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 	noop := func() {}
 	spec := daemon.RunSpec{
-		Command:  args,
-		User:     f.user,
-		Identity: f.identity,
-		Intent:   f.intent,
-		LogAllow: f.logAllowed,
-		Verbose:  f.verbose,
-		Out:      os.Stderr,
+		Command:    args,
+		User:       f.user,
+		Identity:   f.identity,
+		Intent:     f.intent,
+		Policy:     f.policy,
+		Socket:     f.socket,
+		Standalone: f.standalone,
+		LogAllow:   f.logAllowed,
+		Verbose:    f.verbose,
+		Out:        os.Stderr,
 	}
-	for _, s := range f.connect {
-		r, err := policy.ParseConnect(s)
-		if err != nil {
-			return spec, noop, fmt.Errorf("--allow-connect: %w", err)
-		}
-		spec.Envelope.Egress = append(spec.Envelope.Egress, r)
+	if _, err := policy.ParseGrants(f.connect, f.unix, f.exec); err != nil {
+		return spec, noop, err
 	}
-	for _, s := range f.unix {
-		p, err := policy.ParseUnix(s)
-		if err != nil {
-			return spec, noop, fmt.Errorf("--allow-unix: %w", err)
-		}
-		spec.Envelope.Unix = append(spec.Envelope.Unix, p)
-	}
-	for _, s := range f.exec {
-		r, err := policy.ParseExec(s)
-		if err != nil {
-			return spec, noop, fmt.Errorf("--allow-exec: %w", err)
-		}
-		spec.Envelope.Exec = append(spec.Envelope.Exec, r)
+	if len(f.connect)+len(f.unix)+len(f.exec) > 0 {
+		spec.Grants = &api.Grants{Connect: f.connect, Unix: f.unix, Exec: f.exec}
 	}
 	switch f.mode {
 	case "enforce":
@@ -115,7 +110,12 @@ func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 	if f.ttl < 0 {
 		return spec, noop, fmt.Errorf("--ttl %v: must be positive", f.ttl)
 	}
-	spec.Envelope.TTL = f.ttl
+	spec.TTL = f.ttl
+	if f.policy != "" {
+		if _, err := os.Stat(f.policy); err != nil {
+			return spec, noop, fmt.Errorf("--policy: %w", err)
+		}
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return spec, noop, fmt.Errorf("find the bridle binary: %w", err)

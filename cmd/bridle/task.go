@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,68 +15,6 @@ import (
 	"github.com/bridle-sh/bridle/daemon/server/api"
 )
 
-// taskClient calls bridled's task API on its unix socket.
-type taskClient struct {
-	socket string
-	http   *http.Client
-}
-
-func newTaskClient(socket string) *taskClient {
-	return &taskClient{socket: socket, http: &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		}},
-	}}
-}
-
-// do sends a call and decodes a 2xx answer into out; any other answer
-// becomes an error carrying the daemon's message.
-func (c *taskClient) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://bridled"+path, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("bridled at %s: %w", c.socket, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("bridled: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var eb api.Error
-		if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
-			msg := eb.Error
-			for _, r := range eb.Reasons {
-				msg += "\n  - " + r
-			}
-			return fmt.Errorf("bridled refused (%d): %s", resp.StatusCode, msg)
-		}
-		return fmt.Errorf("bridled: %s: %s", resp.Status, strings.TrimSpace(string(b)))
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("bridled: answer: %w", err)
-		}
-	}
-	return nil
-}
-
 func newTaskCommand() *cobra.Command {
 	var socket string
 	cmd := &cobra.Command{
@@ -88,12 +22,12 @@ func newTaskCommand() *cobra.Command {
 		Short: "Start, end and list tasks through the node daemon (bridled)",
 	}
 	cmd.PersistentFlags().StringVar(&socket, "socket", config.DefaultSocket, "bridled's API socket")
-	client := func() *taskClient { return newTaskClient(socket) }
+	client := func() *api.Client { return api.NewClient(socket) }
 	cmd.AddCommand(newTaskStartCommand(client), newTaskEndCommand(client), newTaskListCommand(client))
 	return cmd
 }
 
-func newTaskStartCommand(client func() *taskClient) *cobra.Command {
+func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 	var (
 		req    api.StartRequest
 		labels []string
@@ -128,7 +62,7 @@ func newTaskStartCommand(client func() *taskClient) *cobra.Command {
 				req.TTL = ttl.String()
 			}
 			var t api.Task
-			if err := client().do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
+			if err := client().Do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
 				return err
 			}
 			if asJSON {
@@ -148,7 +82,7 @@ func newTaskStartCommand(client func() *taskClient) *cobra.Command {
 	return cmd
 }
 
-func newTaskEndCommand(client func() *taskClient) *cobra.Command {
+func newTaskEndCommand(client func() *api.Client) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "end ID",
@@ -156,7 +90,7 @@ func newTaskEndCommand(client func() *taskClient) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var t api.Task
-			if err := client().do(cmd.Context(), http.MethodDelete, "/v1/tasks/"+args[0], nil, &t); err != nil {
+			if err := client().Do(cmd.Context(), http.MethodDelete, "/v1/tasks/"+args[0], nil, &t); err != nil {
 				return err
 			}
 			if asJSON {
@@ -170,7 +104,7 @@ func newTaskEndCommand(client func() *taskClient) *cobra.Command {
 	return cmd
 }
 
-func newTaskListCommand(client func() *taskClient) *cobra.Command {
+func newTaskListCommand(client func() *api.Client) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -178,7 +112,7 @@ func newTaskListCommand(client func() *taskClient) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out api.TaskList
-			if err := client().do(cmd.Context(), http.MethodGet, "/v1/tasks", nil, &out); err != nil {
+			if err := client().Do(cmd.Context(), http.MethodGet, "/v1/tasks", nil, &out); err != nil {
 				return err
 			}
 			if asJSON {

@@ -34,13 +34,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bridled:", err)
 		os.Exit(2)
 	}
-	// SIGHUP will reload the policy; until then it must not kill the
-	// daemon, as its default action would.
-	signal.Ignore(syscall.SIGHUP)
+	// SIGHUP reloads the policy (its default action would kill the daemon).
 	// SIGTERM and SIGINT stop the daemon; the kernel keeps enforcing.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := server.Run(ctx, cfg, log); err != nil {
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP)
+	if err := server.Run(ctx, cfg, log, reload); err != nil {
 		fmt.Fprintln(os.Stderr, "bridled:", err)
 		os.Exit(1)
 	}

@@ -30,7 +30,10 @@ type Record struct {
 	Path        string `json:"path"`    // binary or unix socket
 	Verdict     string `json:"verdict"` // allow | deny | would-deny
 	Reason      string `json:"reason"`
-	Enforcement string `json:"enforcement"` // cgroup | lsm | kill
+	Enforcement string `json:"enforcement"` // cgroup | lsm | kill | daemon
+	// PolicyRevision names the policy that decided: the revision of the
+	// task's envelope, or of the baseline for a workload without a task.
+	PolicyRevision string `json:"policy_revision"`
 }
 
 // Addr formats an address for a record: empty for none.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	yaml "go.yaml.in/yaml/v3"
@@ -28,18 +29,55 @@ type Config struct {
 	// Roots are cgroup v2 subtree roots, relative to the cgroup v2 mount
 	// (e.g. "/bridle-agents.slice"). Every cgroup below a root is confined
 	// from its first instruction; created if missing.
-	Roots     []string `yaml:"roots"`
-	Socket    string   `yaml:"socket"`
-	StateDir  string   `yaml:"state_dir"`
-	PinDir    string   `yaml:"pin_dir"`
-	PolicyDir string   `yaml:"policy_dir"`
-	AuditFile string   `yaml:"audit_file"` // "" or "-": stdout
-	Admins    Admins   `yaml:"admins"`
-	NodeName  string   `yaml:"node_name"`
+	Roots    []string `yaml:"roots"`
+	Socket   string   `yaml:"socket"`
+	StateDir string   `yaml:"state_dir"`
+	PinDir   string   `yaml:"pin_dir"`
+	// PolicyDir and PolicyBundle are where the policy comes from; exactly
+	// one is set.
+	PolicyDir    string        `yaml:"policy_dir"`
+	PolicyBundle *PolicyBundle `yaml:"policy_bundle"`
+	AuditFile    string        `yaml:"audit_file"` // "" or "-": stdout
+	AuditRotate  AuditRotate   `yaml:"audit_rotate"`
+	// MetricsListen is the TCP address of the Prometheus endpoint
+	// (/metrics); "" serves none.
+	MetricsListen string `yaml:"metrics_listen"`
+	// AllowAuditMode lets admins start tasks in audit mode (refusals
+	// recorded, not enforced). Off by default: such a task is unconfined.
+	AllowAuditMode bool   `yaml:"allow_audit_mode"`
+	Admins         Admins `yaml:"admins"`
+	NodeName       string `yaml:"node_name"`
 	// Identities maps a cgroup path (the workload's, or one of its
 	// ancestors) to the SPIFFE ID of the workloads below it; the longest
 	// match wins. Unmapped workloads get spiffe://<node_name>/workload<path>.
 	Identities map[string]string `yaml:"identities"`
+}
+
+// PolicyBundle is an OPA bundle service the policy is polled from.
+type PolicyBundle struct {
+	URL        string        `yaml:"url"`
+	Resource   string        `yaml:"resource"`
+	TokenFile  string        `yaml:"token_file"`
+	CACertFile string        `yaml:"ca_cert_file"`
+	PollMin    time.Duration `yaml:"poll_min"`
+	PollMax    time.Duration `yaml:"poll_max"`
+	Verify     *VerifyKey    `yaml:"verify"`
+}
+
+// VerifyKey is the key bundle signatures must be made with.
+type VerifyKey struct {
+	ID        string `yaml:"id"`
+	Algorithm string `yaml:"algorithm"`
+	KeyFile   string `yaml:"key_file"`
+}
+
+// AuditRotate says when the audit file is rotated. Zero values take the
+// defaults; rotation applies to a file, not to stdout.
+type AuditRotate struct {
+	MaxSizeMB  int  `yaml:"max_size_mb"`  // rotate at this size; default 100
+	MaxFiles   int  `yaml:"max_files"`    // rotated files kept; default 10
+	MaxAgeDays int  `yaml:"max_age_days"` // 0: kept regardless of age
+	Compress   bool `yaml:"compress"`     // gzip rotated files
 }
 
 // Admins names who may start and end tasks besides root.
@@ -103,8 +141,25 @@ func (c *Config) complete() error {
 		}
 		c.Roots[i] = clean
 	}
-	if c.PolicyDir == "" {
-		return errors.New("policy_dir: a policy directory is needed")
+	switch b := c.PolicyBundle; {
+	case c.PolicyDir == "" && b == nil:
+		return errors.New("policy: set policy_dir (a directory of Rego files) or policy_bundle (an OPA bundle service)")
+	case c.PolicyDir != "" && b != nil:
+		return errors.New("policy: set one of policy_dir and policy_bundle, not both")
+	case b != nil && (b.URL == "" || b.Resource == ""):
+		return errors.New("policy_bundle: url and resource are needed")
+	case b != nil && b.Verify != nil && (b.Verify.ID == "" || b.Verify.KeyFile == ""):
+		return errors.New("policy_bundle.verify: id and key_file are needed")
+	}
+	r := &c.AuditRotate
+	if r.MaxSizeMB < 0 || r.MaxFiles < 0 || r.MaxAgeDays < 0 {
+		return errors.New("audit_rotate: sizes, counts and ages must not be negative")
+	}
+	if r.MaxSizeMB == 0 {
+		r.MaxSizeMB = 100
+	}
+	if r.MaxFiles == 0 {
+		r.MaxFiles = 10
 	}
 	ids := make(map[string]string, len(c.Identities))
 	for p, id := range c.Identities {

@@ -7,11 +7,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
@@ -24,6 +24,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("POST /v1/tasks", d.guard(true, d.startTask))
 	mux.Handle("DELETE /v1/tasks/{id}", d.guard(true, d.endTask))
 	mux.Handle("GET /v1/tasks", d.guard(false, d.listTasks))
+	mux.Handle("GET /v1/events", d.guard(true, d.events))
 	mux.Handle("GET /v1/status", d.guard(false, d.status))
 	return mux
 }
@@ -31,9 +32,10 @@ func (d *Daemon) routes() http.Handler {
 // guard admits a call by the caller's kernel-reported credentials. A
 // process inside a confined root is refused every call, reads included: a
 // workload never starts, widens or ends a task, even its own, and learns
-// nothing about other tasks. Mutating calls need an admin (root, or a uid
-// or gid the config names).
-func (d *Daemon) guard(mutating bool, h http.HandlerFunc) http.Handler {
+// nothing about other tasks. Mutating calls (and event streams, which show
+// what workloads do) need an admin: root, or a uid or gid the config
+// names.
+func (d *Daemon) guard(adminOnly bool, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := peerFrom(r.Context())
 		var reason string
@@ -42,7 +44,7 @@ func (d *Daemon) guard(mutating bool, h http.HandlerFunc) http.Handler {
 			reason = fmt.Sprintf("caller could not be identified: %v", p.Err)
 		case inRoot:
 			reason = fmt.Sprintf("caller is a workload (cgroup %s under root %s): workloads may not use the task API", p.Cgroup, root)
-		case mutating && !d.cfg.IsAdmin(p.UID, p.Groups):
+		case adminOnly && !d.cfg.IsAdmin(p.UID, p.Groups):
 			reason = fmt.Sprintf("uid %d is not an admin of this node", p.UID)
 		}
 		if reason != "" {
@@ -57,20 +59,17 @@ func (d *Daemon) guard(mutating bool, h http.HandlerFunc) http.Handler {
 func (d *Daemon) refuse(w http.ResponseWriter, r *http.Request, p Peer, reason string) {
 	call := r.Method + " " + r.URL.Path
 	d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "reason", reason)
-	rec := Record{
-		Record: audit.Record{
-			Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName, Workload: p.Cgroup,
-			PID: uint32(p.PID), Comm: comm(p.PID), Action: "api", Path: call,
-			Verdict: "deny", Reason: reason, Enforcement: "daemon",
-		},
+	d.metrics.APIRefused()
+	rec := audit.Record{
+		Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName, Workload: p.Cgroup,
+		PID: uint32(p.PID), Comm: comm(p.PID), Action: "api", Path: call,
+		Verdict: "deny", Reason: reason, Enforcement: "daemon",
 		PolicyRevision: d.engine.Revision(),
 	}
 	if _, in := d.cfg.RootOf(p.Cgroup); in {
 		rec.Identity = d.cfg.Identity(p.Cgroup)
 	}
-	if err := d.audit.Write(rec); err != nil {
-		d.log.Error("audit", "err", err)
-	}
+	d.audit.Write(rec)
 	writeError(w, http.StatusForbidden, errors.New(reason))
 }
 
@@ -89,28 +88,19 @@ func writeError(w http.ResponseWriter, status int, err error) {
 	writeJSON(w, status, body)
 }
 
-// apiError is an error with the HTTP status it answers with.
-type apiError struct {
-	status int
-	err    error
-}
-
-func (e *apiError) Error() string { return e.err.Error() }
-func (e *apiError) Unwrap() error { return e.err }
-
 func badRequest(format string, args ...any) error {
-	return &apiError{http.StatusBadRequest, fmt.Errorf(format, args...)}
+	return &node.RequestError{Err: fmt.Errorf(format, args...)}
 }
 
 func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
 	t, err := d.start(r)
 	if err != nil {
 		status := http.StatusInternalServerError
-		var ae *apiError
+		var re *node.RequestError
 		var denied *engine.DeniedError
 		switch {
-		case errors.As(err, &ae):
-			status = ae.status
+		case errors.As(err, &re):
+			status = http.StatusBadRequest
 		case errors.As(err, &denied):
 			status = http.StatusForbidden
 		case errors.Is(err, tasks.ErrWorkloadBusy):
@@ -142,53 +132,38 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 			return api.Task{}, badRequest("ttl %q: want a positive duration like 30m", req.TTL)
 		}
 	}
-	cgID, err := loader.CgroupID(filepath.Join(d.cgRoot, cg))
+	var mode loader.WorkloadMode
+	switch req.Mode {
+	case "", "enforce":
+	case "audit":
+		if !d.cfg.AllowAuditMode {
+			return api.Task{}, badRequest("audit mode leaves a workload unconfined; this node's config does not allow it (allow_audit_mode)")
+		}
+		mode.Audit = true
+	default:
+		return api.Task{}, badRequest("mode %q: want enforce or audit", req.Mode)
+	}
+	mode.EmitAllow = req.LogAllowed
+	grants, err := GrantsEnvelope(req.Grants)
 	if err != nil {
-		return api.Task{}, badRequest("workload %s: %w", cg, err)
+		return api.Task{}, badRequest("grants: %w", err)
 	}
 	p := peerFrom(r.Context())
-	id := tasks.NewTaskID()
-	identity := d.cfg.Identity(cg)
-	dec2, err := d.engine.Evaluate(r.Context(), engine.Input{
-		Identity:  identity,
-		Workload:  engine.Workload{Cgroup: cg},
-		Task:      &engine.Task{ID: id, Intent: req.Intent, Labels: req.Labels, TTL: ttl},
+	return d.node.Start(r.Context(), node.Request{
+		Workload: cg, Intent: req.Intent, Labels: req.Labels, TTL: ttl,
+		Grants: grants, Parent: req.Parent, Mode: mode,
 		Requester: engine.Requester{UID: p.UID, GID: p.GID},
 	})
-	if err != nil {
-		return api.Task{}, err
+}
+
+// GrantsEnvelope parses grants in flag syntax into an envelope; nil stays
+// nil (no cap).
+func GrantsEnvelope(g *api.Grants) (*policy.Envelope, error) {
+	if g == nil {
+		return nil, nil
 	}
-	rs, err := policy.Compile(dec2.Envelope)
-	if err != nil {
-		return api.Task{}, &apiError{http.StatusUnprocessableEntity, fmt.Errorf("envelope of policy %s: %w", dec2.Revision, err)}
-	}
-	if len(rs.Unix) > 0 && !d.enf.Features().UnixHooks {
-		return api.Task{}, &apiError{http.StatusUnprocessableEntity, fmt.Errorf("the envelope allows unix sockets, which this kernel cannot enforce: %s", d.enf.Features().UnixReason)}
-	}
-	// The revision is known before the task exists, so the first events
-	// of the task already name it.
-	d.mu.Lock()
-	d.revisions[id] = dec2.Revision
-	d.mu.Unlock()
-	t, err := d.tasks.Start(id, tasks.StartRequest{
-		Workload: cg, CgroupID: cgID, Identity: identity, Intent: req.Intent, Labels: req.Labels,
-		TTL: dec2.Envelope.TTL, Rules: rs, Mode: loader.WorkloadMode{},
-	})
-	if err != nil {
-		d.mu.Lock()
-		delete(d.revisions, id)
-		d.mu.Unlock()
-		return api.Task{}, err
-	}
-	// A task the store does not hold would be forgotten by the next
-	// daemon and outlive its revocation: undo it instead.
-	if err := d.persist(); err != nil {
-		_ = d.tasks.End(id, "could not be persisted")
-		return api.Task{}, fmt.Errorf("task %s not started: %w", id, err)
-	}
-	d.log.Info("task started", "task", id, "workload", cg, "identity", identity, "intent", req.Intent,
-		"rules", t.Rules, "expires", t.Expires, "revision", dec2.Revision, "by_uid", p.UID)
-	return api.Task{Task: t, PolicyRevision: dec2.Revision}, nil
+	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
+	return &env, err
 }
 
 // workloadOf resolves the workload a start request names: a cgroup below
@@ -212,6 +187,10 @@ func (d *Daemon) workloadOf(req api.StartRequest) (string, error) {
 	default:
 		return "", badRequest("no workload: pass a cgroup path or a pid")
 	}
+	return d.checkWorkload(cg)
+}
+
+func (d *Daemon) checkWorkload(cg string) (string, error) {
 	root, ok := d.cfg.RootOf(cg)
 	if !ok {
 		return "", badRequest("workload %s is not under a confined root (%v)", cg, d.cfg.Roots)
@@ -227,79 +206,103 @@ func (d *Daemon) workloadOf(req api.StartRequest) (string, error) {
 
 func (d *Daemon) endTask(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	t, ok := d.tasks.Get(id)
-	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no task %s", id))
-		return
-	}
-	d.mu.Lock()
-	rev := d.revisions[id]
-	d.mu.Unlock()
 	p := peerFrom(r.Context())
-	if err := d.tasks.End(id, fmt.Sprintf("ended by uid %d", p.UID)); err != nil {
+	t, err := d.node.End(id, fmt.Sprintf("ended by uid %d", p.UID))
+	switch {
+	case errors.Is(err, node.ErrNoTask):
+		writeError(w, http.StatusNotFound, fmt.Errorf("no task %s", id))
+	case err != nil:
 		d.log.Error("task end failed", "task", id, "err", err)
 		writeError(w, http.StatusInternalServerError, err)
-		return
+	default:
+		writeJSON(w, http.StatusOK, t)
 	}
-	writeJSON(w, http.StatusOK, api.Task{Task: t, PolicyRevision: rev})
 }
 
 func (d *Daemon) listTasks(w http.ResponseWriter, _ *http.Request) {
-	list := d.tasks.List()
-	sort.Slice(list, func(i, j int) bool { return list[i].Started.Before(list[j].Started) })
-	out := make([]api.Task, 0, len(list))
-	d.mu.Lock()
-	for _, t := range list {
-		out = append(out, api.Task{Task: t, PolicyRevision: d.revisions[t.ID]})
+	writeJSON(w, http.StatusOK, api.TaskList{Tasks: d.node.List()})
+}
+
+// events streams a workload's decision records as JSON lines (see
+// api.StreamLine) until the workload has neither a task nor a process
+// left and every record is delivered; `bridle run` shows them as they
+// happen.
+func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
+	cg, err := config.CgroupPath(r.URL.Query().Get("workload"))
+	if err == nil {
+		cg, err = d.checkWorkload(cg)
 	}
-	d.mu.Unlock()
-	writeJSON(w, http.StatusOK, api.TaskList{Tasks: out})
-}
-
-// Status is the body of GET /v1/status.
-type Status struct {
-	Node      string         `json:"node"`
-	Features  map[string]any `json:"features"`
-	Roots     []rootState    `json:"roots"`
-	Policy    PolicyStatus   `json:"policy"`
-	Tasks     int            `json:"tasks"`
-	RingDrops uint64         `json:"ring_drops"`
-	// Degraded lists what is not as it should be; empty when all is well.
-	Degraded []string `json:"degraded"`
-}
-
-// PolicyStatus is the policy part of Status.
-type PolicyStatus struct {
-	Revision         string    `json:"revision"`
-	Source           string    `json:"source"`
-	Loaded           time.Time `json:"loaded,omitzero"`
-	BaselineRevision string    `json:"baseline_revision"`
-	BaselineRules    int       `json:"baseline_rules"`
-	LastError        string    `json:"last_error,omitempty"`
-	Failures         uint64    `json:"failures"`
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	sub, err := d.node.Subscribe(cg)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	defer d.node.Unsubscribe(sub)
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case rec, ok := <-sub.C:
+			if !ok {
+				_ = enc.Encode(api.StreamLine{End: &api.StreamEnd{Lost: sub.Lost()}})
+				return
+			}
+			if err := enc.Encode(api.StreamLine{Record: &rec}); err != nil {
+				return
+			}
+			// Flush when the burst is over, not per record.
+			if len(sub.C) == 0 && flusher != nil {
+				flusher.Flush()
+			}
+		}
+	}
 }
 
 func (d *Daemon) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, d.Status())
+}
+
+// Status reports the daemon's state, and everything that is not as it
+// should be in Degraded.
+func (d *Daemon) Status() api.Status {
 	f := d.enf.Features()
 	ps := d.engine.Status()
-	st := Status{
+	d.mu.Lock()
+	baseRev, baseRules, baseErr := d.baselineRevision, d.baselineRules, d.baselineErr
+	d.mu.Unlock()
+	st := api.Status{
 		Node: d.cfg.NodeName,
 		Features: map[string]any{
 			"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
 			"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
 			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
 		},
-		Roots: d.roots,
-		Policy: PolicyStatus{
+		Roots: d.rootStates(),
+		Policy: api.PolicyStatus{
 			Revision: ps.Revision, Source: ps.Source, Loaded: ps.Loaded,
-			BaselineRevision: d.baselineRevision, BaselineRules: d.baselineRules, Failures: ps.Failures,
+			BaselineRevision: baseRev, BaselineRules: baseRules, Failures: ps.Failures,
 		},
-		Tasks:    len(d.tasks.List()),
-		Degraded: []string{},
+		Tasks:     len(d.node.List()),
+		AuditLost: d.audit.Lost(),
+		Degraded:  []string{},
 	}
 	if ps.LastError != nil {
 		st.Policy.LastError = ps.LastError.Error()
-		st.Degraded = append(st.Degraded, "last policy load failed: "+ps.LastError.Error())
+		st.Degraded = append(st.Degraded, "last policy load failed (the previous policy is in force): "+ps.LastError.Error())
+	}
+	if baseErr != nil {
+		st.Degraded = append(st.Degraded, "baseline of the policy in force not applied: "+baseErr.Error())
 	}
 	drops, err := d.enf.Drops()
 	if err != nil {
@@ -309,13 +312,60 @@ func (d *Daemon) status(w http.ResponseWriter, _ *http.Request) {
 	if drops > 0 {
 		st.Degraded = append(st.Degraded, fmt.Sprintf("%d decision events dropped (ring buffer full)", drops))
 	}
-	for _, r := range d.roots {
+	if st.AuditLost > 0 {
+		st.Degraded = append(st.Degraded, fmt.Sprintf("%d decision records could not be written to the audit log", st.AuditLost))
+	}
+	for _, r := range st.Roots {
 		if !r.Attached {
-			st.Degraded = append(st.Degraded, "root "+r.Path+" not attached")
+			st.Degraded = append(st.Degraded, fmt.Sprintf("root %s not confined: %s", r.Path, r.Error))
 		}
+	}
+	if n := d.node.StuckSlots(); n > 0 {
+		st.Degraded = append(st.Degraded, fmt.Sprintf("%d task slots could not be cleared after their tasks ended (kept out of use)", n))
 	}
 	if !f.UnixHooks {
 		st.Degraded = append(st.Degraded, "unix sockets not enforced: "+f.UnixReason)
 	}
-	writeJSON(w, http.StatusOK, st)
+	return st
+}
+
+// rootStates checks each root now: that its cgroup still exists with the
+// id it was confined under, and that Bridle's programs are still attached
+// to it (someone with root could detach them).
+func (d *Daemon) rootStates() []api.Root {
+	out := make([]api.Root, len(d.roots))
+	for i, r := range d.roots {
+		out[i] = r
+		dir := filepath.Join(d.cgRoot, r.Path)
+		id, err := loader.CgroupID(dir)
+		switch {
+		case err != nil:
+			out[i].Attached, out[i].Error = false, err.Error()
+		case id != r.CgroupID:
+			out[i].Attached, out[i].Error = false, "the cgroup was removed and created again; restart bridled to confine it"
+		default:
+			if missing, err := d.enf.AttachedAt(dir); err != nil {
+				out[i].Attached, out[i].Error = false, err.Error()
+			} else if len(missing) > 0 {
+				out[i].Attached, out[i].Error = false, fmt.Sprintf("programs not attached: %v", missing)
+			}
+		}
+	}
+	return out
+}
+
+// comm is a process's command name, for refusal records.
+func comm(pid int32) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return ""
+	}
+	return string(trimNewline(b))
+}
+
+func trimNewline(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
 }

@@ -1,26 +1,26 @@
 // Package server is bridled, Bridle's node daemon: it confines every cgroup
 // below the configured roots with the policy's baseline, serves the task API
-// on a unix socket, keeps tasks across restarts and turns the kernel's
-// decisions into audit records.
+// on a unix socket, keeps tasks across restarts, follows policy updates and
+// turns the kernel's decisions into audit records and metrics.
 package server
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/metrics"
+	"github.com/bridle-sh/bridle/daemon/node"
+	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/store"
-	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
@@ -32,40 +32,35 @@ type Daemon struct {
 	log    *slog.Logger
 	cgRoot string // cgroup v2 mount point
 
-	engine *engine.Engine
-	enf    *loader.Enforcer
-	tasks  *tasks.Manager
-	store  *store.Store
-	audit  *auditLog
+	engine  *engine.Engine
+	watcher *engine.BundleWatcher // nil for a policy directory
+	enf     *loader.Enforcer
+	node    *node.Node
+	store   *store.Store
+	audit   *auditLog
+	metrics *metrics.Metrics
 
-	roots            []rootState
+	roots []api.Root
+
+	baselineMu       sync.Mutex // one baseline write at a time
+	mu               sync.Mutex
 	baselineRevision string
 	baselineRules    int
-
-	mu        sync.Mutex
-	revisions map[string]string // task id -> policy revision of its envelope
-	paths     map[uint64]string // cgroup id -> path, for decision events
+	baselineErr      error
 }
 
-// rootState is one configured root as the daemon found it.
-type rootState struct {
-	Path     string `json:"path"`
-	CgroupID uint64 `json:"cgroup_id"`
-	Attached bool   `json:"attached"`
-	Error    string `json:"error,omitempty"`
-}
-
-// Run starts bridled with cfg and serves until ctx ends. On return the
-// kernel keeps enforcing: nothing is unpinned, so the baseline and every
-// task stay in force until the next bridled takes over.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	d := &Daemon{cfg: cfg, log: log, revisions: map[string]string{}, paths: map[uint64]string{}}
+// Run starts bridled with cfg and serves until ctx ends. Each value on
+// reload (SIGHUP) reloads the policy. On return the kernel keeps
+// enforcing: nothing is unpinned, so the baseline and every task stay in
+// force until the next bridled takes over.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan os.Signal) error {
+	d := &Daemon{cfg: cfg, log: log}
 	if err := d.setup(ctx); err != nil {
 		d.close()
 		return err
 	}
 	defer d.close()
-	return d.serve(ctx)
+	return d.serve(ctx, reload)
 }
 
 func (d *Daemon) setup(ctx context.Context) error {
@@ -73,13 +68,14 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if d.cgRoot, err = loader.CgroupRoot(); err != nil {
 		return err
 	}
-	// The policy comes first: a daemon that cannot decide envelopes must
-	// not touch the kernel's state at all.
-	d.engine = engine.NewEngine(engine.WithLogger(d.log.With("component", "policy")))
-	if err := d.engine.LoadDir(ctx, d.cfg.PolicyDir); err != nil {
+	if d.audit, err = openAudit(d.cfg); err != nil {
 		return err
 	}
-	if d.audit, err = openAudit(d.cfg.AuditFile); err != nil {
+	// The policy comes first: a daemon that cannot decide envelopes must
+	// not touch the kernel's state at all.
+	d.engine = engine.NewEngine(engine.WithLogger(d.log.With("component", "policy")),
+		engine.WithOnChange(d.policyChanged))
+	if err := d.loadPolicy(ctx); err != nil {
 		return err
 	}
 	if d.store, err = store.Open(d.cfg.StateDir); err != nil {
@@ -89,21 +85,97 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if d.enf, err = loader.Load(loader.Options{PinDir: d.cfg.PinDir, WakeupBytes: 64 << 10}); err != nil {
+	if d.enf, err = loader.Load(loader.Options{PinDir: d.cfg.PinDir, WakeupBytes: loader.DefaultWakeupBytes}); err != nil {
 		return err
 	}
 	f := d.enf.Features()
 	d.log.Info("programs loaded", "pin_dir", d.cfg.PinDir, "kernel", f.Kernel, "exec_mode", f.ExecMode,
 		"unix_hooks", f.UnixHooks, "socket_destroy", f.SocketDestroy.Method)
+	d.metrics = metrics.New(metrics.Sources{
+		Drops:       d.enf.Drops,
+		ActiveTasks: func() int { return len(d.node.List()) },
+	})
+	d.audit.onLost = d.metrics.EventsLost
+	d.audit.onError = func(err error) { d.log.Error("audit records are not being written", "err", err) }
+	d.metrics.PolicyLoad(true)
+	d.metrics.SetPolicyInfo(d.engine.Revision())
+	d.node = node.New(node.Options{
+		Kernel: d.enf, Engine: d.engine, Store: d.store,
+		NodeName: d.cfg.NodeName, CgroupRoot: d.cgRoot, Roots: d.cfg.Roots,
+		Identity: d.cfg.Identity, Records: d.audit.Write, Metrics: d.metrics,
+		Log: d.log,
+	})
 	if err := d.writeBaseline(ctx); err != nil {
 		return err
 	}
-	d.tasks = tasks.NewManager(d.enf, d.taskEnded)
 	if err := d.attachRoots(); err != nil {
 		return err
 	}
-	d.restore(stored)
+	d.node.Restore(stored)
 	return nil
+}
+
+// loadPolicy loads the configured policy once, synchronously: bridled does
+// not start without a policy in force.
+func (d *Daemon) loadPolicy(ctx context.Context) error {
+	if d.cfg.PolicyDir != "" {
+		return d.engine.LoadDir(ctx, d.cfg.PolicyDir)
+	}
+	b := d.cfg.PolicyBundle
+	src := engine.BundleSource{
+		URL: b.URL, Resource: b.Resource, TokenFile: b.TokenFile, CACertFile: b.CACertFile,
+		MinDelay: b.PollMin, MaxDelay: b.PollMax,
+	}
+	if v := b.Verify; v != nil {
+		key, err := os.ReadFile(v.KeyFile)
+		if err != nil {
+			return fmt.Errorf("policy_bundle.verify: %w", err)
+		}
+		src.Verify = &engine.BundleKey{ID: v.ID, Algorithm: v.Algorithm, Key: string(key)}
+	}
+	w, err := d.engine.WatchBundle(src)
+	if err != nil {
+		return err
+	}
+	if err := w.Fetch(ctx); err != nil {
+		return err
+	}
+	if d.engine.Revision() == "" {
+		return fmt.Errorf("policy: bundle service %s offered no bundle", b.URL)
+	}
+	d.watcher = w
+	return nil
+}
+
+// reloadPolicy is SIGHUP: read the policy again. A policy that fails
+// leaves the one in force in force, and says so in the log, the status and
+// the metrics.
+func (d *Daemon) reloadPolicy(ctx context.Context) {
+	var err error
+	if d.watcher != nil {
+		err = d.watcher.Fetch(ctx)
+	} else {
+		err = d.engine.LoadDir(ctx, d.cfg.PolicyDir)
+	}
+	d.metrics.PolicyLoad(err == nil)
+	if err != nil {
+		d.log.Error("policy reload failed; the policy in force stays", "err", err, "revision", d.engine.Revision())
+		return
+	}
+	d.log.Info("policy reloaded", "revision", d.engine.Revision())
+}
+
+// policyChanged runs after a new policy revision went into force: new
+// tasks are decided by it from now on (tasks in force keep the envelope
+// they were started with), and the baseline is rewritten from it.
+func (d *Daemon) policyChanged(revision string) {
+	if d.node == nil {
+		return // the first load, before anything is in the kernel
+	}
+	d.metrics.SetPolicyInfo(revision)
+	if err := d.writeBaseline(context.Background()); err != nil {
+		d.log.Error("baseline of the new policy not applied; the previous baseline stays", "revision", revision, "err", err)
+	}
 }
 
 // writeBaseline puts the policy's baseline in slot 0, which every workload
@@ -113,6 +185,16 @@ func (d *Daemon) setup(ctx context.Context) error {
 // baseline that shrank leaves nothing behind; for that moment workloads
 // without a task are refused more, never allowed more.
 func (d *Daemon) writeBaseline(ctx context.Context) error {
+	d.baselineMu.Lock()
+	defer d.baselineMu.Unlock()
+	err := d.applyBaseline(ctx)
+	d.mu.Lock()
+	d.baselineErr = err
+	d.mu.Unlock()
+	return err
+}
+
+func (d *Daemon) applyBaseline(ctx context.Context) error {
 	root := d.cfg.Roots[0]
 	dec, err := d.engine.Baseline(ctx, engine.Input{
 		Identity: d.cfg.Identity(root),
@@ -123,7 +205,10 @@ func (d *Daemon) writeBaseline(ctx context.Context) error {
 	}
 	rs, err := policy.Compile(dec.Envelope)
 	if err != nil {
-		return fmt.Errorf("baseline: %w", err)
+		return fmt.Errorf("baseline of policy %s: %w", dec.Revision, err)
+	}
+	if len(rs.Unix) > 0 && !d.enf.Features().UnixHooks {
+		return fmt.Errorf("baseline of policy %s allows unix sockets, which this kernel cannot enforce: %s", dec.Revision, d.enf.Features().UnixReason)
 	}
 	inKernel, err := d.store.BaselineRevision()
 	if err != nil {
@@ -140,7 +225,10 @@ func (d *Daemon) writeBaseline(ctx context.Context) error {
 	if err := d.store.SetBaselineRevision(dec.Revision); err != nil {
 		return err
 	}
+	d.mu.Lock()
 	d.baselineRevision, d.baselineRules = dec.Revision, rs.Count()
+	d.mu.Unlock()
+	d.node.SetBaselineRevision(dec.Revision)
 	d.log.Info("baseline in force", "revision", dec.Revision, "rules", rs.Count())
 	return nil
 }
@@ -151,7 +239,7 @@ func (d *Daemon) writeBaseline(ctx context.Context) error {
 // (refused), never an empty map.
 func (d *Daemon) attachRoots() error {
 	for _, r := range d.cfg.Roots {
-		st := rootState{Path: r}
+		st := api.Root{Path: r}
 		dir := filepath.Join(d.cgRoot, r)
 		err := os.MkdirAll(dir, 0o755)
 		if err == nil {
@@ -168,87 +256,13 @@ func (d *Daemon) attachRoots() error {
 		}
 		st.Attached = true
 		d.roots = append(d.roots, st)
-		d.mu.Lock()
-		d.paths[st.CgroupID] = r
-		d.mu.Unlock()
+		d.node.RememberCgroup(st.CgroupID, r)
 		d.log.Info("root confined", "root", r, "cgroup_id", st.CgroupID)
 	}
 	return nil
 }
 
-// restore takes over the tasks a previous bridled left in force. Their
-// rules and bindings are still in the pinned maps; tasks whose workload is
-// gone are cleared, tasks that expired while no daemon ran are revoked now.
-func (d *Daemon) restore(stored []store.Entry) {
-	for _, e := range stored {
-		t := e.Task
-		log := d.log.With("task", t.ID, "workload", t.Workload, "slot", t.Slot)
-		id, err := loader.CgroupID(filepath.Join(d.cgRoot, t.Workload))
-		if err != nil || id != t.CgroupID {
-			log.Warn("workload of stored task is gone; clearing its slot", "err", err)
-			_ = d.enf.UnbindWorkload(t.CgroupID)
-			if err := d.enf.ClearSlot(t.Slot); err != nil {
-				log.Error("clear slot", "err", err)
-			}
-			continue
-		}
-		if err := d.tasks.Adopt(t); err != nil {
-			// Without the manager's bookkeeping the task cannot be
-			// ended later: revoke it now rather than leave it over-granted.
-			log.Error("cannot adopt stored task; revoking it", "err", err)
-			if err := d.enf.BindWorkload(t.CgroupID, loader.BaselineSlot, t.Mode); err != nil {
-				log.Error("revoke", "err", err)
-			}
-			continue
-		}
-		d.mu.Lock()
-		d.revisions[t.ID] = e.PolicyRevision
-		d.mu.Unlock()
-		if !t.Expires.IsZero() && !time.Now().Before(t.Expires) {
-			log.Info("task expired while bridled was down; revoking", "expired", t.Expires)
-			if err := d.tasks.End(t.ID, "expired"); err != nil {
-				log.Error("revoke expired task", "err", err)
-			}
-			continue
-		}
-		log.Info("task re-adopted", "expires", t.Expires)
-	}
-	_ = d.persist()
-}
-
-// persist writes the tasks in force to the store.
-func (d *Daemon) persist() error {
-	list := d.tasks.List()
-	d.mu.Lock()
-	entries := make([]store.Entry, 0, len(list))
-	for _, t := range list {
-		entries = append(entries, store.Entry{Task: t, PolicyRevision: d.revisions[t.ID]})
-	}
-	d.mu.Unlock()
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Started.Before(entries[j].Started) })
-	if err := d.store.Save(entries); err != nil {
-		d.log.Error("persist tasks", "err", err)
-		return err
-	}
-	return nil
-}
-
-// taskEnded is told about every task that ends, by call or by expiry.
-func (d *Daemon) taskEnded(e tasks.End) {
-	log := d.log.With("task", e.Task.ID, "workload", e.Task.Workload, "reason", e.Reason,
-		"sockets_tcp", e.Sockets.TCP, "sockets_udp", e.Sockets.UDP)
-	if e.SocketsErr != nil {
-		log.Warn("task ended; connections opened under it may still be open", "err", e.SocketsErr)
-	} else {
-		log.Info("task ended")
-	}
-	_ = d.persist()
-	d.mu.Lock()
-	delete(d.revisions, e.Task.ID)
-	d.mu.Unlock()
-}
-
-func (d *Daemon) serve(ctx context.Context) error {
+func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 	ln, err := listen(d.cfg.Socket)
 	if err != nil {
 		return err
@@ -258,33 +272,65 @@ func (d *Daemon) serve(ctx context.Context) error {
 		ln.Close()
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.readEvents(events)
-	}()
+	wg.Go(func() { d.node.ReadEvents(events) })
+	if d.watcher != nil {
+		d.watcher.OnFetch = func(err error) { d.metrics.PolicyLoad(err == nil) }
+		wg.Go(func() { _ = d.watcher.Run(ctx) })
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-reload:
+				d.log.Info("reloading the policy (SIGHUP)")
+				d.reloadPolicy(ctx)
+			}
+		}
+	})
+
 	srv := &http.Server{
 		Handler:           d.routes(),
 		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	d.log.Info("serving the task API", "socket", d.cfg.Socket)
+
+	var msrv *http.Server
+	if d.cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", d.cfg.MetricsListen)
+		if err != nil {
+			_ = srv.Close()
+			return fmt.Errorf("metrics_listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", d.metrics.Handler())
+		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { served <- msrv.Serve(mln) }()
+		d.log.Info("serving metrics", "address", mln.Addr().String())
+	}
 
 	select {
 	case err = <-served:
 	case <-ctx.Done():
 		d.log.Info("stopping; enforcement stays in force")
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = srv.Shutdown(sctx)
-		cancel()
 	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = srv.Shutdown(sctx)
+	if msrv != nil {
+		_ = msrv.Shutdown(sctx)
+	}
+	scancel()
+	cancel()
 	_ = events.Flush()
-	_ = events.Close()
 	wg.Wait()
+	_ = events.Close()
 	_ = os.Remove(d.cfg.Socket)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
@@ -316,6 +362,9 @@ func listen(path string) (net.Listener, error) {
 // close releases this process's handles only: pins stay, so the kernel
 // keeps enforcing.
 func (d *Daemon) close() {
+	if d.node != nil {
+		d.node.Wait()
+	}
 	if d.enf != nil {
 		_ = d.enf.Close()
 	}
@@ -323,22 +372,3 @@ func (d *Daemon) close() {
 		_ = d.audit.Close()
 	}
 }
-
-// openAudit opens where records go: a file opened for appending, or stdout.
-func openAudit(path string) (*auditLog, error) {
-	if path == "" || path == "-" {
-		return newAuditLog(nopCloser{os.Stdout}), nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
-	}
-	return newAuditLog(f), nil
-}
-
-type nopCloser struct{ io.Writer }
-
-func (nopCloser) Close() error { return nil }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/policy/engine"
 )
@@ -69,15 +70,15 @@ func TestGuardRefusesCallersInsideRoots(t *testing.T) {
 	if err != nil {
 		t.Skipf("no cgroup v2 entry for this process: %v", err)
 	}
-	var audit bytes.Buffer
-	d := testDaemon(t, []string{self}, &audit)
+	var auditBuf bytes.Buffer
+	d := testDaemon(t, []string{self}, &auditBuf)
 	status, body := get(t, serveGuarded(t, d, false))
 	if status != http.StatusForbidden || !strings.Contains(body, "workload") {
 		t.Fatalf("caller inside a root: %d %s", status, body)
 	}
-	var rec Record
-	if err := json.Unmarshal(audit.Bytes(), &rec); err != nil {
-		t.Fatalf("audit record %q: %v", audit.String(), err)
+	var rec audit.Record
+	if err := json.Unmarshal(auditBuf.Bytes(), &rec); err != nil {
+		t.Fatalf("audit record %q: %v", auditBuf.String(), err)
 	}
 	if rec.Action != "api" || rec.Verdict != "deny" || rec.Workload != self || rec.PID != uint32(os.Getpid()) {
 		t.Fatalf("audit record: %+v", rec)
@@ -85,8 +86,8 @@ func TestGuardRefusesCallersInsideRoots(t *testing.T) {
 }
 
 func TestGuardAdmits(t *testing.T) {
-	var audit bytes.Buffer
-	d := testDaemon(t, []string{"/bridle-guard-test-nowhere"}, &audit)
+	var auditBuf bytes.Buffer
+	d := testDaemon(t, []string{"/bridle-guard-test-nowhere"}, &auditBuf)
 	if status, body := get(t, serveGuarded(t, d, false)); status != http.StatusOK {
 		t.Fatalf("read by a caller outside the roots: %d %s", status, body)
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/bridle-sh/bridle/daemon/tasks"
+	"github.com/bridle-sh/bridle/policy"
 )
 
 // version of the file format; a file with another version is refused.
@@ -24,6 +25,8 @@ const version = 1
 type Entry struct {
 	tasks.Task
 	PolicyRevision string `json:"policy_revision"`
+	// Parent is the task this one is a sub-agent of, "" for none.
+	Parent string `json:"parent,omitempty"`
 }
 
 type file struct {
@@ -81,6 +84,50 @@ func (s *Store) Save(ts []Entry) error {
 		return fmt.Errorf("store: %w", err)
 	}
 	return writeAtomic(s.path, append(b, '\n'))
+}
+
+// SaveRules keeps a task's compiled rules, so that a sub-agent started
+// after a restart is still held within them. One file per task keeps
+// tasks.json small however large the envelopes are.
+func (s *Store) SaveRules(id string, rs policy.RuleSet) error {
+	b, err := json.Marshal(rs)
+	if err != nil {
+		return fmt.Errorf("store: rules of %s: %w", id, err)
+	}
+	if err := os.MkdirAll(s.rulesDir(), 0o700); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return writeAtomic(s.rulesPath(id), b)
+}
+
+// LoadRules returns the rules SaveRules kept for a task.
+func (s *Store) LoadRules(id string) (policy.RuleSet, error) {
+	var rs policy.RuleSet
+	b, err := os.ReadFile(s.rulesPath(id))
+	if err != nil {
+		return rs, fmt.Errorf("store: rules of %s: %w", id, err)
+	}
+	if err := json.Unmarshal(b, &rs); err != nil {
+		return rs, fmt.Errorf("store: rules of %s: %w", id, err)
+	}
+	return rs, nil
+}
+
+// RemoveRulesExcept deletes the kept rules of every task not in keep.
+func (s *Store) RemoveRulesExcept(keep map[string]bool) {
+	des, _ := os.ReadDir(s.rulesDir())
+	for _, de := range des {
+		id := strings.TrimSuffix(de.Name(), ".json")
+		if !keep[id] {
+			_ = os.Remove(filepath.Join(s.rulesDir(), de.Name()))
+		}
+	}
+}
+
+func (s *Store) rulesDir() string { return filepath.Join(filepath.Dir(s.path), "rules") }
+
+func (s *Store) rulesPath(id string) string {
+	return filepath.Join(s.rulesDir(), filepath.Base(id)+".json")
 }
 
 // BaselineRevision returns the policy revision whose baseline the last

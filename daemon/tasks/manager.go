@@ -70,6 +70,8 @@ type Manager struct {
 	generation uint32
 	timers     map[string]*time.Timer
 	onEnd      func(End)
+	clearing   sync.WaitGroup // slots of ended tasks being cleared
+	stuckSlots int
 }
 
 // NewManager manages the slots of k. onEnd, if set, is told about every task
@@ -145,10 +147,10 @@ func (m *Manager) freeSlot() (uint32, error) {
 }
 
 // End revokes a task: its workload falls back to the baseline at once (one
-// map write), the sockets it opened are aborted, then the task's rules are
-// deleted and its slot freed. The
-// kernel already refuses by the baseline from an expiry instant on; End is
-// what removes the rules.
+// map write) and the sockets it opened are aborted; then, in the
+// background, the task's rules are deleted and its slot freed. The kernel
+// already refuses by the baseline from an expiry instant on; End is what
+// removes the rules.
 func (m *Manager) End(id, reason string) error {
 	m.mu.Lock()
 	t, ok := m.tasks[id]
@@ -171,18 +173,46 @@ func (m *Manager) End(id, reason string) error {
 	delete(m.byWorkload, t.CgroupID)
 	// Connections opened under the task end with it.
 	stats, destroyErr := m.k.DestroySockets(t.CgroupID)
-	clearErr := m.k.ClearSlot(t.Slot)
-	delete(m.usedSlots, t.Slot)
 	ended := End{Task: *t, Reason: reason, Sockets: stats, SocketsErr: destroyErr}
 	m.mu.Unlock()
+	// The rules are deleted after End returns: nothing refers to the slot
+	// any more, and deleting thousands of entries one by one would hold up
+	// the revocation by milliseconds. The slot is reused only once empty.
+	m.clearing.Add(1)
+	go m.clearSlot(t.Slot)
 	if m.onEnd != nil {
 		m.onEnd(ended)
 	}
-	if clearErr != nil {
-		return fmt.Errorf("tasks: delete rules of %s: %w", id, clearErr)
-	}
 	return nil
 }
+
+// clearSlot deletes an ended task's rules and frees its slot. A slot that
+// cannot be cleared stays reserved, so no later task inherits its rules.
+func (m *Manager) clearSlot(slot uint32) {
+	defer m.clearing.Done()
+	err := m.k.ClearSlot(slot)
+	if err != nil {
+		err = m.k.ClearSlot(slot)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.stuckSlots++
+		return
+	}
+	delete(m.usedSlots, slot)
+}
+
+// StuckSlots is how many slots could not be cleared after their task
+// ended; they stay out of use.
+func (m *Manager) StuckSlots() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stuckSlots
+}
+
+// Wait waits until the rules of every ended task are deleted.
+func (m *Manager) Wait() { m.clearing.Wait() }
 
 // End reports a task that ended: why, and what became of its open sockets.
 type End struct {

@@ -65,6 +65,7 @@ func TestStartWritesRulesBeforeBinding(t *testing.T) {
 	if err := m.End("t-1", "done"); err != nil {
 		t.Fatal(err)
 	}
+	m.Wait() // the rules are deleted after End returns
 	if got, want := k.log(), "bind 7 0; destroy [7]; clear 1"; got != want {
 		t.Fatalf("end: %s, want %s", got, want)
 	}
@@ -85,6 +86,7 @@ func TestOneTaskPerWorkload(t *testing.T) {
 	if err := m.End("t-1", "done"); err != nil {
 		t.Fatal(err)
 	}
+	m.Wait() // a slot is reused once its rules are deleted
 	c, err := m.Start("t-4", StartRequest{CgroupID: 7})
 	if err != nil || c.Slot != 1 || c.Generation <= b.Generation {
 		t.Fatalf("slot reuse: slot %d gen %d, %v", c.Slot, c.Generation, err)

@@ -58,6 +58,9 @@ type BundleKey struct {
 
 // BundleWatcher keeps an engine's policy in step with a bundle service.
 type BundleWatcher struct {
+	// OnFetch, if set, is told what each of Run's fetches did (see Fetch).
+	OnFetch func(error)
+
 	engine *Engine
 	src    BundleSource
 	source string
@@ -188,7 +191,10 @@ func (w *BundleWatcher) takeResult() error {
 // do not stop the polling.
 func (w *BundleWatcher) Run(ctx context.Context) error {
 	for {
-		_ = w.Fetch(ctx) // recorded by update
+		err := w.Fetch(ctx) // also recorded by update
+		if w.OnFetch != nil && ctx.Err() == nil {
+			w.OnFetch(err)
+		}
 		spread := int64(w.src.MaxDelay - w.src.MinDelay)
 		delay := w.src.MinDelay
 		if spread > 0 {

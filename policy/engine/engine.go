@@ -92,6 +92,8 @@ type Engine struct {
 	cur    atomic.Pointer[prepared]
 	log    *slog.Logger
 	loadMu sync.Mutex // one load at a time, so Status stays consistent
+	// onChange is told about each new revision in force; see WithOnChange.
+	onChange func(revision string)
 
 	statusMu sync.Mutex
 	lastErr  error
@@ -113,6 +115,13 @@ type prepared struct {
 
 // Option configures an Engine.
 type Option func(*Engine)
+
+// WithOnChange sets a function called after a load puts a policy with a
+// new revision in force (not after a reload of the same revision), so the
+// caller can rewrite what it derived from the old one.
+func WithOnChange(f func(revision string)) Option {
+	return func(e *Engine) { e.onChange = f }
+}
 
 // WithLogger sets where the engine logs loads, failures and the output of
 // print() calls in policies. The default discards everything.
@@ -246,11 +255,24 @@ var unsafeBuiltins = map[string]struct{}{
 // activate compiles b, checks it, prepares its queries and, only if all of
 // that succeeded, puts it in force.
 func (e *Engine) activate(ctx context.Context, source string, b *bundle.Bundle, revision string) error {
+	changed, err := e.swap(ctx, source, b, revision)
+	if err != nil {
+		return err
+	}
+	if changed && e.onChange != nil {
+		e.onChange(revision)
+	}
+	return nil
+}
+
+// swap puts b in force if it prepares, and reports whether the revision in
+// force changed.
+func (e *Engine) swap(ctx context.Context, source string, b *bundle.Bundle, revision string) (bool, error) {
 	e.loadMu.Lock()
 	defer e.loadMu.Unlock()
 	p, err := e.prepare(ctx, source, b, revision)
 	if err != nil {
-		return e.failed(source, err)
+		return false, e.failed(source, err)
 	}
 	old := e.cur.Swap(p)
 	e.statusMu.Lock()
@@ -261,7 +283,7 @@ func (e *Engine) activate(ctx context.Context, source string, b *bundle.Bundle, 
 		from = old.revision
 	}
 	e.log.Info("policy loaded", "source", source, "revision", revision, "previous", from)
-	return nil
+	return from != revision, nil
 }
 
 func (e *Engine) prepare(ctx context.Context, source string, b *bundle.Bundle, revision string) (*prepared, error) {

@@ -119,7 +119,7 @@ func TestDecisionRecordSchema(t *testing.T) {
 		t.Fatalf("no deny record in %s", b)
 	}
 	want := []string{"time", "node", "workload", "identity", "task", "intent", "pid", "comm", "action",
-		"protocol", "address", "port", "path", "verdict", "reason", "enforcement"}
+		"protocol", "address", "port", "path", "verdict", "reason", "enforcement", "policy_revision"}
 	var got []string
 	for k := range deny {
 		got = append(got, k)
@@ -138,6 +138,7 @@ func TestDecisionRecordSchema(t *testing.T) {
 		"node": host, "identity": "spiffe://example.org/agent/docs", "intent": "fetch the docs",
 		"comm": "probe", "action": "connect", "protocol": "tcp", "address": "127.0.0.1",
 		"port": float64(p), "path": "", "verdict": "deny", "reason": "no rule allows it", "enforcement": "cgroup",
+		"policy_revision": "grants",
 	}
 	for k, v := range checks {
 		if deny[k] != v {

@@ -1,9 +1,15 @@
 // Package api holds the wire types of bridled's task API (HTTP/JSON on a
-// unix socket, documented in docs/DAEMON.md), shared by the daemon and the
-// CLI. It imports no policy engine, so the CLI stays small.
+// unix socket, documented in docs/DAEMON.md) and a client for it, shared by
+// the daemon and the CLI. It imports no policy engine, so the CLI stays
+// small.
 package api
 
-import "github.com/bridle-sh/bridle/daemon/store"
+import (
+	"time"
+
+	"github.com/bridle-sh/bridle/daemon/audit"
+	"github.com/bridle-sh/bridle/daemon/store"
+)
 
 // StartRequest is the body of POST /v1/tasks. Exactly one of Workload and
 // PID names the workload.
@@ -13,6 +19,24 @@ type StartRequest struct {
 	Intent   string            `json:"intent"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	TTL      string            `json:"ttl,omitempty"` // Go duration; "" asks for what the policy allows
+	// Parent makes the task a sub-agent of a task in force: it gets at
+	// most what the parent has and ends when the parent does.
+	Parent string `json:"parent,omitempty"`
+	// Grants, if set, caps the task: it gets only what both the policy
+	// and the grants allow.
+	Grants *Grants `json:"grants,omitempty"`
+	// Mode is "enforce" (default) or "audit" (refusals recorded as
+	// would-deny and let through; the daemon's config must allow it).
+	Mode string `json:"mode,omitempty"`
+	// LogAllowed records allowed decisions too.
+	LogAllowed bool `json:"log_allowed,omitempty"`
+}
+
+// Grants are what a task may do at most, in `bridle run`'s flag syntax.
+type Grants struct {
+	Connect []string `json:"connect"` // PROTO:ADDR[:PORTS]
+	Unix    []string `json:"unix"`    // PATH or @NAME
+	Exec    []string `json:"exec"`    // PATH, or DIR/ for the executables below it
 }
 
 // Task is a task as the API reports it, with the policy revision that
@@ -28,4 +52,50 @@ type TaskList struct {
 type Error struct {
 	Error   string   `json:"error"`
 	Reasons []string `json:"reasons,omitempty"` // a policy's deny messages
+}
+
+// StreamLine is one line of GET /v1/events: a record, or the end of the
+// stream.
+type StreamLine struct {
+	Record *audit.Record `json:"record,omitempty"`
+	End    *StreamEnd    `json:"end,omitempty"`
+}
+
+// StreamEnd closes a complete event stream.
+type StreamEnd struct {
+	// Lost is how many records the stream could not carry because its
+	// reader was too slow; they are in the audit log.
+	Lost uint64 `json:"lost"`
+}
+
+// Status is the body of GET /v1/status.
+type Status struct {
+	Node      string         `json:"node"`
+	Features  map[string]any `json:"features"`
+	Roots     []Root         `json:"roots"`
+	Policy    PolicyStatus   `json:"policy"`
+	Tasks     int            `json:"tasks"`
+	RingDrops uint64         `json:"ring_drops"`
+	AuditLost uint64         `json:"audit_lost"`
+	// Degraded lists what is not as it should be; empty when all is well.
+	Degraded []string `json:"degraded"`
+}
+
+// Root is one configured cgroup root as the daemon found it.
+type Root struct {
+	Path     string `json:"path"`
+	CgroupID uint64 `json:"cgroup_id"`
+	Attached bool   `json:"attached"`
+	Error    string `json:"error,omitempty"`
+}
+
+// PolicyStatus is the policy part of Status.
+type PolicyStatus struct {
+	Revision         string    `json:"revision"`
+	Source           string    `json:"source"`
+	Loaded           time.Time `json:"loaded,omitzero"`
+	BaselineRevision string    `json:"baseline_revision"`
+	BaselineRules    int       `json:"baseline_rules"`
+	LastError        string    `json:"last_error,omitempty"`
+	Failures         uint64    `json:"failures"`
 }

@@ -1,0 +1,386 @@
+// Package metrics owns bridled's Prometheus metrics. They live on a registry
+// of their own, together with the Go runtime and process collectors, and are
+// served by Handler.
+//
+// Every label takes its value from a small fixed set. A value outside the set
+// is counted under "other" instead of creating a series: action and verdict
+// come from kernel events, which a workload can influence, and each new label
+// value is a new series that Prometheus and bridled keep in memory for good.
+// Clamping keeps the number of series fixed however the daemon is driven.
+//
+// A nil *Metrics is valid: its methods do nothing.
+package metrics
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// other is the label value for anything outside a label's fixed set.
+const other = "other"
+
+// Label value sets. Order matters only for readability.
+var (
+	// actions are the loader's event actions (loader.Event.Action).
+	actions = []string{"connect", "sendmsg", "exec", "socket", other}
+	// verdicts are the loader's event verdicts (loader.Event.Verdict).
+	verdicts         = []string{"allow", "deny", "would-deny", other}
+	startFailReasons = []string{"denied", "invalid", "busy", "unavailable", "error", other}
+	endReasons       = []string{"ended", "expired", other}
+)
+
+// durationBuckets span 25 µs to 1 s: policy evaluation sits around
+// 50–500 µs, revoke around 0.5–5 ms and apply around 1–100 ms, so each has
+// several buckets where it usually lands and room above for the slow cases.
+var durationBuckets = []float64{
+	25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
+	1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1,
+}
+
+// Sources are values read when Prometheus scrapes. A nil field leaves its
+// metric out.
+type Sources struct {
+	// Drops returns how many events the kernel could not put on the ring
+	// buffer since the program was loaded. It must not decrease.
+	Drops func() (uint64, error)
+	// ActiveTasks returns how many tasks are active now.
+	ActiveTasks func() int
+}
+
+// Metrics records bridled's metrics. It is safe for concurrent use.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	decisions       map[string]map[string]prometheus.Counter // action → verdict
+	tasksStarted    prometheus.Counter
+	taskStartFailed map[string]prometheus.Counter
+	tasksEnded      map[string]prometheus.Counter
+	policyEval      prometheus.Histogram
+	apply           prometheus.Histogram
+	revoke          prometheus.Histogram
+	policyLoads     map[bool]prometheus.Counter
+	policyInfo      *infoCollector
+	apiRefused      prometheus.Counter
+	eventsLost      prometheus.Counter
+}
+
+// New registers bridled's metrics, and the Go and process collectors, on a
+// new registry.
+func New(src Sources) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{registry: reg}
+
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_decisions_total",
+		Help: "Kernel decisions received from the ring buffer, by action (connect, sendmsg, exec, socket, other) and verdict (allow, deny, would-deny, other).",
+	}, []string{"action", "verdict"})
+	m.decisions = make(map[string]map[string]prometheus.Counter, len(actions))
+	for _, a := range actions {
+		row := make(map[string]prometheus.Counter, len(verdicts))
+		for _, v := range verdicts {
+			row[v] = decisions.WithLabelValues(a, v)
+		}
+		m.decisions[a] = row
+	}
+
+	m.tasksStarted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_tasks_started_total",
+		Help: "Tasks that started: their envelope was evaluated, applied and bound to the workload.",
+	})
+	startFailed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_task_start_failures_total",
+		Help: "Task start requests that did not start a task, by reason (denied, invalid, busy, unavailable, error, other).",
+	}, []string{"reason"})
+	m.taskStartFailed = vecCounters(startFailed, startFailReasons)
+	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_tasks_ended_total",
+		Help: "Tasks that ended and were revoked, by reason (ended, expired, other).",
+	}, []string{"reason"})
+	m.tasksEnded = vecCounters(ended, endReasons)
+
+	m.policyEval = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "bridle_policy_eval_duration_seconds",
+		Help:    "Time to evaluate a task envelope against the node policy.",
+		Buckets: durationBuckets,
+	})
+	m.apply = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "bridle_task_apply_duration_seconds",
+		Help:    "Time to apply a task envelope: compile the rules, write them to the kernel and bind the workload.",
+		Buckets: durationBuckets,
+	})
+	m.revoke = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "bridle_task_revoke_duration_seconds",
+		Help:    "Time to revoke a task at its end: unbind the workload and abort its sockets.",
+		Buckets: durationBuckets,
+	})
+
+	loads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_policy_loads_total",
+		Help: "Policy load and reload attempts, by result (success, failure).",
+	}, []string{"result"})
+	m.policyLoads = map[bool]prometheus.Counter{
+		true:  loads.WithLabelValues("success"),
+		false: loads.WithLabelValues("failure"),
+	}
+	m.policyInfo = &infoCollector{desc: prometheus.NewDesc(
+		"bridle_policy_info",
+		"The revision of the policy in force, as a label; always 1. Absent before a policy is loaded.",
+		[]string{"revision"}, nil,
+	)}
+
+	m.apiRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_api_refused_total",
+		Help: "Task API calls refused because the caller could not be identified or was not allowed to make them.",
+	})
+	m.eventsLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_audit_records_lost_total",
+		Help: "Decision records that could not be written to the audit log.",
+	})
+
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		decisions, m.tasksStarted, startFailed, ended,
+		m.policyEval, m.apply, m.revoke,
+		loads, m.policyInfo, m.apiRefused, m.eventsLost,
+	)
+	if src.Drops != nil {
+		reg.MustRegister(newDropsCollector(src.Drops))
+	}
+	if src.ActiveTasks != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bridle_tasks_active",
+			Help: "Tasks active now.",
+		}, func() float64 { return float64(src.ActiveTasks()) }))
+	}
+	return m
+}
+
+// vecCounters makes one counter per value, so every series exists from the
+// start (at 0) and lookups need no lock.
+func vecCounters(vec *prometheus.CounterVec, values []string) map[string]prometheus.Counter {
+	m := make(map[string]prometheus.Counter, len(values))
+	for _, v := range values {
+		m[v] = vec.WithLabelValues(v)
+	}
+	return m
+}
+
+// pick returns the counter for value, or for "other" when value is not in
+// the set.
+func pick(m map[string]prometheus.Counter, value string) prometheus.Counter {
+	if c, ok := m[value]; ok {
+		return c
+	}
+	return m[other]
+}
+
+// Handler serves the metrics in the Prometheus exposition formats. A
+// collector that fails leaves its metrics out of the scrape rather than
+// failing the whole scrape; failures are counted in
+// promhttp_metric_handler_errors_total.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      m.registry,
+	})
+}
+
+// Decision counts one kernel decision. action is one of connect, sendmsg,
+// exec, socket and verdict one of allow, deny, would-deny, as the loader
+// names them; anything else is counted as "other".
+func (m *Metrics) Decision(action, verdict string) {
+	if m == nil {
+		return
+	}
+	row, ok := m.decisions[action]
+	if !ok {
+		row = m.decisions[other]
+	}
+	pick(row, verdict).Inc()
+}
+
+// TaskStarted counts a task that started.
+func (m *Metrics) TaskStarted() {
+	if m == nil {
+		return
+	}
+	m.tasksStarted.Inc()
+}
+
+// TaskStartFailed counts a task start request that did not start a task.
+// reason is one of:
+//
+//	denied       the policy refused the envelope
+//	invalid      the request or envelope was malformed
+//	busy         the workload already has a task, or no task slot is free
+//	unavailable  bridled cannot take tasks now (starting, reloading, shutting down)
+//	error        anything else that went wrong
+//
+// Any other value is counted as "other".
+func (m *Metrics) TaskStartFailed(reason string) {
+	if m == nil {
+		return
+	}
+	pick(m.taskStartFailed, reason).Inc()
+}
+
+// TaskEnded counts a task that ended. reason is "expired" when its time ran
+// out, "ended" when it was ended on purpose (the API, or its command
+// exiting); anything else, such as a task revoked because it could not be
+// persisted, should be passed as "other", and any value outside the set is
+// counted as "other". Callers map their free-text end reasons to this set:
+// the free text belongs in logs and the audit record, not in a label.
+func (m *Metrics) TaskEnded(reason string) {
+	if m == nil {
+		return
+	}
+	pick(m.tasksEnded, reason).Inc()
+}
+
+// ObservePolicyEval records how long evaluating a task envelope against the
+// policy took.
+func (m *Metrics) ObservePolicyEval(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.policyEval.Observe(d.Seconds())
+}
+
+// ObserveApply records how long applying a task envelope took: compiling its
+// rules, writing them to the kernel and binding the workload.
+func (m *Metrics) ObserveApply(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.apply.Observe(d.Seconds())
+}
+
+// ObserveRevoke records how long revoking a task took: unbinding the
+// workload and aborting its sockets.
+func (m *Metrics) ObserveRevoke(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.revoke.Observe(d.Seconds())
+}
+
+// PolicyLoad counts a policy load or reload attempt and whether it worked.
+func (m *Metrics) PolicyLoad(ok bool) {
+	if m == nil {
+		return
+	}
+	m.policyLoads[ok].Inc()
+}
+
+// SetPolicyInfo sets the revision of the policy in force. Only the latest
+// revision is exposed, so the label never holds more than one series. An
+// empty revision removes the series.
+func (m *Metrics) SetPolicyInfo(revision string) {
+	if m == nil {
+		return
+	}
+	m.policyInfo.set(revision)
+}
+
+// APIRefused counts a task API call that was refused.
+func (m *Metrics) APIRefused() {
+	if m == nil {
+		return
+	}
+	m.apiRefused.Inc()
+}
+
+// EventsLost counts n decision records that could not be written to the
+// audit log.
+func (m *Metrics) EventsLost(n uint64) {
+	if m == nil {
+		return
+	}
+	m.eventsLost.Add(float64(n))
+}
+
+// infoCollector exposes one info series whose label can change. Swapping the
+// value under a lock means a scrape sees the old revision or the new one,
+// never both and never neither, which a GaugeVec with Reset then Set cannot
+// promise.
+type infoCollector struct {
+	desc     *prometheus.Desc
+	mu       sync.Mutex
+	revision string
+}
+
+func (c *infoCollector) set(revision string) {
+	// Label values must be UTF-8; a bad one would fail every scrape.
+	if !utf8.ValidString(revision) {
+		revision = strings.ToValidUTF8(revision, "\uFFFD")
+	}
+	c.mu.Lock()
+	c.revision = revision
+	c.mu.Unlock()
+}
+
+func (c *infoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *infoCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	revision := c.revision
+	c.mu.Unlock()
+	if revision == "" {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1, revision)
+}
+
+// dropsCollector reads the kernel's drop count at scrape time. When a read
+// fails it reports the last value it read, so the counter neither vanishes
+// nor falls to 0 (which Prometheus would take for a restart), and counts the
+// failure in bridle_ring_drops_read_errors_total: alert on that rising, since
+// the drop count is stale while it does. Both come from the same Collect, so
+// one scrape always shows them consistently.
+type dropsCollector struct {
+	read       func() (uint64, error)
+	drops      *prometheus.Desc
+	readErrors *prometheus.Desc
+
+	mu       sync.Mutex
+	last     uint64
+	failures uint64
+}
+
+func newDropsCollector(read func() (uint64, error)) *dropsCollector {
+	return &dropsCollector{
+		read: read,
+		drops: prometheus.NewDesc("bridle_ring_drops_total",
+			"Kernel decision events dropped because the ring buffer was full, as counted by the kernel. Holds the last value read while reads fail.",
+			nil, nil),
+		readErrors: prometheus.NewDesc("bridle_ring_drops_read_errors_total",
+			"Scrapes at which reading bridle_ring_drops_total from the kernel failed.",
+			nil, nil),
+	}
+}
+
+func (c *dropsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.drops
+	ch <- c.readErrors
+}
+
+func (c *dropsCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	if n, err := c.read(); err != nil {
+		c.failures++
+	} else {
+		c.last = n
+	}
+	last, failures := c.last, c.failures
+	c.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(last))
+	ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(failures))
+}

@@ -1,0 +1,236 @@
+package node
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/bridle-sh/bridle/daemon/audit"
+	"github.com/bridle-sh/bridle/daemon/tasks"
+	"github.com/bridle-sh/bridle/loader"
+)
+
+// ReadEvents turns the kernel's decisions into records until the reader is
+// flushed or closed: each goes to Options.Records, the metrics, and the
+// subscriptions of its workload.
+func (n *Node) ReadEvents(r *loader.EventReader) {
+	r.OnIdle = n.idle
+	for {
+		ev, err := r.Read()
+		if err != nil {
+			if !errors.Is(err, loader.ErrFlushed) && !errors.Is(err, loader.ErrClosed) {
+				n.log.Error("event reader stopped", "err", err)
+			}
+			n.closeAll()
+			return
+		}
+		rec := n.Enrich(ev)
+		n.opt.Metrics.Decision(rec.Action, rec.Verdict)
+		n.record(rec)
+		n.deliver(ev.CgroupID, rec)
+	}
+}
+
+// Enrich turns a kernel decision into a record: the task the slot
+// generation names (in force, or ended moments ago), else the workload the
+// cgroup id names under the baseline.
+func (n *Node) Enrich(ev loader.Event) audit.Record {
+	rec := audit.Record{
+		Time: audit.Timestamp(ev.Time), Node: n.opt.NodeName,
+		PID: ev.PID, Comm: ev.Comm, Action: ev.Action, Protocol: ev.Protocol,
+		Address: audit.Addr(ev.Addr), Port: ev.Port, Path: ev.Path,
+		Verdict: ev.Verdict, Reason: ev.Reason, Enforcement: ev.Enforcement,
+	}
+	if ev.Slot != loader.BaselineSlot {
+		t, rev, ok := n.byGeneration(ev.Generation)
+		if ok {
+			rec.Workload, rec.Identity, rec.Task, rec.Intent = t.Workload, t.Identity, t.ID, t.Intent
+			rec.PolicyRevision = rev
+			return rec
+		}
+	}
+	n.mu.Lock()
+	rec.PolicyRevision = n.baseline
+	n.mu.Unlock()
+	rec.Workload = n.cgroupPath(ev.CgroupID)
+	if rec.Workload != "" {
+		rec.Identity = n.opt.Identity(rec.Workload)
+	}
+	return rec
+}
+
+func (n *Node) byGeneration(gen uint32) (tasks.Task, string, bool) {
+	if t, ok := n.tasks.ByGeneration(gen); ok {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return t, n.revisions[t.ID], true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if kt, ok := n.known[gen]; ok {
+		return kt.task, kt.revision, true
+	}
+	return tasks.Task{}, "", false
+}
+
+// cgroupPath finds the path of a cgroup below the roots by its id (the
+// directory's inode), remembering what it found. An id not found is
+// remembered as "" for a while, so a flood of events from a cgroup that is
+// gone does not walk the tree per event.
+func (n *Node) cgroupPath(id uint64) string {
+	n.mu.Lock()
+	p, ok := n.paths[id]
+	n.mu.Unlock()
+	if ok {
+		return p
+	}
+	found := ""
+	for _, r := range n.opt.Roots {
+		base := filepath.Join(n.opt.CgroupRoot, r)
+		_ = filepath.WalkDir(base, func(path string, de fs.DirEntry, err error) error {
+			if err != nil {
+				return filepath.SkipDir
+			}
+			if !de.IsDir() {
+				return nil
+			}
+			if cid, err := loader.CgroupID(path); err == nil && cid == id {
+				found = r + strings.TrimPrefix(path, base)
+				return filepath.SkipAll
+			}
+			return nil
+		})
+		if found != "" {
+			break
+		}
+	}
+	n.RememberCgroup(id, found)
+	if found == "" {
+		time.AfterFunc(10*time.Second, func() {
+			n.mu.Lock()
+			if n.paths[id] == "" {
+				delete(n.paths, id)
+			}
+			n.mu.Unlock()
+		})
+	}
+	return found
+}
+
+// RememberCgroup names a cgroup id for the records of its decisions.
+func (n *Node) RememberCgroup(id uint64, path string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.paths) > 4096 {
+		clear(n.paths) // bounded; paths are found again on demand
+	}
+	n.paths[id] = path
+}
+
+// Subscription receives the records of one workload's decisions, for a
+// client that runs the workload (`bridle run`) and shows them as they
+// happen. It ends once the workload has neither a task nor a process left
+// and every decision it made has been delivered.
+type Subscription struct {
+	C        <-chan audit.Record
+	c        chan audit.Record
+	cgroupID uint64
+	dir      string // the workload's cgroup directory
+	emptied  bool   // seen without processes at an earlier idle moment
+	lost     atomic.Uint64
+	closed   bool
+}
+
+// Lost is how many records the subscriber was too slow to take. They are
+// still in the audit log; the subscription never slows the node down.
+func (s *Subscription) Lost() uint64 { return s.lost.Load() }
+
+// subscriptionBuffer is how many records wait for a slow subscriber before
+// further ones are counted as lost.
+const subscriptionBuffer = 8192
+
+// Subscribe returns a subscription to the decisions of the workload in
+// cgroup (a path below the cgroup v2 mount).
+func (n *Node) Subscribe(cgroup string) (*Subscription, error) {
+	dir := filepath.Join(n.opt.CgroupRoot, cgroup)
+	id, err := loader.CgroupID(dir)
+	if err != nil {
+		return nil, badRequest("workload %s: %w", cgroup, err)
+	}
+	c := make(chan audit.Record, subscriptionBuffer)
+	s := &Subscription{C: c, c: c, cgroupID: id, dir: dir}
+	n.mu.Lock()
+	n.subs[s] = struct{}{}
+	n.mu.Unlock()
+	return s, nil
+}
+
+// Unsubscribe ends a subscription early (its client went away).
+func (n *Node) Unsubscribe(s *Subscription) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closeLocked(s)
+}
+
+func (n *Node) closeLocked(s *Subscription) {
+	if !s.closed {
+		s.closed = true
+		close(s.c)
+		delete(n.subs, s)
+	}
+}
+
+func (n *Node) deliver(cgroupID uint64, rec audit.Record) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s := range n.subs {
+		if s.cgroupID != cgroupID {
+			continue
+		}
+		select {
+		case s.c <- rec:
+		default:
+			s.lost.Add(1)
+		}
+	}
+}
+
+// idle runs when the ring is found empty: every decision made before now
+// has been delivered. A workload seen finished (no task, no process) at an
+// earlier idle moment can have made no decision since, so its
+// subscription is complete. The task is part of the test because a client
+// subscribes after starting the task and before starting any process.
+func (n *Node) idle() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s := range n.subs {
+		if s.emptied {
+			n.closeLocked(s)
+			continue
+		}
+		_, hasTask := n.workloads[s.cgroupID]
+		s.emptied = !hasTask && !populated(s.dir)
+	}
+}
+
+// populated reports whether a cgroup has processes (in it or below it); a
+// cgroup that is gone has none.
+func populated(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	if err != nil {
+		return false
+	}
+	return !strings.Contains(string(b), "populated 0")
+}
+
+func (n *Node) closeAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s := range n.subs {
+		n.closeLocked(s)
+	}
+}
