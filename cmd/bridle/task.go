@@ -13,6 +13,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/policy"
 )
 
 func newTaskCommand() *cobra.Command {
@@ -29,10 +30,11 @@ func newTaskCommand() *cobra.Command {
 
 func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 	var (
-		req    api.StartRequest
-		labels []string
-		ttl    time.Duration
-		asJSON bool
+		req                 api.StartRequest
+		labels              []string
+		ttl                 time.Duration
+		asJSON              bool
+		connect, unix, exec []string
 	)
 	cmd := &cobra.Command{
 		Use:   "start --workload CGROUP|--pid PID --intent TEXT [--label k=v]... [--ttl D]",
@@ -61,6 +63,12 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 			if ttl > 0 {
 				req.TTL = ttl.String()
 			}
+			if _, err := policy.ParseGrants(connect, unix, exec); err != nil {
+				return usageError{err}
+			}
+			if len(connect)+len(unix)+len(exec) > 0 {
+				req.Grants = &api.Grants{Connect: connect, Unix: unix, Exec: exec}
+			}
 			var t api.Task
 			if err := client().Do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
 				return err
@@ -78,6 +86,10 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 	f.StringVar(&req.Intent, "intent", "", "what the task is for")
 	f.StringArrayVar(&labels, "label", nil, "task label KEY=VALUE (repeatable)")
 	f.DurationVar(&ttl, "ttl", 0, "requested lifetime (capped by the policy; 0: as long as the policy allows)")
+	f.StringVar(&req.Parent, "parent", "", "start a sub-agent's task under task ID: it gets at most what the parent has and ends with it")
+	f.StringArrayVar(&connect, "allow-connect", nil, "cap the task's network grants to PROTO:ADDR[:PORTS] (repeatable; the policy still decides within)")
+	f.StringArrayVar(&unix, "allow-unix", nil, "cap the task's unix socket grants to PATH (repeatable)")
+	f.StringArrayVar(&exec, "allow-exec", nil, "cap the task's exec grants to PATH or DIR/ (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the task as JSON")
 	return cmd
 }
@@ -119,13 +131,17 @@ func newTaskListCommand(client func() *api.Client) *cobra.Command {
 				return json.NewEncoder(os.Stdout).Encode(out)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tWORKLOAD\tIDENTITY\tINTENT\tRULES\tEXPIRES")
+			fmt.Fprintln(tw, "ID\tWORKLOAD\tIDENTITY\tINTENT\tPARENT\tRULES\tEXPIRES")
 			for _, t := range out.Tasks {
 				exp := "never"
 				if !t.Expires.IsZero() {
 					exp = t.Expires.Local().Format(time.DateTime)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", t.ID, t.Workload, t.Identity, t.Intent, t.Rules, exp)
+				parent := t.Parent
+				if parent == "" {
+					parent = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", t.ID, t.Workload, t.Identity, t.Intent, parent, t.Rules, exp)
 			}
 			return tw.Flush()
 		},

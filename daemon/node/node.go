@@ -234,15 +234,8 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		if rs, err = policy.Intersect(rs, parentRules); err != nil {
 			return Task{}, fmt.Errorf("sub-agent of %s: %w", parent.ID, err)
 		}
-		// A sub-agent's grants end with its parent's, at the latest.
-		if !parent.Expires.IsZero() {
-			left := time.Until(parent.Expires)
-			if left <= 0 {
-				return Task{}, badRequest("parent task %s has expired", parent.ID)
-			}
-			if ttl == 0 || ttl > left {
-				ttl = left
-			}
+		if !parent.Expires.IsZero() && !time.Now().Before(parent.Expires) {
+			return Task{}, badRequest("parent task %s has expired", parent.ID)
 		}
 	}
 	if len(rs.Unix) > 0 && !n.opt.Kernel.Features().UnixHooks {
@@ -258,10 +251,15 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		n.parents[id] = parent.ID
 	}
 	n.mu.Unlock()
+	// A sub-agent's grants end with its parent's, at the latest.
+	var notAfter time.Time
+	if parent != nil {
+		notAfter = parent.Expires
+	}
 	began := time.Now()
 	t, err := n.tasks.Start(id, tasks.StartRequest{
 		Workload: req.Workload, CgroupID: cgID, Identity: identity, Intent: req.Intent,
-		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode,
+		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode, NotAfter: notAfter,
 	})
 	if err != nil {
 		n.forget(id)

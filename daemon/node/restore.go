@@ -44,7 +44,12 @@ func (n *Node) Restore(stored []store.Entry) {
 			_ = k.UnbindWorkload(t.CgroupID)
 			continue
 		case bindings[t.CgroupID] != t.Slot:
-			log.Warn("stored task is not bound in the kernel (its end was cut short); clearing it", "bound_slot", bindings[t.CgroupID])
+			// Finish the revocation: the connections opened under the
+			// task may not have been aborted yet.
+			log.Warn("stored task is not bound in the kernel (its end was cut short); finishing it", "bound_slot", bindings[t.CgroupID])
+			if _, err := k.DestroySockets(t.CgroupID); err != nil {
+				log.Warn("connections opened under the task may still be open", "err", err)
+			}
 			continue
 		}
 		if err := n.tasks.Adopt(t); err != nil {

@@ -50,6 +50,9 @@ type StartRequest struct {
 	Intent   string
 	Labels   map[string]string
 	TTL      time.Duration // 0: no expiry
+	// NotAfter, if set, bounds the expiry (a sub-agent's task ends with
+	// its parent's at the latest).
+	NotAfter time.Time
 	Rules    policy.RuleSet
 	Mode     loader.WorkloadMode
 }
@@ -115,6 +118,9 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	}
 	if req.TTL > 0 {
 		t.Expires = t.Started.Add(req.TTL)
+	}
+	if !req.NotAfter.IsZero() && (t.Expires.IsZero() || t.Expires.After(req.NotAfter)) {
+		t.Expires = req.NotAfter.UTC()
 	}
 	if err := m.k.WriteRules(slot, req.Rules); err != nil {
 		_ = m.k.ClearSlot(slot)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bridle-sh/bridle/daemon/server/api"
 )
 
 // runVia runs `bridle run` against this daemon's socket in the test
@@ -344,4 +346,81 @@ func (e *daemonEnv) scrapeMetrics() string {
 		e.t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A sub-agent's task gets at most what its parent's task has, lives no
+// longer, and ends when the parent's does.
+func TestDaemonSubAgentWithinParent(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.start()
+	p1 := tcpListener(t, "tcp4", "127.0.0.1:0")
+	p2 := tcpListener(t, "tcp4", "127.0.0.1:0")
+	t1, t2 := fmt.Sprintf("127.0.0.1:%d", p1), fmt.Sprintf("127.0.0.1:%d", p2)
+
+	parentCg, childCg := e.workload("orchestrator"), e.workload("sub-agent")
+	parent := e.startTask(parentCg, "--ttl", "10m", "--allow-connect", "tcp:"+t1, "--allow-exec", probeBin)
+	wantPrefix(t, "parent, its own port", e.probeConnect(parentCg, t1), "ok")
+	wantPrefix(t, "parent, a port its grants leave out", e.probeConnect(parentCg, t2), "EPERM connect")
+
+	// The policy would give the child every port of 127.0.0.1; the parent
+	// has one.
+	child := e.startTask(childCg, "--parent", parent)
+	wantPrefix(t, "child, the parent's port", e.probeConnect(childCg, t1), "ok")
+	wantPrefix(t, "child, a port only the policy allows", e.probeConnect(childCg, t2), "EPERM connect")
+	var parentTask, childTask api.Task
+	for _, task := range e.listTasks() {
+		switch task.ID {
+		case parent:
+			parentTask = task
+		case child:
+			childTask = task
+		}
+	}
+	if childTask.Parent != parent || childTask.Expires.After(parentTask.Expires) || childTask.Expires.IsZero() {
+		t.Fatalf("child %+v of parent %+v", childTask, parentTask)
+	}
+	if out, err := e.bridle("start", "--workload", e.workload("orphan"), "--intent", "x", "--parent", "t-000000000000"); err == nil || !strings.Contains(out, "not in force") {
+		t.Fatalf("child of a task not in force: %v %s", err, out)
+	}
+
+	// Ending the parent ends the child.
+	if out, err := e.bridle("end", parent); err != nil {
+		t.Fatalf("end parent: %v %s", err, out)
+	}
+	if tasks := e.listTasks(); len(tasks) != 0 {
+		t.Fatalf("tasks left after the parent ended: %+v", tasks)
+	}
+	wantPrefix(t, "child after its parent ended", e.probeConnect(childCg, t1), "EPERM connect")
+	e.waitAudit(func(m map[string]any) bool {
+		return m["action"] == "task_end" && m["task"] == child && strings.Contains(fmt.Sprint(m["reason"]), "parent task "+parent+" ended")
+	})
+}
+
+// A daemon killed between writing a task to the kernel and recording it
+// leaves a binding its store cannot explain. The next daemon trusts the
+// kernel's state only as far as the store explains it: the workload goes
+// back to the baseline, and the slot's rules are deleted so the next task
+// given the slot inherits nothing.
+func TestDaemonRestoreRevokesUnrecordedTasks(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.start()
+	target := fmt.Sprintf("127.0.0.1:%d", tcpListener(t, "tcp4", "127.0.0.1:0"))
+	w1 := e.workload("w1")
+	e.startTask(w1)
+	wantPrefix(t, "task in force", e.probeConnect(w1, target), "ok")
+
+	e.stop(syscall.SIGKILL)
+	// The store as it was before the task was recorded.
+	if err := os.WriteFile(filepath.Join(e.stateDir, "tasks.json"), []byte(`{"version": 1, "tasks": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	e.waitLog("workload bound to a task no stored record explains")
+	wantPrefix(t, "unrecorded task after restart", e.probeConnect(w1, target), "EPERM connect")
+
+	// The freed slot is reused by a task that may run the probe and reach
+	// nothing: had the old rules stayed, it would reach the target.
+	w2 := e.workload("w2")
+	e.startTask(w2, "--allow-exec", probeBin)
+	wantPrefix(t, "task in a reused slot", e.probeConnect(w2, target), "EPERM connect")
 }
