@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -140,6 +141,11 @@ func TestDaemonReloadsPolicy(t *testing.T) {
 	if pol["revision"] != oldRev || !strings.Contains(fmt.Sprint(pol["last_error"]), "test.rego:3") ||
 		!strings.Contains(fmt.Sprint(st["degraded"]), "last policy load failed") {
 		t.Fatalf("after a bad policy: %v", st)
+	}
+	out, err := exec.Command(bridleBin, "status", "--socket", e.socket).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "bridled:       running at "+e.socket) ||
+		!strings.Contains(string(out), "DEGRADED:      last policy load failed") {
+		t.Fatalf("bridle status after a bad policy: %v\n%s", err, out)
 	}
 	w1 := e.workload("w1")
 	e.startTask(w1)
