@@ -45,3 +45,35 @@ func TestIdentityMappingAndAdmins(t *testing.T) {
 		t.Fatal("/ab is not under /a")
 	}
 }
+
+// The shipped example configuration parses as it is.
+func TestExampleConfigParses(t *testing.T) {
+	c, err := Load("../../deploy/systemd/bridled.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AuditRotate.MaxSizeMB != 100 || c.MetricsListen == "" || c.PolicyDir == "" {
+		t.Fatalf("example config: %+v", c)
+	}
+}
+
+func TestPolicySourceAndRotation(t *testing.T) {
+	c, err := Parse([]byte("roots: [/a]\npolicy_bundle: {url: https://p.example, resource: b.tar.gz, poll_min: 5s, poll_max: 10s}\n"), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PolicyBundle.PollMin.Seconds() != 5 || c.AuditRotate.MaxSizeMB != 100 || c.AuditRotate.MaxFiles != 10 {
+		t.Fatalf("bundle config and rotation defaults: %+v %+v", c.PolicyBundle, c.AuditRotate)
+	}
+	for bad, want := range map[string]string{
+		"roots: [/a]\n": "policy_dir",
+		"roots: [/a]\npolicy_dir: /p\npolicy_bundle: {url: https://x, resource: r}\n":  "not both",
+		"roots: [/a]\npolicy_bundle: {url: https://x}\n":                               "resource",
+		"roots: [/a]\npolicy_dir: /p\naudit_rotate: {max_files: -1}\n":                 "negative",
+		"roots: [/a]\npolicy_bundle: {url: https://x, resource: r, verify: {id: k}}\n": "key_file",
+	} {
+		if _, err := Parse([]byte(bad), "t"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error about %s", bad, err, want)
+		}
+	}
+}

@@ -77,6 +77,14 @@ type RequestError struct{ Err error }
 func (e *RequestError) Error() string { return e.Err.Error() }
 func (e *RequestError) Unwrap() error { return e.Err }
 
+// EnvelopeError is a policy's envelope that cannot be put in force (an
+// exec path that does not exist on this node, too many port ranges): the
+// policy's fault, not the request's.
+type EnvelopeError struct{ Err error }
+
+func (e *EnvelopeError) Error() string { return e.Err.Error() }
+func (e *EnvelopeError) Unwrap() error { return e.Err }
+
 func badRequest(format string, args ...any) error {
 	return &RequestError{fmt.Errorf(format, args...)}
 }
@@ -232,7 +240,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	}
 	if parent != nil {
 		if rs, err = policy.Intersect(rs, parentRules); err != nil {
-			return Task{}, fmt.Errorf("sub-agent of %s: %w", parent.ID, err)
+			return Task{}, &EnvelopeError{fmt.Errorf("sub-agent of %s: %w", parent.ID, err)}
 		}
 		if !parent.Expires.IsZero() && !time.Now().Before(parent.Expires) {
 			return Task{}, badRequest("parent task %s has expired", parent.ID)
@@ -321,7 +329,7 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 	}
 	rs, err := policy.Compile(dec.Envelope)
 	if err != nil {
-		return policy.RuleSet{}, 0, "", fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)
+		return policy.RuleSet{}, 0, "", &EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)}
 	}
 	if req.Grants != nil {
 		g, err := policy.Compile(*req.Grants)
@@ -329,7 +337,7 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 			return policy.RuleSet{}, 0, "", &RequestError{err}
 		}
 		if rs, err = policy.Intersect(rs, g); err != nil {
-			return policy.RuleSet{}, 0, "", fmt.Errorf("grants within policy %s: %w", dec.Revision, err)
+			return policy.RuleSet{}, 0, "", &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
 		}
 	}
 	return rs, dec.Envelope.TTL, dec.Revision, nil

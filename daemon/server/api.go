@@ -97,10 +97,13 @@ func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		status := http.StatusInternalServerError
 		var re *node.RequestError
+		var ee *node.EnvelopeError
 		var denied *engine.DeniedError
 		switch {
 		case errors.As(err, &re):
 			status = http.StatusBadRequest
+		case errors.As(err, &ee):
+			status = http.StatusUnprocessableEntity
 		case errors.As(err, &denied):
 			status = http.StatusForbidden
 		case errors.Is(err, tasks.ErrWorkloadBusy):
