@@ -281,14 +281,12 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	n.known[t.Generation] = knownTask{task: t, revision: revision}
 	n.mu.Unlock()
 	if n.opt.Store != nil {
-		// Needed only if the task becomes a parent after a restart; not
-		// worth delaying the start for. Without the file such a parent
-		// cannot have sub-agents (refused, never widened).
-		go func() {
-			if err := n.opt.Store.SaveRules(id, rs); err != nil {
-				n.log.Warn("keep task rules", "task", id, "err", err)
-			}
-		}()
+		// Needed only if the task becomes a parent after a restart.
+		// Without the file such a parent cannot have sub-agents (refused,
+		// never widened), so a failure is not worth failing the start.
+		if err := n.opt.Store.SaveRules(id, rs); err != nil {
+			n.log.Warn("keep task rules", "task", id, "err", err)
+		}
 	}
 	// A task the store does not hold would be forgotten by the next
 	// daemon and outlive its revocation: undo it instead.
@@ -429,6 +427,9 @@ func (n *Node) taskEnded(e tasks.End) {
 	n.mu.Unlock()
 	n.forget(e.Task.ID)
 	_ = n.persist()
+	if n.opt.Store != nil {
+		n.opt.Store.RemoveRules(e.Task.ID)
+	}
 	kind := "ended"
 	if e.Reason == "expired" {
 		kind = "expired"

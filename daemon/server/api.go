@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
@@ -363,12 +364,5 @@ func comm(pid int32) string {
 	if err != nil {
 		return ""
 	}
-	return string(trimNewline(b))
-}
-
-func trimNewline(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
+	return strings.TrimSpace(string(b))
 }

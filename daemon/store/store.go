@@ -97,7 +97,10 @@ func (s *Store) SaveRules(id string, rs policy.RuleSet) error {
 	if err := os.MkdirAll(s.rulesDir(), 0o700); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	return writeAtomic(s.rulesPath(id), b)
+	// Not synced: losing the file in a crash only keeps the task from
+	// having sub-agents, and syncing megabytes would stall the task
+	// store's own synced writes behind it.
+	return replaceFile(s.rulesPath(id), b, false)
 }
 
 // LoadRules returns the rules SaveRules kept for a task.
@@ -111,6 +114,11 @@ func (s *Store) LoadRules(id string) (policy.RuleSet, error) {
 		return rs, fmt.Errorf("store: rules of %s: %w", id, err)
 	}
 	return rs, nil
+}
+
+// RemoveRules deletes the kept rules of a task that ended.
+func (s *Store) RemoveRules(id string) {
+	_ = os.Remove(s.rulesPath(id))
 }
 
 // RemoveRulesExcept deletes the kept rules of every task not in keep.
@@ -155,7 +163,11 @@ func (s *Store) baselinePath() string {
 // writeAtomic replaces a file whole: a temporary file is written, synced,
 // renamed over the old one and the directory synced, so after a crash the
 // file holds either the old content or the new, never a mix.
-func writeAtomic(path string, b []byte) error {
+func writeAtomic(path string, b []byte) error { return replaceFile(path, b, true) }
+
+// replaceFile replaces a file whole by renaming a temporary file over it;
+// with sync, the file and the directory are synced too.
+func replaceFile(path string, b []byte, sync bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
 	if err != nil {
@@ -166,15 +178,20 @@ func writeAtomic(path string, b []byte) error {
 		tmp.Close()
 		return fmt.Errorf("store: write: %w", err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("store: sync: %w", err)
+	if sync {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return fmt.Errorf("store: sync: %w", err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	if !sync {
+		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {

@@ -330,7 +330,10 @@ func (e *Engine) prepare(ctx context.Context, source string, b *bundle.Bundle, r
 		return nil, compiler.Errors
 	}
 
-	store := inmem.NewFromObject(b.Data)
+	// Data is kept as AST values, so an evaluation that reads a large
+	// document (a list of thousands of destinations) does not convert it
+	// from Go values each time.
+	store := inmem.NewFromObjectWithOpts(b.Data, inmem.OptReturnASTValuesOnRead(true))
 	hook := printHook{log: e.log, revision: revision}
 	prep := func(query string) (rego.PreparedEvalQuery, error) {
 		return rego.New(
