@@ -3,8 +3,10 @@ package bench
 import (
 	"errors"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -167,6 +169,9 @@ func BenchmarkTaskStart(b *testing.B) {
 // binding the workload back to the baseline, had returned: the instant
 // from which the kernel refuses the workload's new connections.
 // abort-ns/op is the part spent aborting the task's sockets.
+// first-refused-ns/op is the revocation as a running agent meets it: a
+// second thread of the workload connects in a loop throughout, and this
+// is the time from the End call to its first refused connect.
 func BenchmarkRevocation(b *testing.B) {
 	e := benchEnforcer(b)
 	tree := newCgroupTree(b)
@@ -183,7 +188,7 @@ func BenchmarkRevocation(b *testing.B) {
 
 	interleave(b, lifecycleSizes, func(n int) string { return "rules=" + sizeName(n) }, func(b *testing.B, n int) {
 		aborted := 0
-		var rebind, sockets time.Duration
+		var rebind, sockets, firstRefused time.Duration
 		b.StopTimer()
 		for i := 0; i < b.N; i++ {
 			id := tasks.NewTaskID()
@@ -197,6 +202,27 @@ func BenchmarkRevocation(b *testing.B) {
 				b.Fatalf("in task %s: connect to %s: %v, want allowed", id, udpTarget, errno)
 			}
 
+			// A second workload thread connects throughout, as an agent
+			// would, and notes its first refusal.
+			spin := udpSocket(b)
+			refused := make(chan time.Time, 1)
+			spinning := make(chan struct{})
+			go func() {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				close(spinning)
+				for {
+					// Syscall, not RawSyscall: the runtime must be able
+					// to stop this thread for a garbage collection.
+					_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(spin), uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+					if errno == unix.EPERM {
+						refused <- time.Now()
+						return
+					}
+				}
+			}()
+			<-spinning
+
 			k.rebound = time.Time{}
 			b.StartTimer()
 			called := time.Now()
@@ -205,6 +231,8 @@ func BenchmarkRevocation(b *testing.B) {
 			}
 			errno := connectRaw(fd, &sa)
 			b.StopTimer()
+			firstRefused += (<-refused).Sub(called)
+			unix.Close(spin)
 			m.Wait() // the slot's rules are deleted in the background
 			if k.rebound.IsZero() {
 				b.Fatalf("End of task %s did not bind the workload back to the baseline", id)
@@ -237,6 +265,7 @@ func BenchmarkRevocation(b *testing.B) {
 		b.ReportMetric(float64(aborted)/float64(b.N), "sockets-aborted/op")
 		b.ReportMetric(float64(rebind.Nanoseconds())/float64(b.N), "rebind-ns/op")
 		b.ReportMetric(float64(sockets.Nanoseconds())/float64(b.N), "abort-ns/op")
+		b.ReportMetric(float64(firstRefused.Nanoseconds())/float64(b.N), "first-refused-ns/op")
 	})
 }
 
