@@ -94,6 +94,9 @@ type Node struct {
 	opt   Options
 	log   *slog.Logger
 	tasks *tasks.Manager
+	// family orders ends against starts of sub-agents: a parent's end
+	// sees every child started under it.
+	family sync.Mutex
 
 	mu        sync.Mutex
 	revisions map[string]string         // task id -> policy revision of its envelope
@@ -221,6 +224,10 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	var parent *tasks.Task
 	var parentRules policy.RuleSet
 	if req.Parent != "" {
+		// Held until the child is registered, so that the parent cannot
+		// end in between and leave the child behind.
+		n.family.Lock()
+		defer n.family.Unlock()
 		p, ok := n.tasks.Get(req.Parent)
 		n.mu.Lock()
 		rules, haveRules := n.rules[req.Parent]
@@ -374,12 +381,18 @@ func (n *Node) parentOf(id string) string {
 // End revokes a task and, first, every sub-agent task started under it:
 // their grants are part of the parent's and end with them.
 func (n *Node) End(id, reason string) (Task, error) {
+	n.family.Lock()
+	defer n.family.Unlock()
+	return n.end(id, reason)
+}
+
+func (n *Node) end(id, reason string) (Task, error) {
 	t, ok := n.Get(id)
 	if !ok {
 		return Task{}, fmt.Errorf("%w: %s", ErrNoTask, id)
 	}
 	for _, child := range n.children(id) {
-		if _, err := n.End(child, "parent task "+id+" ended"); err != nil && !errors.Is(err, ErrNoTask) {
+		if _, err := n.end(child, "parent task "+id+" ended"); err != nil && !errors.Is(err, ErrNoTask) {
 			n.log.Error("end sub-agent task", "task", child, "parent", id, "err", err)
 		}
 	}
