@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"fmt"
@@ -429,4 +430,96 @@ func TestDaemonRestoreRevokesUnrecordedTasks(t *testing.T) {
 	w2 := e.workload("w2")
 	e.startTask(w2, "--allow-exec", probeBin)
 	wantPrefix(t, "task in a reused slot", e.probeConnect(w2, target), "EPERM connect")
+}
+
+// holdInCgroup starts `probe hold-tcp ADDR 30` born inside cgroup cg, in
+// the test namespace, and returns once the probe says it is connected;
+// the channel then gives the probe's last line (how the connection ended).
+func (e *daemonEnv) holdInCgroup(cg, addr string) <-chan string {
+	e.t.Helper()
+	fd, err := syscall.Open(filepath.Join(cgroupRoot(e.t), cg), syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	c := exec.Command(probeBin, "hold-tcp", addr, "30")
+	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	out, err := c.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	inNetns(e.t, func() { err = c.Start() })
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = c.Process.Kill() })
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "ok connected" {
+		_ = c.Wait()
+		e.t.Fatalf("probe hold-tcp %s in %s: %q", addr, cg, sc.Text())
+	}
+	last := make(chan string, 1)
+	go func() {
+		line := ""
+		for sc.Scan() {
+			line = sc.Text()
+		}
+		_ = c.Wait()
+		last <- line
+	}()
+	return last
+}
+
+func waitLine(t *testing.T, what string, c <-chan string) string {
+	t.Helper()
+	select {
+	case line := <-c:
+		return line
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: the held connection was still open after 20s", what)
+		return ""
+	}
+}
+
+// Ending a task through bridled, or its expiry, refuses the workload's new
+// connections and resets the ones it opened under the task, IPv4 and IPv6.
+func TestDaemonEndAndExpiryResetConnections(t *testing.T) {
+	if features.SocketDestroy == "none" {
+		t.Skipf("this kernel cannot abort a workload's sockets: %s", features.SocketDestroyReason)
+	}
+	e := newDaemonEnv(t)
+	e.start()
+	for i, target := range []string{
+		fmt.Sprintf("127.0.0.1:%d", tcpHoldingListener(t, "tcp4", "127.0.0.1:0")),
+		fmt.Sprintf("[::1]:%d", tcpHoldingListener(t, "tcp6", "[::1]:0")),
+	} {
+		// Ended by a call.
+		cg := e.workload(fmt.Sprintf("ended-%d", i))
+		id := e.startTask(cg)
+		held := e.holdInCgroup(cg, target)
+		if out, err := e.bridle("end", id); err != nil {
+			t.Fatalf("end: %v %s", err, out)
+		}
+		if line := waitLine(t, "task ended", held); line != "closed ECONNABORTED" {
+			t.Fatalf("%s: connection opened under an ended task: %q, want it aborted", target, line)
+		}
+		wantPrefix(t, "new connection after the end", e.probeConnect(cg, target), "EPERM connect")
+		rec := e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
+		if !strings.Contains(fmt.Sprint(rec["reason"]), "aborted 1 open connection(s) (1 tcp, 0 udp)") {
+			t.Fatalf("task end record: %v", rec)
+		}
+
+		// Expired.
+		cg = e.workload(fmt.Sprintf("expired-%d", i))
+		id = e.startTask(cg, "--ttl", "3s")
+		held = e.holdInCgroup(cg, target)
+		if line := waitLine(t, "task expired", held); line != "closed ECONNABORTED" {
+			t.Fatalf("%s: connection opened under an expired task: %q, want it aborted", target, line)
+		}
+		wantPrefix(t, "new connection after expiry", e.probeConnect(cg, target), "EPERM connect")
+		rec = e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
+		if !strings.HasPrefix(fmt.Sprint(rec["reason"]), "expired; aborted 1 open connection(s)") {
+			t.Fatalf("task expiry record: %v", rec)
+		}
+	}
 }

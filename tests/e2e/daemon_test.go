@@ -83,7 +83,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// testPolicy allows, for a task, TCP to 127.0.0.1 and the probe and bridle
+// testPolicy allows, for a task, TCP to 127.0.0.1 and ::1 and the probe and bridle
 // binaries; the baseline allows the binaries and the API socket only (so
 // that a workload can reach the daemon and be refused by it, not by the
 // kernel). Kernels without unix socket hooks (before 6.7) do not check unix
@@ -93,7 +93,7 @@ func testPolicy(socket string) string {
 	if !features.UnixHooks {
 		api = ""
 	}
-	taskEgress := `{"protocol": "tcp", "cidr": "127.0.0.1/32"}`
+	taskEgress := `{"protocol": "tcp", "cidr": "127.0.0.1/32"}, {"protocol": "tcp", "cidr": "::1/128"}`
 	if api != "" {
 		taskEgress += ", " + api
 	}
