@@ -16,7 +16,6 @@ import (
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
-	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
 )
 
@@ -155,7 +154,7 @@ func (h *embeddedHost) newWorkload(runID string) (workload.Cgroup, error) {
 }
 
 func (h *embeddedHost) start(ctx context.Context, req taskRequest) (node.Task, error) {
-	grants, err := grantsEnvelope(req.Grants)
+	grants, err := req.Grants.Envelope()
 	if err != nil {
 		return node.Task{}, err
 	}
@@ -163,14 +162,6 @@ func (h *embeddedHost) start(ctx context.Context, req taskRequest) (node.Task, e
 		ID: req.ID, Workload: req.Workload.Rel(), Intent: req.Intent, TTL: req.TTL,
 		Grants: grants, Mode: req.Mode, Identity: req.Identity,
 	})
-}
-
-func grantsEnvelope(g *api.Grants) (*policy.Envelope, error) {
-	if g == nil {
-		return nil, nil
-	}
-	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
-	return &env, err
 }
 
 func (h *embeddedHost) end(id string) error {

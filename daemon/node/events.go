@@ -63,16 +63,20 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 	return rec
 }
 
+// byGeneration names the task of an event's slot generation. The node's
+// own map answers in one lookup per event; the manager is asked only in
+// the moment between a task's bind and its entry in that map.
 func (n *Node) byGeneration(gen uint32) (tasks.Task, string, bool) {
+	n.mu.Lock()
+	kt, ok := n.known[gen]
+	n.mu.Unlock()
+	if ok {
+		return kt.task, kt.revision, true
+	}
 	if t, ok := n.tasks.ByGeneration(gen); ok {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		return t, n.revisions[t.ID], true
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if kt, ok := n.known[gen]; ok {
-		return kt.task, kt.revision, true
 	}
 	return tasks.Task{}, "", false
 }

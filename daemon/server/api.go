@@ -16,7 +16,6 @@ import (
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
-	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
 )
 
@@ -148,7 +147,7 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 		return api.Task{}, badRequest("mode %q: want enforce or audit", req.Mode)
 	}
 	mode.EmitAllow = req.LogAllowed
-	grants, err := GrantsEnvelope(req.Grants)
+	grants, err := req.Grants.Envelope()
 	if err != nil {
 		return api.Task{}, badRequest("grants: %w", err)
 	}
@@ -158,16 +157,6 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 		Grants: grants, Parent: req.Parent, Mode: mode,
 		Requester: engine.Requester{UID: p.UID, GID: p.GID},
 	})
-}
-
-// GrantsEnvelope parses grants in flag syntax into an envelope; nil stays
-// nil (no cap).
-func GrantsEnvelope(g *api.Grants) (*policy.Envelope, error) {
-	if g == nil {
-		return nil, nil
-	}
-	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
-	return &env, err
 }
 
 // workloadOf resolves the workload a start request names: a cgroup below

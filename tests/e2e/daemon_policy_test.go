@@ -437,10 +437,7 @@ func TestDaemonRestoreRevokesUnrecordedTasks(t *testing.T) {
 // the channel then gives the probe's last line (how the connection ended).
 func (e *daemonEnv) holdInCgroup(cg, addr string) <-chan string {
 	e.t.Helper()
-	fd, err := syscall.Open(filepath.Join(cgroupRoot(e.t), cg), syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	fd := e.cgroupFD(cg)
 	defer syscall.Close(fd)
 	c := exec.Command(probeBin, "hold-tcp", addr, "30")
 	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}

@@ -260,15 +260,23 @@ func (e *daemonEnv) workload(name string) string {
 	return e.root + "/" + name
 }
 
-// inCgroup runs a command born inside cgroup cg (clone3 CLONE_INTO_CGROUP,
-// so not one instruction runs outside it), bounded to 30 s.
-// It returns stdout, stderr and the exit status.
-func (e *daemonEnv) inCgroup(cg string, inNs bool, argv ...string) (string, string, int) {
+// cgroupFD opens cgroup cg (a path below the v2 mount) for starting a
+// process inside it (clone3 CLONE_INTO_CGROUP).
+func (e *daemonEnv) cgroupFD(cg string) int {
 	e.t.Helper()
 	fd, err := syscall.Open(filepath.Join(cgroupRoot(e.t), cg), syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return fd
+}
+
+// inCgroup runs a command born inside cgroup cg (clone3 CLONE_INTO_CGROUP,
+// so not one instruction runs outside it), bounded to 30 s.
+// It returns stdout, stderr and the exit status.
+func (e *daemonEnv) inCgroup(cg string, inNs bool, argv ...string) (string, string, int) {
+	e.t.Helper()
+	fd := e.cgroupFD(cg)
 	defer syscall.Close(fd)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -276,6 +284,7 @@ func (e *daemonEnv) inCgroup(cg string, inNs bool, argv ...string) (string, stri
 	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	var out, errOut bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errOut
+	var err error
 	run := func() { err = c.Run() }
 	if inNs {
 		inNetns(e.t, run)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/store"
+	"github.com/bridle-sh/bridle/policy"
 )
 
 // StartRequest is the body of POST /v1/tasks. Exactly one of Workload and
@@ -37,6 +38,16 @@ type Grants struct {
 	Connect []string `json:"connect"` // PROTO:ADDR[:PORTS]
 	Unix    []string `json:"unix"`    // PATH or @NAME
 	Exec    []string `json:"exec"`    // PATH, or DIR/ for the executables below it
+}
+
+// Envelope parses g into the envelope it caps a task to; nil (no cap)
+// stays nil. Errors name the flag a bad value belongs to.
+func (g *Grants) Envelope() (*policy.Envelope, error) {
+	if g == nil {
+		return nil, nil
+	}
+	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
+	return &env, err
 }
 
 // Task is a task as the API reports it, with the policy revision that
