@@ -45,8 +45,10 @@ type console struct {
 	wake   [2]int      // a pipe that stops the input relay
 	winch  chan os.Signal
 	inDone chan struct{}
-	output chan struct{} // closed when the workload's end of the pty is closed everywhere
-	once   sync.Once
+	// winchDone is closed when the window size follower has stopped.
+	winchDone chan struct{}
+	output    chan struct{} // closed when the workload's end of the pty is closed everywhere
+	once      sync.Once
 }
 
 // OpenStdio prepares the workload's stdio from the invoker's. A pty, when
@@ -63,7 +65,7 @@ func OpenStdio(stdin, stdout, stderr *os.File, owner Credentials) (*Stdio, error
 	if len(terminals) == 0 {
 		return s, nil
 	}
-	master, slave, err := pty.Open()
+	master, slave, err := openPty()
 	if err != nil {
 		return nil, fmt.Errorf("workload: open a pty for the workload: %w", err)
 	}
@@ -95,6 +97,27 @@ func OpenStdio(stdin, stdout, stderr *os.File, owner Credentials) (*Stdio, error
 	}
 	s.console = c
 	return s, nil
+}
+
+// openPty opens a pty pair whose master end bridle reads and writes
+// through Go's poller: a read waiting for the workload's output then ends
+// when the master is closed. (pty.Open hands the master over in blocking
+// mode, and a blocked read would outlive Close.)
+func openPty() (master, slave *os.File, err error) {
+	m, slave, err := pty.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer m.Close()
+	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err == nil {
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		slave.Close()
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fd), m.Name()), slave, nil
 }
 
 func isIn(i int, list []int) bool {
@@ -164,8 +187,10 @@ func (s *Stdio) afterStart() error {
 	c.output = make(chan struct{})
 	go c.relayOutput()
 	c.winch = make(chan os.Signal, 1)
+	c.winchDone = make(chan struct{})
 	signal.Notify(c.winch, syscall.SIGWINCH)
 	go func() {
+		defer close(c.winchDone)
 		for range c.winch {
 			c.resize()
 		}
@@ -201,6 +226,7 @@ func (s *Stdio) Close() {
 		if c.winch != nil {
 			signal.Stop(c.winch)
 			close(c.winch)
+			<-c.winchDone
 		}
 		if c.inDone != nil {
 			_, _ = unix.Write(c.wake[1], []byte{0})
@@ -254,9 +280,17 @@ func (c *console) restore() {
 	c.saved = nil
 }
 
+// resize gives the pty the invoker's terminal's window size; the kernel
+// tells the workload's foreground process group (SIGWINCH).
 func (c *console) resize() {
-	if ws, err := pty.GetsizeFull(c.sizeFrom); err == nil {
-		_ = pty.Setsize(c.master, ws)
+	ws, err := unix.IoctlGetWinsize(int(c.sizeFrom.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		return
+	}
+	// Through the poller's own hold on the master: never Fd(), which
+	// would turn it back to blocking mode.
+	if rc, err := c.master.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, ws) })
 	}
 }
 

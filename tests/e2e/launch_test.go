@@ -56,8 +56,11 @@ func TestEscapeRootWorkload(t *testing.T) {
 }
 
 // Even a workload whose user may write cgroup.procs files (here its own
-// cgroup delegated to it, as systemd's Delegate= does) cannot move itself:
-// the cgroup file system is read-only in the workload's mount namespace.
+// cgroup delegated to it, as systemd's Delegate= does) cannot move itself
+// by writing them: the cgroup file systems are read-only in the
+// workload's mount namespace. (clone3's CLONE_INTO_CGROUP is judged by
+// file permission alone, which Bridle's root-owned cgroups and the
+// refusal of uid 0 decide.)
 func TestEscapeCgroupMove(t *testing.T) {
 	uid, gid := workloadIDs(t)
 	dir := t.TempDir()
