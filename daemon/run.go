@@ -68,6 +68,12 @@ func Run(ctx context.Context, spec RunSpec, sigs <-chan os.Signal) (int, error) 
 	if err != nil {
 		return 0, err
 	}
+	if r.stdio, err = workload.OpenStdio(os.Stdin, os.Stdout, os.Stderr, r.creds); err != nil {
+		return 0, err
+	}
+	// Whatever happens, the invoker's terminal is left as it was found.
+	defer r.stdio.Close()
+	r.spec.Out = r.stdio.Writer(r.spec.Out)
 	if r.host, err = pickHost(ctx, spec, r.runID); err != nil {
 		return 0, err
 	}
@@ -91,6 +97,7 @@ type runner struct {
 	creds    workload.Credentials
 	grants   *api.Grants
 	host     host
+	stdio    *workload.Stdio
 
 	cg      workload.Cgroup
 	task    node.Task
@@ -121,7 +128,7 @@ func prepare(spec RunSpec) (*runner, error) {
 	if r.path, err = filepath.Abs(r.path); err != nil {
 		return nil, err
 	}
-	if r.creds, err = resolveUser(spec.User); err != nil {
+	if r.creds, err = ResolveUser(spec.User); err != nil {
 		return nil, err
 	}
 	if r.identity, err = resolveIdentity(spec.Identity, r.creds.Name); err != nil {
@@ -153,17 +160,25 @@ func execStrings(rules []policy.ExecRule) []string {
 	return out
 }
 
-// resolveUser picks who COMMAND runs as: the named user, else the user sudo
-// was called by. Root needs asking for by name: an agent running as root
-// could undo its own confinement from outside the kernel's hooks.
-func resolveUser(name string) (workload.Credentials, error) {
+// ResolveUser picks who COMMAND runs as: the named user, else the user sudo
+// was called by. Never uid 0, whatever the name: an agent running as root
+// owns root's files and could undo its own confinement from outside the
+// kernel's hooks.
+func ResolveUser(name string) (workload.Credentials, error) {
 	if name == "" {
 		name = os.Getenv("SUDO_USER")
 		if name == "" || name == "root" {
-			return workload.Credentials{}, errors.New("no user to run as: pass --user USER (--user root to run the command as root, without capabilities)")
+			return workload.Credentials{}, errors.New("no user to run as: pass --user USER, an unprivileged user (bridle run never runs a command as root)")
 		}
 	}
-	return workload.LookupUser(name)
+	creds, err := workload.LookupUser(name)
+	if err != nil {
+		return creds, err
+	}
+	if creds.UID == 0 {
+		return creds, fmt.Errorf("--user %s: %w", name, workload.ErrRootWorkload)
+	}
+	return creds, nil
 }
 
 func resolveIdentity(id, user string) (string, error) {
@@ -198,6 +213,7 @@ func (r *runner) enforce(ctx context.Context) error {
 		}
 		fmt.Fprintf(r.spec.Out, "bridle: task %s, workload %s, %d kernel rules, identity %s, policy %s\n",
 			r.task.ID, r.task.Workload, r.task.Rules, r.task.Identity, r.task.PolicyRevision)
+		fmt.Fprintf(r.spec.Out, "bridle: workload: %s; %s\n", r.stdio.Describe(), workload.Namespaces)
 	}
 	if r.records, r.wait, err = r.host.events(ctx, r.cg); err != nil {
 		_ = r.host.end(r.task.ID)
@@ -208,33 +224,39 @@ func (r *runner) enforce(ctx context.Context) error {
 }
 
 func (r *runner) run(ctx context.Context, sigs <-chan os.Signal) (int, error) {
-	cmd := workload.Command(r.spec.Self, r.cg, r.creds, r.path, r.spec.Command)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
+	proc, err := workload.Start(workload.Spec{
+		Self: r.spec.Self, Cgroup: r.cg, Creds: r.creds, Path: r.path, Argv: r.spec.Command, Stdio: r.stdio,
+	})
+	if err != nil {
 		r.finish()
 		return 0, fmt.Errorf("start %s: %w", r.path, err)
 	}
 
 	waitErr := make(chan error, 1)
-	go func() { waitErr <- cmd.Wait() }()
+	go func() { waitErr <- proc.Wait() }()
 
-	var err error
 wait:
 	for {
 		select {
 		case err = <-waitErr:
 			break wait
 		case s := <-sigs:
-			_ = cmd.Process.Signal(s)
+			_ = proc.Signal(s)
 		case <-ctx.Done():
-			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = proc.Signal(syscall.SIGTERM)
 			ctx = context.Background()
 		}
 	}
+	// The workload's last output shown and the terminal restored before
+	// bridle's own last words.
+	r.stdio.Close()
 	status, err := exitStatus(err)
 	if err != nil {
 		r.finish()
 		return 0, err
+	}
+	if n := proc.Leftovers(); n > 0 {
+		fmt.Fprintf(r.spec.Out, "bridle: ended %d process(es) the command left in its workload\n", n)
 	}
 	drops := r.finish()
 	r.stats.print(r.spec.Out, r.spec.Command[0], status, drops)

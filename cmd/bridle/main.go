@@ -21,8 +21,12 @@ const exitUsage = 2
 type usageError struct{ error }
 
 func main() {
-	// The launch shim: this binary, started by `bridle run`, turning into
-	// the workload's command.
+	// The launch stages: this binary, started by `bridle run` as the init
+	// of the workload's namespaces, and by that as the shim that turns
+	// into the workload's command.
+	if len(os.Args) > 1 && os.Args[1] == workload.InitArg {
+		os.Exit(workload.Init(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == workload.ShimArg {
 		err := workload.Shim(os.Args[2:])
 		fmt.Fprintln(os.Stderr, "bridle:", err)

@@ -32,10 +32,12 @@ func newRunCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- COMMAND [ARG...]",
 		Short: "Run one command as a confined workload with one task",
-		Long: `Runs COMMAND in its own cgroup with its capabilities dropped and no_new_privs
-set. The kernel refuses every connection, datagram and exec the flags do not
-allow (loopback included); running COMMAND itself is always allowed. Each
-denial is printed as it happens with the flag that would allow it, and a
+		Long: `Runs COMMAND in its own cgroup as an unprivileged user, with its capabilities
+dropped and no_new_privs set, in a session of its own (with a pty of its own
+when run from a terminal) and its own PID, mount and IPC namespaces. The
+kernel refuses every connection, datagram and exec the flags do not allow
+(loopback included); running COMMAND itself is always allowed. Each denial
+is printed as it happens with the flag that would allow it, and a
 summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 		Example: `  sudo bridle run --allow-connect tcp:127.0.0.1:8080 --allow-exec /usr/bin/ -- curl http://127.0.0.1:8080/
   sudo bridle run --allow-connect udp:[2001:db8::53]:53 --ttl 10m --audit audit.jsonl -- ./agent`,
@@ -46,11 +48,12 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 				return usageError{err}
 			}
 			defer closeAudit()
-			// Ctrl-C reaches COMMAND from the terminal directly; bridle stays
-			// to clean up and report. Other signals are passed on.
-			signal.Ignore(syscall.SIGINT)
+			// COMMAND runs in a session of its own, so signals meant for it
+			// reach bridle: they are passed on, and bridle stays to clean up
+			// and report. On a terminal, Ctrl-C is a key sent through
+			// COMMAND's pty instead (bridle holds the terminal in raw mode).
 			sigs := make(chan os.Signal, 4)
-			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 			defer signal.Stop(sigs)
 			status, err := daemon.Run(cmd.Context(), spec, sigs)
 			if err != nil {
@@ -65,7 +68,7 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 	fl.StringArrayVar(&f.connect, "allow-connect", nil, "allow PROTO:ADDR[:PORTS] (PROTO tcp|udp|icmp|any; ADDR IPv4 or [IPv6], address or CIDR; PORTS N, N-M or a list); repeatable")
 	fl.StringArrayVar(&f.unix, "allow-unix", nil, "allow connecting to the unix socket PATH (@NAME for an abstract name); repeatable")
 	fl.StringArrayVar(&f.exec, "allow-exec", nil, "allow running PATH; a directory ending in / allows the executables below it; repeatable")
-	fl.StringVar(&f.user, "user", "", "run COMMAND as USER (default: $SUDO_USER; root only when named)")
+	fl.StringVar(&f.user, "user", "", "run COMMAND as USER (default: $SUDO_USER; never root)")
 	fl.StringVar(&f.mode, "mode", "enforce", "enforce: refuse what is not allowed; audit: report it as would-deny and let it through")
 	fl.StringVar(&f.identity, "identity", "", "SPIFFE ID of the workload (default spiffe://bridle.local/run/USER)")
 	fl.StringVar(&f.intent, "intent", "", "what the task is for, recorded with every decision")
@@ -95,6 +98,9 @@ func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 		Out:        os.Stderr,
 	}
 	if _, err := policy.ParseGrants(f.connect, f.unix, f.exec); err != nil {
+		return spec, noop, err
+	}
+	if _, err := daemon.ResolveUser(f.user); err != nil {
 		return spec, noop, err
 	}
 	if len(f.connect)+len(f.unix)+len(f.exec) > 0 {

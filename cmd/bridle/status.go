@@ -12,6 +12,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
 )
 
@@ -36,6 +37,10 @@ func newStatusCommand() *cobra.Command {
 			f := e.Features()
 			_ = e.Unpin()
 			_ = e.Close()
+			launch := workload.Isolation
+			if err := workload.CheckIsolation(); err != nil {
+				launch = "NOT available: " + err.Error()
+			}
 			pinned, _ := filepath.Glob(filepath.Join(loader.DefaultPinRoot, "run", "t-*"))
 			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
 			daemon, daemonErr := api.NewClient(socket).Probe(ctx)
@@ -46,6 +51,7 @@ func newStatusCommand() *cobra.Command {
 					"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "active_lsms": f.ActiveLSMs,
 					"btf": f.BTF, "pinned_runs": len(pinned),
 					"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+					"workload_launch": launch,
 				}
 				if daemonErr == nil {
 					out["daemon"] = daemon
@@ -64,6 +70,7 @@ func newStatusCommand() *cobra.Command {
 			fmt.Printf("active LSMs:   %v\n", f.ActiveLSMs)
 			fmt.Printf("BTF:           %s\n", f.BTF)
 			fmt.Printf("open sockets:  %s — %s\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)
+			fmt.Printf("bridle run:    %s\n", launch)
 			fmt.Printf("pinned runs:   %d under %s\n", len(pinned), filepath.Join(loader.DefaultPinRoot, "run"))
 			if daemonErr != nil {
 				fmt.Printf("bridled:       not answering: %v\n", daemonErr)
