@@ -137,7 +137,8 @@ static __always_inline int tcp_flags(struct __sk_buff *skb, int v6)
  * and connection attempts (SYN without ACK) are recorded. Dropping the
  * rest too (a handshake's last ACK, a forged SYN cookie) leaves no way
  * to complete a connection. Packets of established connections cost one
- * read of the socket's state.
+ * read of the socket's state. Listening sockets of other transports (SCTP)
+ * have no listen rules and take no connection.
  */
 SEC("cgroup_skb/ingress")
 int bridle_accept(struct __sk_buff *skb)
@@ -147,26 +148,34 @@ int bridle_accept(struct __sk_buff *skb)
 		return CGROUP_ALLOW;
 	__u16 port = sk->src_port; /* host byte order */
 
+	/* Other listening transports (SCTP) have no listen rules. */
+	struct bpf_sock *full = bpf_sk_fullsock(sk);
+	int tcp = full && (full->protocol == IPPROTO_TCP || full->protocol == IPPROTO_MPTCP);
+
 	struct bridle_ctx c;
 	bridle_find_workload_skb(&c, skb);
 	int allowed = 0;
 	__u8 reason = c.reason_if_unmatched;
-	struct bridle_ports *ports = listen_ports(c.slot, IPPROTO_TCP);
-	if (ports) {
-		allowed = port_allowed(ports, port);
-		reason = allowed ? BRIDLE_REASON_RULE : BRIDLE_REASON_PORT;
+	if (!tcp) {
+		reason = BRIDLE_REASON_PROTOCOL;
+	} else {
+		struct bridle_ports *ports = listen_ports(c.slot, IPPROTO_TCP);
+		if (ports) {
+			allowed = port_allowed(ports, port);
+			reason = allowed ? BRIDLE_REASON_RULE : BRIDLE_REASON_PORT;
+		}
 	}
 	__u8 verdict;
 	int refuse = bridle_decide(&c, allowed, &verdict);
 
 	int v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
-	int flags = tcp_flags(skb, v6);
+	int flags = tcp ? tcp_flags(skb, v6) : -1;
 	int attempt = flags < 0 || (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	if (attempt && bridle_should_emit(&c, verdict)) {
 		struct bridle_event *e = bridle_event_reserve_bare();
 		if (e) {
 			bridle_event_fill(e, &c, BRIDLE_ACTION_ACCEPT, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = BRIDLE_PROTO_TCP;
+			e->proto = tcp ? BRIDLE_PROTO_TCP : BRIDLE_PROTO_OTHER;
 			e->port = port;
 			/* The address is the peer that tried to connect. */
 			if (v6) {

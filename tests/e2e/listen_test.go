@@ -15,6 +15,15 @@ import (
 // it talks to the agent through a connection no egress rule judged, and a
 // port it holds is a port the service that owns it cannot have.
 
+// requireListenHooks skips, with the reason, on a kernel that took no bind
+// and inbound connection programs (bridle status says so too).
+func requireListenHooks(t *testing.T) {
+	t.Helper()
+	if nh := netHooks(t); !nh.ListenHooks {
+		t.Skipf("kernel %s has no bind/listen control: %s", features.Kernel, nh.ListenReason)
+	}
+}
+
 // freePort returns a port nothing in the test namespace listens on now.
 func freePort(t testing.TB, network string) int {
 	t.Helper()
@@ -102,6 +111,7 @@ func listenAndConnect(t *testing.T, flags []string, addr string) listening {
 
 // A workload binds a port and serves a client outside it.
 func TestEscapeBindListen(t *testing.T) {
+	requireListenHooks(t)
 	for _, network := range []string{"tcp4", "tcp6"} {
 		t.Run(network, func(t *testing.T) {
 			port := freePort(t, network)
@@ -127,6 +137,7 @@ func TestEscapeBindListen(t *testing.T) {
 // listen(2) on a socket that was never bound takes an ephemeral port
 // without calling bind(2): the connection attempt is what is refused.
 func TestEscapeListenAutobind(t *testing.T) {
+	requireListenHooks(t)
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		t.Run(addr, func(t *testing.T) {
 			l := listenAndConnect(t, nil, addr)
@@ -148,6 +159,7 @@ func TestEscapeListenAutobind(t *testing.T) {
 }
 
 func TestAllowListen(t *testing.T) {
+	requireListenHooks(t)
 	t.Run("tcp", func(t *testing.T) {
 		port := freePort(t, "tcp4")
 		l := listenAndConnect(t, []string{"--allow-listen", fmt.Sprintf("tcp:%d", port)}, fmt.Sprintf("127.0.0.1:%d", port))
@@ -188,6 +200,7 @@ func TestAllowListen(t *testing.T) {
 // bridled's metrics listener, down for a restart) cannot be taken by a
 // workload granted some other port.
 func TestEscapeListenSquat(t *testing.T) {
+	requireListenHooks(t)
 	metrics := freePort(t, "tcp4")
 	grant := []string{"--allow-listen", fmt.Sprintf("tcp:%d", metrics+1)}
 	t.Run("tcp", func(t *testing.T) {
@@ -203,4 +216,42 @@ func TestEscapeListenSquat(t *testing.T) {
 	// The service comes back and gets its port.
 	ln := listenInNetns(t, "tcp4", fmt.Sprintf("127.0.0.1:%d", metrics))
 	ln.Close()
+}
+
+// Listen grants follow the same caps as the others: a policy's listen
+// entries are capped by --allow-listen, which cannot widen them, and the
+// flag reaches bridled through its API.
+func TestListenGrantsCapPolicy(t *testing.T) {
+	requireListenHooks(t)
+	p1, p2 := freePort(t, "udp4"), freePort(t, "udp4")
+	dir := t.TempDir()
+	pol := fmt.Sprintf(`package bridle
+
+envelope := {
+	"exec": [{"path": %q}],
+	"listen": [{"protocol": "udp", "ports": [%d, %d]}],
+}
+`, probeBin, p1, p2)
+	if err := os.WriteFile(filepath.Join(dir, "listen.rego"), []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policy := []string{"--standalone", "--policy", dir, "--intent", "serve"}
+	bind := func(port int) []string { return []string{"udp-bind", fmt.Sprintf("127.0.0.1:%d", port)} }
+	t.Run("the policy allows", func(t *testing.T) {
+		wantAllowed(t, bridleRun(t, policy, append([]string{probeBin}, bind(p1)...)...))
+	})
+	t.Run("flags narrow", func(t *testing.T) {
+		flags := append(policy, "--allow-exec", probeBin, "--allow-listen", fmt.Sprintf("udp:%d", p2))
+		wantRefused(t, bridleRun(t, flags, append([]string{probeBin}, bind(p1)...)...), "bind", "udp")
+		wantAllowed(t, bridleRun(t, flags, append([]string{probeBin}, bind(p2)...)...))
+	})
+	t.Run("through bridled flags cannot widen", func(t *testing.T) {
+		e := newDaemonEnv(t)
+		e.start()
+		r := e.runVia([]string{"--intent", "serve", "--allow-exec", probeBin, "--allow-listen", fmt.Sprintf("udp:%d", p1)}, append([]string{probeBin}, bind(p1)...)...)
+		rec := wantRefused(t, r, "bind", "udp")
+		if rec.Task == "" {
+			t.Fatalf("refusal outside the run's task: %+v", rec)
+		}
+	})
 }
