@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Egress control for workload cgroups: connect and unconnected sends over
- * IPv4 and IPv6, and creation of socket kinds that bypass those hooks.
- * Every entry point is a thin wrapper around one worker.
+ * IPv4 and IPv6, creation of socket kinds that bypass those hooks, and a
+ * packet-level check of what the kernel actually sends. Every entry point
+ * is a thin wrapper around one worker.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -319,9 +320,11 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
  * header length. Only a packet with extension headers or options, or one
  * from a ping socket, goes further.
  *
- * Extension headers: see refuse_ext_header. Routing, hop-by-hop and
- * destination options headers always come first in the chain, so the
- * first next header is enough to find any of them.
+ * Extension headers: see refuse_ext_header. The kernel builds every
+ * extension header a socket can ask for right after the IPv6 header, and
+ * whichever comes first is hop-by-hop, destination options or routing
+ * (the fragment header is added after this hook), so the first next
+ * header is enough to find any of them.
  *
  * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
  * sendto() of an ICMP echo would pass unseen: their packets are judged by
