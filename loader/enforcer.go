@@ -183,9 +183,9 @@ func (e *Enforcer) loadListen(opts *ebpf.CollectionOptions, wakeup uint64) error
 }
 
 // loadSockopt loads the setsockopt check and returns what Features says
-// about it. Kernels before 6.x do not give setsockopt programs the
-// helpers for the ancestor walk and the current process; there it is
-// loaded without them rather than not at all.
+// about it. Older kernels do not give setsockopt programs the helpers for
+// the cgroup ancestor walk and the current process; there it is loaded
+// without them rather than not at all.
 func (e *Enforcer) loadSockopt(opts *ebpf.CollectionOptions, wakeup uint64) string {
 	const packetCheck = "; routing headers and IP options sent without setsockopt (ancillary data, 32-bit system calls) are dropped by the egress packet check"
 	var firstErr error
