@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Egress control for workload cgroups: connect and unconnected sends over
- * IPv4 and IPv6, and creation of socket kinds that bypass those hooks.
- * Every entry point is a thin wrapper around one worker.
+ * IPv4 and IPv6, creation of socket kinds that bypass those hooks, and a
+ * packet-level check of what the kernel actually sends. Every entry point
+ * is a thin wrapper around one worker.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lib/workload.h"
 #include "lib/types.h"
+#include "lib/ports.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -41,18 +43,6 @@ static __always_inline __u32 rule_proto(__u32 type, __u32 protocol, __u8 *event_
 		return IPPROTO_ICMP;
 	}
 	*event_proto = BRIDLE_PROTO_OTHER;
-	return 0;
-}
-
-static __always_inline int port_allowed(const struct bridle_ports *p, __u16 port)
-{
-	__u32 n = p->count;
-	for (int i = 0; i < BRIDLE_MAX_PORT_RANGES; i++) {
-		if (i >= n)
-			break;
-		if (port >= p->ranges[i].first && port <= p->ranges[i].last)
-			return 1;
-	}
 	return 0;
 }
 
@@ -205,15 +195,160 @@ int bridle_sock_create(struct bpf_sock *sk)
 }
 
 /*
+ * Packet-level checks of a workload's own packets. The socket hooks judge
+ * the address a program passes; these see the packet the kernel built
+ * from it. Packet programs may not read the current task on older
+ * kernels, so their events carry no pid.
+ */
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_DEST 60
+#define IPV6_TLV_JUMBO 0xC2
+#define IPV6_HDR_LEN 40
+
+/* The packet byte at constant offset off (the packet starts at its IP
+ * header), read in place when it lies in the linear area. Non-zero when
+ * the packet is shorter. */
+#define PACKET_BYTE(skb, off, out)                                             \
+	({                                                                     \
+		void *__data = (void *)(long)(skb)->data;                      \
+		void *__end = (void *)(long)(skb)->data_end;                   \
+		long __err = 0;                                                \
+		if (__data + (off) + 1 <= __end)                               \
+			*(out) = *((__u8 *)__data + (off));                    \
+		else                                                           \
+			__err = bpf_skb_load_bytes(skb, off, out, 1);          \
+		__err;                                                         \
+	})
+
+static __always_inline int is_ext_header(__u8 nexthdr)
+{
+	return nexthdr == NEXTHDR_HOP || nexthdr == NEXTHDR_ROUTING || nexthdr == NEXTHDR_DEST;
+}
+
+/*
+ * The one hop-by-hop header a workload's packet may carry: the jumbo
+ * payload option that kernels 5.19 to 6.17 insert themselves into BIG TCP
+ * packets over 64 KiB before this hook runs (the driver strips it again).
+ * It is alone in its 8-byte header, the IPv6 payload length is 0, and it
+ * says nothing about where the packet goes.
+ */
+static __always_inline int is_big_tcp_jumbo(struct __sk_buff *skb)
+{
+	__u8 hop[4];
+	__u16 payload_len;
+	if (bpf_skb_load_bytes(skb, 4, &payload_len, 2) || bpf_skb_load_bytes(skb, IPV6_HDR_LEN, hop, 4))
+		return 0;
+	return payload_len == 0 && hop[1] == 0 && hop[2] == IPV6_TLV_JUMBO && hop[3] == 4;
+}
+
+/* The TCP or UDP destination port of a transport header at off, else 0. */
+static __always_inline __u16 transport_dport(struct __sk_buff *skb, __u32 off, __u8 proto)
+{
+	__u16 port;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off + 2, &port, 2))
+		return 0;
+	return bpf_ntohs(port);
+}
+
+/* Most extension headers the record looks through for the port. */
+#define MAX_EXT_HEADERS 4
+
+/*
+ * Drops (or, in audit mode, records and lets through) a workload packet
+ * whose IPv6 extension headers or IPv4 options the kernel added from a
+ * socket option or ancillary data: a routing header or source route sends
+ * the packet to another address than the one the socket hooks allowed,
+ * and the others have no use a confined agent needs. The record names the
+ * packet's real next destination.
+ */
+static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
+{
+	struct bridle_ctx c;
+	bridle_find_workload_skb(&c, skb);
+	__u8 verdict;
+	int refuse = bridle_decide(&c, 0, &verdict);
+
+	struct dest d = {.family = 4};
+	__u16 port = 0;
+	if (v6) {
+		__u32 ip6[4] = {};
+		bpf_skb_load_bytes(skb, 24, ip6, 16); /* ipv6hdr.daddr */
+		dest_from_v6(&d, ip6);
+		__u8 next = 0;
+		__u32 off = IPV6_HDR_LEN;
+		bpf_skb_load_bytes(skb, 6, &next, 1);
+		for (int i = 0; i < MAX_EXT_HEADERS && is_ext_header(next); i++) {
+			__u8 h[2];
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				break;
+			next = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+		}
+		port = transport_dport(skb, off, next);
+	} else {
+		__u8 vihl = 0, proto = 0;
+		bpf_skb_load_bytes(skb, 16, &d.ip4, 4); /* iphdr.daddr */
+		bpf_skb_load_bytes(skb, 0, &vihl, 1);
+		bpf_skb_load_bytes(skb, 9, &proto, 1);
+		port = transport_dport(skb, (__u32)(vihl & 0x0f) * 4, proto);
+	}
+
+	struct bridle_event *e = bridle_event_reserve_bare();
+	if (e) {
+		bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict, BRIDLE_REASON_EXT_HEADER,
+				  BRIDLE_ENFORCEMENT_CGROUP);
+		struct bpf_sock *sk = skb->sk;
+		if (sk)
+			sk = bpf_sk_fullsock(sk);
+		if (sk)
+			rule_proto(sk->type, sk->protocol, &e->proto);
+		e->port = port;
+		event_set_dest(e, &d);
+		bridle_event_submit(e);
+	}
+	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
+}
+
+/*
+ * Every packet a workload's sockets send passes here, so the common case
+ * costs one read of one header byte: the IPv6 next header or the IPv4
+ * header length. Only a packet with extension headers or options, or one
+ * from a ping socket, goes further.
+ *
+ * Extension headers: see refuse_ext_header. The kernel builds every
+ * extension header a socket can ask for right after the IPv6 header, and
+ * whichever comes first is hop-by-hop, destination options or routing
+ * (the fragment header is added after this hook), so the first next
+ * header is enough to find any of them.
+ *
  * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
- * sendto() of an ICMP echo would pass unseen. This egress program judges
- * every packet a workload's ping socket sends by the same rules; all other
- * packets pass at the cost of one socket-type check. Packet programs may
- * not read the current task on older kernels, so these events carry no pid.
+ * sendto() of an ICMP echo would pass unseen: their packets are judged by
+ * the same rules here.
+ *
+ * (The name predates the extension header check; it stays, because the
+ * links pinned by earlier versions are found and updated by it.)
  */
 SEC("cgroup_skb/egress")
 int bridle_ping_egress(struct __sk_buff *skb)
 {
+	__u8 first;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (PACKET_BYTE(skb, 6, &first)) /* ipv6hdr.nexthdr */
+			return CGROUP_REFUSE;
+		if (is_ext_header(first) && !(first == NEXTHDR_HOP && is_big_tcp_jumbo(skb)))
+			return refuse_ext_header(skb, 1);
+	} else if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (PACKET_BYTE(skb, 0, &first)) /* version and header length */
+			return CGROUP_REFUSE;
+		if ((first & 0x0f) > 5)
+			return refuse_ext_header(skb, 0);
+	}
+
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return CGROUP_ALLOW;

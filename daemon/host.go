@@ -105,6 +105,16 @@ func (h *embeddedHost) describe() []string {
 	} else {
 		out = append(out, fmt.Sprintf("unix sockets: NOT enforced (%s)", f.UnixReason))
 	}
+	if f.ListenHooks {
+		out = append(out, "bind/listen: enforced")
+	} else {
+		out = append(out, fmt.Sprintf("bind/listen: NOT enforced (%s)", f.ListenReason))
+	}
+	if f.SockoptHook {
+		out = append(out, "source routing options: refused at setsockopt and in packets")
+	} else {
+		out = append(out, fmt.Sprintf("source routing options: not refused at setsockopt (%s)", f.SockoptReason))
+	}
 	out = append(out, "BTF: "+f.BTF,
 		fmt.Sprintf("open connections at task end: %s (%s)", f.SocketDestroy.Method, f.SocketDestroy.Reason),
 		"pinned at "+h.enf.PinDir())

@@ -141,11 +141,11 @@ func prepare(spec RunSpec) (*runner, error) {
 		g = *spec.Grants
 	}
 	g.Exec = append(slices.Clone(g.Exec), execStrings(commandExecRules(r.path))...)
-	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
+	env, err := g.Envelope()
 	if err != nil {
 		return nil, err
 	}
-	if _, err := policy.Compile(env); err != nil {
+	if _, err := policy.Compile(*env); err != nil {
 		return nil, err
 	}
 	r.grants = &g

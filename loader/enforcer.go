@@ -36,9 +36,11 @@ type Enforcer struct {
 	pinDir   string
 	features Features
 
-	net  netObjects
-	unix *unixObjects
-	exec io.Closer // execlsmObjects or execkillObjects
+	net     netObjects
+	unix    *unixObjects
+	listen  *listenObjects
+	sockopt *sockoptObjects
+	exec    io.Closer // execlsmObjects or execkillObjects
 
 	execLink link.Link
 	cgLinks  []link.Link
@@ -90,6 +92,15 @@ func Load(opts Options) (*Enforcer, error) {
 		e.features.UnixHooks = true
 		e.features.UnixReason = "cgroup connect_unix and sendmsg_unix loaded"
 	}
+
+	if err := e.loadListen(collOpts, opts.WakeupBytes); err != nil {
+		e.features.ListenReason = err.Error()
+	} else {
+		e.features.ListenHooks = true
+		e.features.ListenReason = "cgroup bind4 and bind6, and inbound connections checked by cgroup_skb ingress"
+	}
+	e.features.SockoptReason = e.loadSockopt(collOpts, opts.WakeupBytes)
+	e.features.SockoptHook = e.sockopt != nil
 
 	if err := e.loadExec(collOpts, opts, lsms, lsmErr); err != nil {
 		e.Close()
@@ -149,6 +160,74 @@ func (e *Enforcer) loadUnix(opts *ebpf.CollectionOptions, wakeup uint64) error {
 		return &UnsupportedError{Feature: "unix socket hooks (kernel 6.7+)", Err: errors.New(firstLine(verifierError(err)))}
 	}
 	e.unix = &objs
+	return nil
+}
+
+// loadListen loads the bind and inbound connection checks. A kernel that
+// refuses them still gets everything else; Features says what is missing.
+func (e *Enforcer) loadListen(opts *ebpf.CollectionOptions, wakeup uint64) error {
+	spec, err := loadListen()
+	if err != nil {
+		return err
+	}
+	if err := setWakeup(spec, wakeup); err != nil {
+		return err
+	}
+	var objs listenObjects
+	o := replacementsFor(spec, opts)
+	if err := spec.LoadAndAssign(&objs, &o); err != nil {
+		return &UnsupportedError{Feature: "bind and listen control (cgroup bind4/bind6, cgroup_skb ingress)", Err: errors.New(firstLine(verifierError(err)))}
+	}
+	e.listen = &objs
+	return nil
+}
+
+// loadSockopt loads the setsockopt check and returns what Features says
+// about it. Older kernels do not give setsockopt programs the helpers for
+// the cgroup ancestor walk and the current process; there it is loaded
+// without them rather than not at all.
+func (e *Enforcer) loadSockopt(opts *ebpf.CollectionOptions, wakeup uint64) string {
+	const packetCheck = "; routing headers and IP options sent without setsockopt (ancillary data, 32-bit system calls) are dropped by the egress packet check"
+	var firstErr error
+	for _, ancestors := range []uint8{1, 0} {
+		spec, err := loadSockopt()
+		if err != nil {
+			return err.Error() + packetCheck
+		}
+		if err := setWakeup(spec, wakeup); err != nil {
+			return err.Error() + packetCheck
+		}
+		if err := setVariable(spec, "bridle_sockopt_ancestors", ancestors); err != nil {
+			return err.Error() + packetCheck
+		}
+		if err := setVariable(spec, "bridle_page_size", int32(os.Getpagesize())); err != nil {
+			return err.Error() + packetCheck
+		}
+		var objs sockoptObjects
+		o := replacementsFor(spec, opts)
+		err = spec.LoadAndAssign(&objs, &o)
+		if err == nil {
+			e.sockopt = &objs
+			if ancestors == 0 {
+				return "cgroup setsockopt refuses source routing and extension header options; this kernel gives it no ancestor walk, so processes in sub-cgroups of a workload are refused without their workload's audit mode, and records carry no pid (" + firstLine(verifierError(firstErr)) + ")" + packetCheck
+			}
+			return "cgroup setsockopt refuses source routing and extension header options" + packetCheck
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return (&UnsupportedError{Feature: "setsockopt control (cgroup setsockopt, kernel 5.3+)", Err: errors.New(firstLine(verifierError(firstErr)))}).Error() + packetCheck
+}
+
+func setVariable(spec *ebpf.CollectionSpec, name string, v any) error {
+	sv, ok := spec.Variables[name]
+	if !ok {
+		return fmt.Errorf("load: object has no %s", name)
+	}
+	if err := sv.Set(v); err != nil {
+		return fmt.Errorf("load: set %s: %w", name, err)
+	}
 	return nil
 }
 
@@ -338,6 +417,15 @@ func (e *Enforcer) cgroupHooks() []cgroupHook {
 			attach{"connect_unix", ebpf.AttachCgroupUnixConnect, e.unix.BridleConnUnix},
 			attach{"sendmsg_unix", ebpf.AttachCgroupUnixSendmsg, e.unix.BridleSendUnix})
 	}
+	if e.listen != nil {
+		list = append(list,
+			attach{"bind4", ebpf.AttachCGroupInet4Bind, e.listen.BridleBind4},
+			attach{"bind6", ebpf.AttachCGroupInet6Bind, e.listen.BridleBind6},
+			attach{"accept", ebpf.AttachCGroupInetIngress, e.listen.BridleAccept})
+	}
+	if e.sockopt != nil {
+		list = append(list, attach{"setsockopt", ebpf.AttachCGroupSetsockopt, e.sockopt.BridleSockopt})
+	}
 	return list
 }
 
@@ -375,6 +463,14 @@ func (e *Enforcer) Close() error {
 	if e.unix != nil {
 		errs = append(errs, e.unix.Close())
 		e.unix = nil
+	}
+	if e.listen != nil {
+		errs = append(errs, e.listen.Close())
+		e.listen = nil
+	}
+	if e.sockopt != nil {
+		errs = append(errs, e.sockopt.Close())
+		e.sockopt = nil
 	}
 	errs = append(errs, e.net.Close())
 	return errors.Join(errs...)

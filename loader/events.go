@@ -20,22 +20,25 @@ type Event struct {
 	Comm        string
 	Slot        uint32
 	Generation  uint32
-	Action      string // connect, sendmsg, exec, socket
+	Action      string // connect, sendmsg, exec, socket, bind, accept, setsockopt
 	Protocol    string // tcp, udp, icmp, unix, raw, packet, other
 	Verdict     string // allow, deny, would-deny
 	Reason      string
 	Enforcement string // cgroup, lsm, kill
 	Addr        netip.Addr
 	Port        uint16
-	Path        string // unix socket name, or the name an exec was called by
+	Path        string // unix socket name, the name an exec was called by, or a socket option (IPV6_RTHDR)
 	Dev, Ino    uint64 // the binary of an exec
 }
 
 var actionNames = map[uint8]string{
-	uint8(netBridleActionBRIDLE_ACTION_CONNECT): "connect",
-	uint8(netBridleActionBRIDLE_ACTION_SENDMSG): "sendmsg",
-	uint8(netBridleActionBRIDLE_ACTION_EXEC):    "exec",
-	uint8(netBridleActionBRIDLE_ACTION_SOCKET):  "socket",
+	uint8(netBridleActionBRIDLE_ACTION_CONNECT):    "connect",
+	uint8(netBridleActionBRIDLE_ACTION_SENDMSG):    "sendmsg",
+	uint8(netBridleActionBRIDLE_ACTION_EXEC):       "exec",
+	uint8(netBridleActionBRIDLE_ACTION_SOCKET):     "socket",
+	uint8(netBridleActionBRIDLE_ACTION_BIND):       "bind",
+	uint8(netBridleActionBRIDLE_ACTION_ACCEPT):     "accept",
+	uint8(netBridleActionBRIDLE_ACTION_SETSOCKOPT): "setsockopt",
 }
 
 var protoNames = map[uint8]string{
@@ -63,6 +66,36 @@ var reasonNames = map[uint8]string{
 	uint8(netBridleReasonBRIDLE_REASON_TASK_EXPIRED): "task expired",
 	uint8(netBridleReasonBRIDLE_REASON_SOCKET_TYPE):  "socket type not allowed",
 	uint8(netBridleReasonBRIDLE_REASON_PROTOCOL):     "protocol not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_SOCKOPT):      "option can send packets elsewhere",
+	uint8(netBridleReasonBRIDLE_REASON_EXT_HEADER):   "packet has routing or extension headers or IP options",
+}
+
+// sockoptNames names the socket options the setsockopt check refuses, by
+// level (4: SOL_IP, 6: SOL_IPV6) and number, as <linux/in.h> and
+// <linux/in6.h> spell them.
+var sockoptNames = map[[2]uint16]string{
+	{4, unix.IP_OPTIONS}:          "IP_OPTIONS",
+	{4, unix.IP_IPSEC_POLICY}:     "IP_IPSEC_POLICY",
+	{4, unix.IP_XFRM_POLICY}:      "IP_XFRM_POLICY",
+	{6, unix.IPV6_2292HOPOPTS}:    "IPV6_2292HOPOPTS",
+	{6, unix.IPV6_2292DSTOPTS}:    "IPV6_2292DSTOPTS",
+	{6, unix.IPV6_2292RTHDR}:      "IPV6_2292RTHDR",
+	{6, unix.IPV6_2292PKTOPTIONS}: "IPV6_2292PKTOPTIONS",
+	{6, unix.IPV6_NEXTHOP}:        "IPV6_NEXTHOP",
+	{6, unix.IPV6_IPSEC_POLICY}:   "IPV6_IPSEC_POLICY",
+	{6, unix.IPV6_XFRM_POLICY}:    "IPV6_XFRM_POLICY",
+	{6, unix.IPV6_HOPOPTS}:        "IPV6_HOPOPTS",
+	{6, unix.IPV6_RTHDRDSTOPTS}:   "IPV6_RTHDRDSTOPTS",
+	{6, unix.IPV6_RTHDR}:          "IPV6_RTHDR",
+	{6, unix.IPV6_DSTOPTS}:        "IPV6_DSTOPTS",
+}
+
+func sockoptName(family uint8, name uint16) string {
+	if s, ok := sockoptNames[[2]uint16{uint16(family), name}]; ok {
+		return s
+	}
+	level := map[uint8]string{4: "SOL_IP", 6: "SOL_IPV6"}[family]
+	return fmt.Sprintf("%s option %d", level, name)
 }
 
 var enforcementNames = map[uint8]string{
@@ -189,8 +222,14 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		ev.Addr = netip.AddrFrom16(k.Addr)
 		ev.Port = k.Port
 	}
-	if ev.Action == "socket" {
+	switch ev.Action {
+	case "socket":
 		ev.Port = 0
+	case "setsockopt":
+		// The program puts the option's level in family and its number
+		// in port; the record names the option instead.
+		ev.Path = sockoptName(k.Family, k.Port)
+		ev.Addr, ev.Port = netip.Addr{}, 0
 	}
 	return ev, nil
 }

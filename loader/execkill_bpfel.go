@@ -21,6 +21,12 @@ type execkillBridleExecKey struct {
 	Ino  uint64
 }
 
+type execkillBridleListenKey struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+}
+
 type execkillBridleNet4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -77,6 +83,7 @@ const (
 	execkillMapBridleDrops       = "bridle_drops"
 	execkillMapBridleEvents      = "bridle_events"
 	execkillMapBridleExec        = "bridle_exec"
+	execkillMapBridleListen      = "bridle_listen"
 	execkillMapBridleNet4        = "bridle_net4"
 	execkillMapBridleNet6        = "bridle_net6"
 	execkillMapBridleTasks       = "bridle_tasks"
@@ -138,6 +145,7 @@ type execkillMapSpecs struct {
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
@@ -175,6 +183,7 @@ type execkillMaps struct {
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
@@ -187,6 +196,7 @@ func (m *execkillMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
 		m.BridleTasks,

@@ -21,6 +21,12 @@ type execlsmBridleExecKey struct {
 	Ino  uint64
 }
 
+type execlsmBridleListenKey struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+}
+
 type execlsmBridleNet4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -77,6 +83,7 @@ const (
 	execlsmMapBridleDrops       = "bridle_drops"
 	execlsmMapBridleEvents      = "bridle_events"
 	execlsmMapBridleExec        = "bridle_exec"
+	execlsmMapBridleListen      = "bridle_listen"
 	execlsmMapBridleNet4        = "bridle_net4"
 	execlsmMapBridleNet6        = "bridle_net6"
 	execlsmMapBridleTasks       = "bridle_tasks"
@@ -138,6 +145,7 @@ type execlsmMapSpecs struct {
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
@@ -175,6 +183,7 @@ type execlsmMaps struct {
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
@@ -187,6 +196,7 @@ func (m *execlsmMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
 		m.BridleTasks,

@@ -30,6 +30,10 @@ type Features struct {
 	ExecModeReason string
 	UnixHooks      bool // cgroup connect_unix/sendmsg_unix (kernel 6.7+)
 	UnixReason     string
+	ListenHooks    bool // cgroup bind4/bind6 and the inbound connection check
+	ListenReason   string
+	SockoptHook    bool // cgroup setsockopt: source routing options refused
+	SockoptReason  string
 	BTF            string               // where kernel type information came from
 	SocketDestroy  SocketDestroyFeature // how a revoked workload's open sockets are aborted
 }

@@ -16,10 +16,13 @@ import (
 type netBridleAction uint32
 
 const (
-	netBridleActionBRIDLE_ACTION_CONNECT netBridleAction = 1
-	netBridleActionBRIDLE_ACTION_SENDMSG netBridleAction = 2
-	netBridleActionBRIDLE_ACTION_EXEC    netBridleAction = 3
-	netBridleActionBRIDLE_ACTION_SOCKET  netBridleAction = 4
+	netBridleActionBRIDLE_ACTION_CONNECT    netBridleAction = 1
+	netBridleActionBRIDLE_ACTION_SENDMSG    netBridleAction = 2
+	netBridleActionBRIDLE_ACTION_EXEC       netBridleAction = 3
+	netBridleActionBRIDLE_ACTION_SOCKET     netBridleAction = 4
+	netBridleActionBRIDLE_ACTION_BIND       netBridleAction = 5
+	netBridleActionBRIDLE_ACTION_ACCEPT     netBridleAction = 6
+	netBridleActionBRIDLE_ACTION_SETSOCKOPT netBridleAction = 7
 )
 
 type netBridleEnforcement uint32
@@ -58,6 +61,12 @@ type netBridleExecKey struct {
 	Pad  uint32
 	Dev  uint64
 	Ino  uint64
+}
+
+type netBridleListenKey struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
 }
 
 type netBridleNet4Key struct {
@@ -110,6 +119,8 @@ const (
 	netBridleReasonBRIDLE_REASON_TASK_EXPIRED netBridleReason = 5
 	netBridleReasonBRIDLE_REASON_SOCKET_TYPE  netBridleReason = 6
 	netBridleReasonBRIDLE_REASON_PROTOCOL     netBridleReason = 7
+	netBridleReasonBRIDLE_REASON_SOCKOPT      netBridleReason = 8
+	netBridleReasonBRIDLE_REASON_EXT_HEADER   netBridleReason = 9
 )
 
 type netBridleTask struct {
@@ -157,6 +168,7 @@ const (
 	netMapBridleDrops             = "bridle_drops"
 	netMapBridleEvents            = "bridle_events"
 	netMapBridleExec              = "bridle_exec"
+	netMapBridleListen            = "bridle_listen"
 	netMapBridleNet4              = "bridle_net4"
 	netMapBridleNet6              = "bridle_net6"
 	netMapBridleTasks             = "bridle_tasks"
@@ -172,6 +184,7 @@ const (
 	netVarBridleUnusedEvent       = "bridle_unused_event"
 	netVarBridleUnusedExec        = "bridle_unused_exec"
 	netVarBridleUnusedFlags       = "bridle_unused_flags"
+	netVarBridleUnusedListen      = "bridle_unused_listen"
 	netVarBridleUnusedNet4        = "bridle_unused_net4"
 	netVarBridleUnusedNet6        = "bridle_unused_net6"
 	netVarBridleUnusedProto       = "bridle_unused_proto"
@@ -241,6 +254,7 @@ type netMapSpecs struct {
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
@@ -256,6 +270,7 @@ type netVariableSpecs struct {
 	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
 	BridleUnusedProto       *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
@@ -291,6 +306,7 @@ type netMaps struct {
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
@@ -303,6 +319,7 @@ func (m *netMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
 		m.BridleTasks,
@@ -319,6 +336,7 @@ type netVariables struct {
 	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`
 	BridleUnusedProto       *ebpf.Variable `ebpf:"bridle_unused_proto"`

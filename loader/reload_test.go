@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -51,17 +51,25 @@ func TestReloadReplacesProgramsInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Close(fd)
-	res, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: ebpf.AttachCGroupInet4Connect})
-	if err != nil {
-		t.Fatal(err)
+	// Every hook, the bind, inbound and setsockopt ones included.
+	for _, h := range second.cgroupHooks() {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: h.typ})
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := h.prog.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := info.ID()
+		if len(res.Programs) != 1 || res.Programs[0].ID != want {
+			t.Fatalf("%s programs on the cgroup: %+v, want only the new one (%d)", h.name, res.Programs, want)
+		}
 	}
-	info, err := second.net.BridleConnect4.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := info.ID()
-	if len(res.Programs) != 1 || res.Programs[0].ID != want {
-		t.Fatalf("connect4 programs on the cgroup: %+v, want only the new one (%d)", res.Programs, want)
+	for _, name := range []string{"bind4", "bind6", "accept", "setsockopt"} {
+		if !slices.ContainsFunc(second.cgroupHooks(), func(h cgroupHook) bool { return h.name == name }) {
+			t.Errorf("no %s hook on kernel %s: %s / %s", name, second.Features().Kernel, second.Features().ListenReason, second.Features().SockoptReason)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "exec_link_new")); err == nil {
 		t.Fatal("temporary pin left behind")

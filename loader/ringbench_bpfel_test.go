@@ -20,6 +20,7 @@ const (
 	ringbenchMapBridleDrops       = "bridle_drops"
 	ringbenchMapBridleEvents      = "bridle_events"
 	ringbenchMapBridleExec        = "bridle_exec"
+	ringbenchMapBridleListen      = "bridle_listen"
 	ringbenchMapBridleNet4        = "bridle_net4"
 	ringbenchMapBridleNet6        = "bridle_net6"
 	ringbenchMapBridleTasks       = "bridle_tasks"
@@ -81,6 +82,7 @@ type ringbenchMapSpecs struct {
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
@@ -118,6 +120,7 @@ type ringbenchMaps struct {
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
@@ -130,6 +133,7 @@ func (m *ringbenchMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
 		m.BridleTasks,

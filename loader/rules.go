@@ -100,6 +100,9 @@ func (e *Enforcer) WriteRules(slot uint32, rs policy.RuleSet) error {
 	if err := e.writeExec(slot, rs.Exec); err != nil {
 		return err
 	}
+	if err := e.writeListen(slot, rs.Listen); err != nil {
+		return err
+	}
 	return e.writeUnix(slot, rs.Unix)
 }
 
@@ -159,6 +162,30 @@ func (e *Enforcer) writeExec(slot uint32, ids []policy.FileID) error {
 		vals = append(vals, 1)
 	}
 	return batchUpdate(e.net.BridleExec, keys, vals)
+}
+
+// writeListen writes one entry per transport. The map is there whether or
+// not the kernel took the listen programs; without them nothing is
+// refused and the entries are unused (Features says so).
+func (e *Enforcer) writeListen(slot uint32, rules []policy.ListenRule) error {
+	keys := make([]netBridleListenKey, 0, len(rules))
+	vals := make([]netBridlePorts, 0, len(rules))
+	for _, r := range rules {
+		if r.Protocol != policy.ProtoTCP && r.Protocol != policy.ProtoUDP {
+			return fmt.Errorf("listen rule %s: not a compiled rule (want tcp or udp)", r)
+		}
+		var v netBridlePorts
+		if len(r.Ports) > len(v.Ranges) {
+			return fmt.Errorf("listen rule %s: %d port ranges, the kernel holds %d", r, len(r.Ports), len(v.Ranges))
+		}
+		v.Count = uint32(len(r.Ports))
+		for i, p := range r.Ports {
+			v.Ranges[i] = netBridlePortRange{First: p.First, Last: p.Last}
+		}
+		keys = append(keys, netBridleListenKey{Slot: slot, Proto: uint32(r.Protocol)})
+		vals = append(vals, v)
+	}
+	return batchUpdate(e.net.BridleListen, keys, vals)
 }
 
 // UnixKey is the kernel's key for a unix socket name as --allow-unix spells
@@ -228,6 +255,7 @@ func (e *Enforcer) ClearSlot(slot uint32) error {
 	errs = append(errs, deleteWhere(e.net.BridleNet6, func(k *netBridleNet6Key) bool { return k.Slot == slot }))
 	errs = append(errs, deleteWhere(e.net.BridleExec, func(k *netBridleExecKey) bool { return k.Slot == slot }))
 	errs = append(errs, deleteWhere(e.net.BridleUnix, func(k *netBridleUnixKey) bool { return k.Slot == slot }))
+	errs = append(errs, deleteWhere(e.net.BridleListen, func(k *netBridleListenKey) bool { return k.Slot == slot }))
 	errs = append(errs, e.net.BridleTasks.Update(slot, &netBridleTask{}, ebpf.UpdateAny))
 	return errors.Join(errs...)
 }
@@ -262,6 +290,7 @@ func (e *Enforcer) ClearSlotsExcept(keep map[uint32]bool) error {
 	errs = append(errs, deleteWhere(e.net.BridleNet6, func(k *netBridleNet6Key) bool { return stale(k.Slot) }))
 	errs = append(errs, deleteWhere(e.net.BridleExec, func(k *netBridleExecKey) bool { return stale(k.Slot) }))
 	errs = append(errs, deleteWhere(e.net.BridleUnix, func(k *netBridleUnixKey) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleListen, func(k *netBridleListenKey) bool { return stale(k.Slot) }))
 	for slot := uint32(1); slot < MaxSlots; slot++ {
 		if stale(slot) {
 			errs = append(errs, e.net.BridleTasks.Update(slot, &netBridleTask{}, ebpf.UpdateAny))

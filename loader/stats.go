@@ -55,6 +55,12 @@ func (e *Enforcer) ProgramStats() ([]ProgramStats, error) {
 	if e.unix != nil {
 		collectPrograms(reflect.ValueOf(e.unix), progs)
 	}
+	if e.listen != nil {
+		collectPrograms(reflect.ValueOf(e.listen), progs)
+	}
+	if e.sockopt != nil {
+		collectPrograms(reflect.ValueOf(e.sockopt), progs)
+	}
 	if e.exec != nil {
 		collectPrograms(reflect.ValueOf(e.exec), progs)
 	}

@@ -21,6 +21,12 @@ type unixBridleExecKey struct {
 	Ino  uint64
 }
 
+type unixBridleListenKey struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+}
+
 type unixBridleNet4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -77,6 +83,7 @@ const (
 	unixMapBridleDrops       = "bridle_drops"
 	unixMapBridleEvents      = "bridle_events"
 	unixMapBridleExec        = "bridle_exec"
+	unixMapBridleListen      = "bridle_listen"
 	unixMapBridleNet4        = "bridle_net4"
 	unixMapBridleNet6        = "bridle_net6"
 	unixMapBridleTasks       = "bridle_tasks"
@@ -140,6 +147,7 @@ type unixMapSpecs struct {
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
@@ -177,6 +185,7 @@ type unixMaps struct {
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
+	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
 	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
 	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
 	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
@@ -189,6 +198,7 @@ func (m *unixMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
 		m.BridleTasks,

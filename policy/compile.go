@@ -28,11 +28,15 @@ type RuleSet struct {
 	Net6 []NetRule // IPv6 prefixes, never IPv4-mapped ones
 	Unix []string  // socket paths, "@name" for abstract sockets
 	Exec []FileID  // executables, unique by (Dev, Ino)
+	// Listen holds at most one entry per transport, TCP first then UDP,
+	// with sorted, merged ports (at most MaxPortRanges): the ports the
+	// task may bind and accept connections on.
+	Listen []ListenRule
 }
 
 // Count returns how many kernel map entries r needs.
 func (r RuleSet) Count() int {
-	return len(r.Net4) + len(r.Net6) + len(r.Unix) + len(r.Exec)
+	return len(r.Net4) + len(r.Net6) + len(r.Unix) + len(r.Exec) + len(r.Listen)
 }
 
 // NetRule is one LPM-trie entry. The kernel finds the longest prefix that
@@ -89,7 +93,50 @@ func Compile(env Envelope) (RuleSet, error) {
 	if rs.Exec, err = compileExec(env.Exec); err != nil {
 		return RuleSet{}, err
 	}
+	if rs.Listen, err = compileListen(env.Listen); err != nil {
+		return RuleSet{}, err
+	}
 	return rs, nil
+}
+
+// compileListen merges the listen rules into one port list per transport;
+// ProtoAny counts for both.
+func compileListen(rules []ListenRule) ([]ListenRule, error) {
+	var tcp, udp []PortRange
+	for _, r := range rules {
+		if len(r.Ports) == 0 {
+			return nil, fmt.Errorf("policy: listen rule %s: no ports", r)
+		}
+		for _, pr := range r.Ports {
+			if pr.First == 0 || pr.First > pr.Last {
+				return nil, fmt.Errorf("policy: listen rule %s: port range %d-%d is not within 1-65535 or runs backwards", r, pr.First, pr.Last)
+			}
+		}
+		switch r.Protocol {
+		case ProtoTCP:
+			tcp = append(tcp, r.Ports...)
+		case ProtoUDP:
+			udp = append(udp, r.Ports...)
+		case ProtoAny:
+			tcp = append(tcp, r.Ports...)
+			udp = append(udp, r.Ports...)
+		default:
+			return nil, fmt.Errorf("policy: listen rule %s: want tcp, udp or any", r)
+		}
+	}
+	var out []ListenRule
+	for _, l := range []ListenRule{{ProtoTCP, tcp}, {ProtoUDP, udp}} {
+		if len(l.Ports) == 0 {
+			continue
+		}
+		l.Ports = normalizePorts(l.Ports)
+		if len(l.Ports) > MaxPortRanges {
+			return nil, fmt.Errorf("policy: listen rules for %s need %d port ranges; the kernel holds at most %d per transport",
+				l.Protocol, len(l.Ports), MaxPortRanges)
+		}
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 // netEntry is one (protocol, prefix) grant before prefixes are merged.

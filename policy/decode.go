@@ -40,7 +40,7 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 	}
 	obj, ok := v.(map[string]any)
 	if !ok {
-		return fail("want an object {egress, exec%s}, got %s", map[bool]string{true: ", ttl"}[withTTL], describe(v))
+		return fail("want an object {egress, exec, listen%s}, got %s", map[bool]string{true: ", ttl"}[withTTL], describe(v))
 	}
 	var maxTTL time.Duration
 	for _, k := range sortedKeys(obj) {
@@ -74,6 +74,18 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 				}
 				env.Exec = append(env.Exec, r)
 			}
+		case k == "listen":
+			items, ok := val.([]any)
+			if !ok {
+				return fail("listen: want an array or set of entries, got %s", describe(val))
+			}
+			for i, item := range items {
+				r, err := decodeListen(item)
+				if err != nil {
+					return fail("listen[%d] %s: %v", i, compactJSON(item), err)
+				}
+				env.Listen = append(env.Listen, r)
+			}
 		case k == "ttl" && withTTL:
 			d, err := decodeTTL(val)
 			if err != nil {
@@ -83,9 +95,9 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 		case k == "ttl":
 			return fail("a baseline has no ttl: it is what a workload gets while it has no task, for as long as it has none")
 		default:
-			want := "egress, exec or ttl"
+			want := "egress, exec, listen or ttl"
 			if !withTTL {
-				want = "egress or exec"
+				want = "egress, exec or listen"
 			}
 			return fail("unknown key %q (want %s)", k, want)
 		}
@@ -143,34 +155,74 @@ func decodeEgress(v any) (EgressRule, string, error) {
 	if r.Protocol == ProtoICMP {
 		return EgressRule{}, "", errors.New("ports: icmp has no ports")
 	}
-	list, ok := ports.([]any)
+	if r.Ports, err = decodePorts(ports, "leave ports out to allow every port"); err != nil {
+		return EgressRule{}, "", err
+	}
+	return r, "", nil
+}
+
+// decodePorts converts a non-empty list of port numbers and "N-M" strings.
+// ifEmpty says what to write instead of an empty list.
+func decodePorts(v any, ifEmpty string) ([]PortRange, error) {
+	list, ok := v.([]any)
 	if !ok {
-		return EgressRule{}, "", fmt.Errorf("ports: want an array of port numbers and \"N-M\" strings, got %s", describe(ports))
+		return nil, fmt.Errorf("ports: want an array of port numbers and \"N-M\" strings, got %s", describe(v))
 	}
 	if len(list) == 0 {
 		// An empty list could mean "no ports" or "every port"; neither
 		// reading is safe to guess.
-		return EgressRule{}, "", errors.New("ports: empty list; leave ports out to allow every port")
+		return nil, fmt.Errorf("ports: empty list; %s", ifEmpty)
 	}
+	out := make([]PortRange, 0, len(list))
 	for _, p := range list {
 		var pr PortRange
 		switch p := p.(type) {
 		case json.Number:
 			n, err := parsePort(p.String())
 			if err != nil {
-				return EgressRule{}, "", fmt.Errorf("ports: %w", err)
+				return nil, fmt.Errorf("ports: %w", err)
 			}
 			pr = PortRange{n, n}
 		case string:
+			var err error
 			if pr, err = parsePortRange(p); err != nil {
-				return EgressRule{}, "", fmt.Errorf("ports: %w", err)
+				return nil, fmt.Errorf("ports: %w", err)
 			}
 		default:
-			return EgressRule{}, "", fmt.Errorf("ports: want a port number or \"N-M\" string, got %s", describe(p))
+			return nil, fmt.Errorf("ports: want a port number or \"N-M\" string, got %s", describe(p))
 		}
-		r.Ports = append(r.Ports, pr)
+		out = append(out, pr)
 	}
-	return r, "", nil
+	return out, nil
+}
+
+// decodeListen converts one listen entry {protocol, ports}; both are
+// required, since a listen rule for every port is rarely meant.
+func decodeListen(v any) (ListenRule, error) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return ListenRule{}, fmt.Errorf("want an object {protocol, ports}, got %s", describe(v))
+	}
+	if err := onlyKeys(obj, "protocol", "ports"); err != nil {
+		return ListenRule{}, fmt.Errorf("%w (want protocol, ports)", err)
+	}
+	proto, ok := obj["protocol"].(string)
+	if !ok {
+		return ListenRule{}, fmt.Errorf("protocol: want one of \"tcp\", \"udp\", \"any\", got %s", describe(obj["protocol"]))
+	}
+	var r ListenRule
+	var err error
+	if r.Protocol, err = parseListenProtocol(proto); err != nil {
+		return ListenRule{}, fmt.Errorf("protocol: %w", err)
+	}
+	ports, ok := obj["ports"]
+	if !ok {
+		return ListenRule{}, errors.New("ports: required; list the ports, e.g. [8080] or [\"8000-8100\"]")
+	}
+	if r.Ports, err = decodePorts(ports, "list the ports to listen on, e.g. [8080]"); err != nil {
+		return ListenRule{}, err
+	}
+	return r, nil
 }
 
 // decodeExec converts one exec entry.

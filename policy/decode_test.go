@@ -59,7 +59,12 @@ func TestDecodeEnvelope(t *testing.T) {
 
 func equalEnvelope(a, b Envelope) bool {
 	return slices.EqualFunc(a.Egress, b.Egress, equalEgress) &&
-		slices.Equal(a.Unix, b.Unix) && slices.Equal(a.Exec, b.Exec) && a.TTL == b.TTL
+		slices.Equal(a.Unix, b.Unix) && slices.Equal(a.Exec, b.Exec) && a.TTL == b.TTL &&
+		slices.EqualFunc(a.Listen, b.Listen, equalListen)
+}
+
+func equalListen(a, b ListenRule) bool {
+	return a.Protocol == b.Protocol && slices.Equal(a.Ports, b.Ports)
 }
 
 func TestDecodeTTL(t *testing.T) {
@@ -118,7 +123,7 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 		{"ttl garbage", `{"ttl": "soon"}`, false, []string{`ttl "soon"`, "duration string"}},
 		{"ttl bool", `{"ttl": true}`, false, []string{"got a boolean"}},
 		{"baseline ttl", `{"ttl": "1h"}`, true, []string{"data.bridle.baseline", "a baseline has no ttl"}},
-		{"baseline unknown key", `{"egress": [], "deny": []}`, true, []string{`unknown key "deny" (want egress or exec)`}},
+		{"baseline unknown key", `{"egress": [], "deny": []}`, true, []string{`unknown key "deny" (want egress, exec or listen)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ type Envelope struct {
 	Egress []EgressRule  // network destinations
 	Unix   []string      // unix socket paths; "@name" for abstract names
 	Exec   []ExecRule    // programs the task may run
+	Listen []ListenRule  // ports the task may bind and accept connections on
 	TTL    time.Duration // how long the task's grants live; 0 means no expiry
 }
 
@@ -60,6 +61,19 @@ func (r EgressRule) String() string {
 		s += ":" + formatPorts(r.Ports)
 	}
 	return s
+}
+
+// ListenRule allows binding ports of one transport and accepting the
+// connections that reach them. Without one a workload can still bind port
+// 0 (an ephemeral port, as clients do) but takes no inbound connection.
+type ListenRule struct {
+	Protocol Protocol    // ProtoTCP, ProtoUDP, or ProtoAny for both
+	Ports    []PortRange // never empty
+}
+
+// String renders r in --allow-listen syntax.
+func (r ListenRule) String() string {
+	return r.Protocol.String() + ":" + formatPorts(r.Ports)
 }
 
 // PortRange is an inclusive range of ports.

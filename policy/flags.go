@@ -278,6 +278,68 @@ func checkExec(s string) (ExecRule, error) {
 	return ExecRule{Path: filepath.Clean(s), Dir: strings.HasSuffix(s, "/")}, nil
 }
 
+const listenForm = "want PROTO:PORTS, e.g. tcp:8080 or udp:5353,6000-6010"
+
+// ParseListen parses the value of --allow-listen PROTO:PORTS: PROTO is tcp,
+// udp or any (both); PORTS is a comma list of N or N-M, as in
+// --allow-connect. A listen rule names no address: it is about the ports a
+// workload may take on this host, whatever address it binds.
+func ParseListen(s string) (ListenRule, error) {
+	fail := func(format string, args ...any) (ListenRule, error) {
+		return ListenRule{}, fmt.Errorf("policy: bad listen rule %q: %s (%s)", s, fmt.Sprintf(format, args...), listenForm)
+	}
+	protoStr, portStr, ok := strings.Cut(s, ":")
+	if !ok {
+		return fail("no ports")
+	}
+	var r ListenRule
+	var err error
+	if r.Protocol, err = parseListenProtocol(protoStr); err != nil {
+		return fail("%v", err)
+	}
+	if portStr == "" {
+		return fail("empty port list after ':'")
+	}
+	if strings.Contains(portStr, ":") {
+		return fail("a listen rule has no address, only ports")
+	}
+	if r.Ports, err = parsePorts(portStr); err != nil {
+		return fail("%v", err)
+	}
+	return r, nil
+}
+
+// parseListenProtocol parses the protocol of a listen flag or of a
+// policy's listen entry: tcp, udp or any. icmp has no ports.
+func parseListenProtocol(s string) (Protocol, error) {
+	switch s {
+	case "tcp":
+		return ProtoTCP, nil
+	case "udp":
+		return ProtoUDP, nil
+	case "any":
+		return ProtoAny, nil
+	case "":
+		return 0, errors.New("empty protocol")
+	case "icmp":
+		return 0, errors.New("icmp has no ports to listen on; want tcp, udp or any")
+	}
+	return 0, fmt.Errorf("unknown protocol %q, want tcp, udp or any", s)
+}
+
+// ParseListenGrants parses --allow-listen values; errors name the flag.
+func ParseListenGrants(listen []string) ([]ListenRule, error) {
+	var out []ListenRule
+	for _, s := range listen {
+		r, err := ParseListen(s)
+		if err != nil {
+			return nil, fmt.Errorf("--allow-listen: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // ParseGrants parses grants written as `bridle run` flags (--allow-connect,
 // --allow-unix, --allow-exec values) into an envelope with no TTL. Errors
 // name the flag the bad value belongs to.

@@ -17,8 +17,9 @@ import (
 // For Net4 and Net6, "allows" is what the kernel does with a destination
 // (protocol, address, port): it finds the longest prefix of that protocol
 // containing the address and consults only that entry's ports; no entry
-// means refused. The result allows a destination iff a and b both do. Unix
-// socket names are intersected as exact strings, executables by (Dev, Ino),
+// means refused. The result allows a destination iff a and b both do. Listen
+// ports are intersected per transport. Unix socket names are intersected
+// as exact strings, executables by (Dev, Ino),
 // keeping a's Path and a's order, so passing the wider grant as a keeps the
 // names its events already use.
 //
@@ -48,6 +49,51 @@ func Intersect(a, b RuleSet) (RuleSet, error) {
 	}
 	out.Unix = intersectUnix(a.Unix, b.Unix)
 	out.Exec = intersectExec(a.Exec, b.Exec)
+	if out.Listen, err = intersectListen(a.Listen, b.Listen); err != nil {
+		return RuleSet{}, err
+	}
+	return out, nil
+}
+
+// intersectListen keeps, per transport, the ports both a and b allow.
+// Each input must have the shape Compile gives it: one entry per
+// transport with a sorted, merged port list.
+func intersectListen(a, b []ListenRule) ([]ListenRule, error) {
+	byProto := func(rules []ListenRule, which string) (map[Protocol][]PortRange, error) {
+		m := map[Protocol][]PortRange{}
+		for _, r := range rules {
+			if _, dup := m[r.Protocol]; dup {
+				return nil, fmt.Errorf("policy: intersect: %s rule set: listen %s appears more than once", which, r.Protocol)
+			}
+			for i, pr := range r.Ports {
+				if pr.First > pr.Last || i > 0 && int(pr.First) <= int(r.Ports[i-1].Last)+1 {
+					return nil, fmt.Errorf("policy: intersect: %s rule set: listen port list %s is not sorted and merged", which, formatPorts(r.Ports))
+				}
+			}
+			m[r.Protocol] = r.Ports
+		}
+		return m, nil
+	}
+	ma, err := byProto(a, "first")
+	if err != nil {
+		return nil, err
+	}
+	mb, err := byProto(b, "second")
+	if err != nil {
+		return nil, err
+	}
+	var out []ListenRule
+	for _, proto := range []Protocol{ProtoTCP, ProtoUDP} {
+		ports := appendIntersection(nil, ma[proto], mb[proto])
+		if len(ports) == 0 {
+			continue
+		}
+		if len(ports) > MaxPortRanges {
+			return nil, fmt.Errorf("policy: intersect: listening on %s needs %d port ranges to allow what both rule sets allow; the kernel holds at most %d",
+				proto, len(ports), MaxPortRanges)
+		}
+		out = append(out, ListenRule{Protocol: proto, Ports: ports})
+	}
 	return out, nil
 }
 

@@ -26,6 +26,9 @@ enum bridle_action {
 	BRIDLE_ACTION_SENDMSG = 2,
 	BRIDLE_ACTION_EXEC = 3,
 	BRIDLE_ACTION_SOCKET = 4,
+	BRIDLE_ACTION_BIND = 5,       /* bind(2) to a port */
+	BRIDLE_ACTION_ACCEPT = 6,     /* an inbound connection to a listening socket */
+	BRIDLE_ACTION_SETSOCKOPT = 7, /* port: optname; family: 4 for SOL_IP, 6 for SOL_IPV6 */
 };
 
 /* Protocol as reported in events; rule keys use IANA protocol numbers. */
@@ -47,6 +50,8 @@ enum bridle_reason {
 	BRIDLE_REASON_TASK_EXPIRED = 5,  /* the task's lifetime has passed */
 	BRIDLE_REASON_SOCKET_TYPE = 6,   /* raw, packet and other socket kinds */
 	BRIDLE_REASON_PROTOCOL = 7,      /* a transport no rule can name */
+	BRIDLE_REASON_SOCKOPT = 8,       /* an option that changes where packets go */
+	BRIDLE_REASON_EXT_HEADER = 9,    /* packet carries routing/extension headers or IP options */
 };
 
 enum bridle_enforcement {
@@ -96,6 +101,13 @@ struct bridle_port_range {
 struct bridle_ports {
 	__u32 count;
 	struct bridle_port_range ranges[BRIDLE_MAX_PORT_RANGES];
+};
+
+/* Key of the listen rules: the ports a task may bind and accept on, per
+ * transport. */
+struct bridle_listen_key {
+	__u32 slot;
+	__u32 proto; /* IANA number: 6 tcp, 17 udp */
 };
 
 /* A binary is its (device, inode); dev uses the kernel's major<<20|minor. */

@@ -79,3 +79,13 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bridle_drops SEC(".maps");
+
+/* (slot, transport) -> ports the task may bind and accept connections on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * BRIDLE_MAX_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_listen_key);
+	__type(value, struct bridle_ports);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_listen SEC(".maps");

@@ -12,6 +12,7 @@ const struct bridle_unix_key *bridle_unused_unix __attribute__((unused));
 const struct bridle_exec_key *bridle_unused_exec __attribute__((unused));
 const struct bridle_net4_key *bridle_unused_net4 __attribute__((unused));
 const struct bridle_net6_key *bridle_unused_net6 __attribute__((unused));
+const struct bridle_listen_key *bridle_unused_listen __attribute__((unused));
 const struct bridle_task *bridle_unused_task __attribute__((unused));
 const struct bridle_workload *bridle_unused_workload __attribute__((unused));
 const enum bridle_verdict *bridle_unused_verdict __attribute__((unused));

@@ -13,11 +13,11 @@ import (
 	"github.com/bridle-sh/bridle/daemon"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
-	"github.com/bridle-sh/bridle/policy"
 )
 
 type runFlags struct {
 	connect, unix, exec []string
+	listen              []string
 	user, mode          string
 	identity, intent    string
 	ttl                 time.Duration
@@ -67,6 +67,7 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 	fl.SetInterspersed(false) // everything from COMMAND on belongs to COMMAND
 	fl.StringArrayVar(&f.connect, "allow-connect", nil, "allow PROTO:ADDR[:PORTS] (PROTO tcp|udp|icmp|any; ADDR IPv4 or [IPv6], address or CIDR; PORTS N, N-M or a list); repeatable")
 	fl.StringArrayVar(&f.unix, "allow-unix", nil, "allow connecting to the unix socket PATH (@NAME for an abstract name); repeatable")
+	fl.StringArrayVar(&f.listen, "allow-listen", nil, "allow binding and accepting connections on PROTO:PORTS (PROTO tcp|udp|any; PORTS N, N-M or a list); repeatable")
 	fl.StringArrayVar(&f.exec, "allow-exec", nil, "allow running PATH; a directory ending in / allows the executables below it; repeatable")
 	fl.StringVar(&f.user, "user", "", "run COMMAND as USER (default: $SUDO_USER; never root)")
 	fl.StringVar(&f.mode, "mode", "enforce", "enforce: refuse what is not allowed; audit: report it as would-deny and let it through")
@@ -97,14 +98,15 @@ func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 		Verbose:    f.verbose,
 		Out:        os.Stderr,
 	}
-	if _, err := policy.ParseGrants(f.connect, f.unix, f.exec); err != nil {
+	grants := &api.Grants{Connect: f.connect, Unix: f.unix, Exec: f.exec, Listen: f.listen}
+	if _, err := grants.Envelope(); err != nil {
 		return spec, noop, err
 	}
 	if _, err := daemon.ResolveUser(f.user); err != nil {
 		return spec, noop, err
 	}
-	if len(f.connect)+len(f.unix)+len(f.exec) > 0 {
-		spec.Grants = &api.Grants{Connect: f.connect, Unix: f.unix, Exec: f.exec}
+	if len(f.connect)+len(f.unix)+len(f.exec)+len(f.listen) > 0 {
+		spec.Grants = grants
 	}
 	switch f.mode {
 	case "enforce":

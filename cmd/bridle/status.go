@@ -52,6 +52,8 @@ func newStatusCommand() *cobra.Command {
 					"btf": f.BTF, "pinned_runs": len(pinned),
 					"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
 					"workload_launch": launch,
+					"listen_hooks":    f.ListenHooks, "listen_reason": f.ListenReason,
+					"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
 				}
 				if daemonErr == nil {
 					out["daemon"] = daemon
@@ -66,6 +68,16 @@ func newStatusCommand() *cobra.Command {
 				fmt.Printf("unix sockets:  enforced by path (%s)\n", f.UnixReason)
 			} else {
 				fmt.Printf("unix sockets:  NOT enforced — %s\n", f.UnixReason)
+			}
+			if f.ListenHooks {
+				fmt.Printf("bind/listen:   enforced (%s)\n", f.ListenReason)
+			} else {
+				fmt.Printf("bind/listen:   NOT enforced — %s\n", f.ListenReason)
+			}
+			if f.SockoptHook {
+				fmt.Printf("sockopts:      %s\n", f.SockoptReason)
+			} else {
+				fmt.Printf("sockopts:      NOT checked — %s\n", f.SockoptReason)
 			}
 			fmt.Printf("active LSMs:   %v\n", f.ActiveLSMs)
 			fmt.Printf("BTF:           %s\n", f.BTF)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
-	"github.com/bridle-sh/bridle/policy"
 )
 
 func newTaskCommand() *cobra.Command {
@@ -35,6 +34,7 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 		ttl                 time.Duration
 		asJSON              bool
 		connect, unix, exec []string
+		listen              []string
 	)
 	cmd := &cobra.Command{
 		Use:   "start --workload CGROUP|--pid PID --intent TEXT [--label k=v]... [--ttl D]",
@@ -63,11 +63,12 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 			if ttl > 0 {
 				req.TTL = ttl.String()
 			}
-			if _, err := policy.ParseGrants(connect, unix, exec); err != nil {
+			grants := &api.Grants{Connect: connect, Unix: unix, Exec: exec, Listen: listen}
+			if _, err := grants.Envelope(); err != nil {
 				return usageError{err}
 			}
-			if len(connect)+len(unix)+len(exec) > 0 {
-				req.Grants = &api.Grants{Connect: connect, Unix: unix, Exec: exec}
+			if len(connect)+len(unix)+len(exec)+len(listen) > 0 {
+				req.Grants = grants
 			}
 			var t api.Task
 			if err := client().Do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
@@ -90,6 +91,7 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 	f.StringArrayVar(&connect, "allow-connect", nil, "cap the task's network grants to PROTO:ADDR[:PORTS] (repeatable; the policy still decides within)")
 	f.StringArrayVar(&unix, "allow-unix", nil, "cap the task's unix socket grants to PATH (repeatable)")
 	f.StringArrayVar(&exec, "allow-exec", nil, "cap the task's exec grants to PATH or DIR/ (repeatable)")
+	f.StringArrayVar(&listen, "allow-listen", nil, "cap the task's listen grants to PROTO:PORTS (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the task as JSON")
 	return cmd
 }

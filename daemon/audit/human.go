@@ -16,6 +16,10 @@ func (r Record) Target() string {
 		return r.Path
 	case r.Action == "socket":
 		return r.Protocol + " socket"
+	case r.Action == "setsockopt":
+		return r.Path + " on a " + r.Protocol + " socket"
+	case r.Action == "accept":
+		return r.Protocol + " port " + strconv.Itoa(int(r.Port)) + " from " + r.Address
 	case r.Address != "":
 		return r.Protocol + ":" + hostPort(r.Address, r.Port, r.Protocol)
 	}
@@ -34,12 +38,22 @@ func hostPort(addr string, port uint16, proto string) string {
 	return s + ":" + strconv.Itoa(int(port))
 }
 
+// ReasonExtHeader is the reason of a packet dropped for its extension
+// headers or IP options; no rule allows those.
+const ReasonExtHeader = "packet has routing or extension headers or IP options"
+
 // AllowFlag returns the `bridle run` flag that would have allowed the
-// refused action, or "" when no flag can (raw and packet sockets).
+// refused action, or "" when no flag can (raw and packet sockets, socket
+// options and packets that send traffic elsewhere than their address).
 func (r Record) AllowFlag() string {
 	switch {
-	case r.Action == "socket":
+	case r.Action == "socket", r.Action == "setsockopt", r.Reason == ReasonExtHeader:
 		return ""
+	case r.Action == "bind" || r.Action == "accept":
+		if r.Protocol != "tcp" && r.Protocol != "udp" {
+			return ""
+		}
+		return "--allow-listen " + r.Protocol + ":" + strconv.Itoa(int(r.Port))
 	case r.Protocol == "unix":
 		return "--allow-unix " + r.Path
 	case r.Action == "exec":
@@ -71,7 +85,7 @@ func (r Record) Line() string {
 	if r.Verdict != "allow" {
 		if f := r.AllowFlag(); f != "" {
 			b.WriteString("; allow with " + f)
-		} else if r.Action == "socket" {
+		} else if r.Action == "socket" || r.Action == "setsockopt" || r.Reason == ReasonExtHeader {
 			b.WriteString("; no flag allows this")
 		} else if r.Action == "exec" {
 			b.WriteString("; run by descriptor, so no path names it: allow the binary's file with --allow-exec")

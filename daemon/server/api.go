@@ -280,6 +280,8 @@ func (d *Daemon) Status() api.Status {
 			"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
 			"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
 			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+			"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
+			"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
 		},
 		Roots: d.rootStates(),
 		Policy: api.PolicyStatus{
@@ -318,6 +320,12 @@ func (d *Daemon) Status() api.Status {
 	}
 	if !f.UnixHooks {
 		st.Degraded = append(st.Degraded, "unix sockets not enforced: "+f.UnixReason)
+	}
+	if !f.ListenHooks {
+		st.Degraded = append(st.Degraded, "bind and listen not enforced (workloads may serve inbound connections): "+f.ListenReason)
+	}
+	if !f.SockoptHook {
+		st.Degraded = append(st.Degraded, "source routing options not refused at setsockopt: "+f.SockoptReason)
 	}
 	return st
 }

@@ -90,7 +90,8 @@ func (d *Daemon) setup(ctx context.Context) error {
 	}
 	f := d.enf.Features()
 	d.log.Info("programs loaded", "pin_dir", d.cfg.PinDir, "kernel", f.Kernel, "exec_mode", f.ExecMode,
-		"unix_hooks", f.UnixHooks, "socket_destroy", f.SocketDestroy.Method)
+		"unix_hooks", f.UnixHooks, "listen_hooks", f.ListenHooks, "sockopt_hook", f.SockoptHook,
+		"socket_destroy", f.SocketDestroy.Method)
 	d.metrics = metrics.New(metrics.Sources{
 		Drops:       d.enf.Drops,
 		ActiveTasks: func() int { return len(d.node.List()) },

@@ -128,9 +128,20 @@ func init() {
 		"kill":            actKill,
 		"cgroup-move":     actCgroupMove,
 		"jobs":            actJobs,
+		"rthdr6":          actRthdr6,
+		"rthdr6-compat":   actRthdr6Compat,
+		"rthdr6-cmsg":     actRthdr6Cmsg,
+		"srr4":            actSrr4,
+		"srr4-cmsg":       actSrr4Cmsg,
+		"rr4-cmsg":        actRR4Cmsg,
+		"dstopts6-cmsg":   actDstopts6Cmsg,
+		"sockopt-pass":    actSockoptPassThrough,
+		"tcp-listen":      actTCPListen,
+		"udp-bind":        actUDPBind,
 		// Internal steps of daemonize, not meant to be called by tests.
-		"__daemon": actDaemonIntermediate,
-		"__report": actReport,
+		"__daemon":       actDaemonIntermediate,
+		"__report":       actReport,
+		"__compat-check": actCompatCheck,
 	}
 }
 

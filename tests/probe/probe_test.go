@@ -188,6 +188,56 @@ func TestProbe(t *testing.T) {
 		expectDatagram(t, u4)
 	})
 
+	t.Run("listen", func(t *testing.T) {
+		portFile := filepath.Join(t.TempDir(), "port")
+		done := make(chan string, 1)
+		go func() {
+			out, _ := runProbe(t, bin, "tcp-listen", "127.0.0.1:0", portFile, "10")
+			done <- out
+		}()
+		var port string
+		for deadline := time.Now().Add(10 * time.Second); port == ""; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("tcp-listen wrote no port")
+			}
+			if b, err := os.ReadFile(portFile); err == nil {
+				port = strings.TrimSpace(string(b))
+			}
+		}
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if out := <-done; out != "ok accepted" {
+			t.Errorf("tcp-listen: got %q", out)
+		}
+		expect(t, bin, "ok", 0, "udp-bind", "127.0.0.1:0")
+		expect(t, bin, "ok", 0, "sockopt-pass")
+	})
+
+	// Unconfined, every routing action sends. The IPv4 source route and
+	// the destination options header need CAP_NET_RAW on recent kernels.
+	t.Run("routing", func(t *testing.T) {
+		u4 := udpListener(t, "udp4", "127.0.0.1:0").LocalAddr().String()
+		u6 := udpListener(t, "udp6", "[::1]:0").LocalAddr().String()
+		expect(t, bin, "ok", 0, "rr4-cmsg", u4, "m")
+		expect(t, bin, "ok", 0, "rthdr6", u6, "::1", "m")
+		if out, code := runProbe(t, bin, "rthdr6-compat", u6, "::1", "m"); code != 0 && !strings.HasPrefix(out, "error ENOSYS") {
+			t.Errorf("rthdr6-compat: got %q exit %d", out, code)
+		}
+		// Only Mobile IPv6 kernels take a routing header as ancillary data.
+		if out, code := runProbe(t, bin, "rthdr6-cmsg", u6, "::1", "m"); code != 0 && out != "error EINVAL" {
+			t.Errorf("rthdr6-cmsg: got %q exit %d", out, code)
+		}
+		if os.Geteuid() != 0 {
+			t.Skip("the source route and destination options actions need CAP_NET_RAW: run as root")
+		}
+		expect(t, bin, "ok", 0, "srr4", u4, "127.0.0.1", "m")
+		expect(t, bin, "ok", 0, "srr4-cmsg", u4, "127.0.0.1", "m")
+		expect(t, bin, "ok", 0, "dstopts6-cmsg", u6, "m")
+	})
+
 	t.Run("unix", func(t *testing.T) {
 		dir := t.TempDir()
 		stream := filepath.Join(dir, "stream.sock")

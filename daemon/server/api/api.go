@@ -38,6 +38,9 @@ type Grants struct {
 	Connect []string `json:"connect"` // PROTO:ADDR[:PORTS]
 	Unix    []string `json:"unix"`    // PATH or @NAME
 	Exec    []string `json:"exec"`    // PATH, or DIR/ for the executables below it
+	// Listen is left out when empty, so that a daemon that predates it
+	// (and refuses unknown fields) still takes requests that do not use it.
+	Listen []string `json:"listen,omitempty"` // PROTO:PORTS
 }
 
 // Envelope parses g into the envelope it caps a task to; nil (no cap)
@@ -47,6 +50,10 @@ func (g *Grants) Envelope() (*policy.Envelope, error) {
 		return nil, nil
 	}
 	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
+	if err != nil {
+		return &env, err
+	}
+	env.Listen, err = policy.ParseListenGrants(g.Listen)
 	return &env, err
 }
 

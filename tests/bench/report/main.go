@@ -147,6 +147,7 @@ const (
 	udp  = "BenchmarkConnectUDP/"
 	tcp  = "BenchmarkConnectTCP/"
 	ring = "BenchmarkRingBuffer/"
+	pkt  = "BenchmarkPacketCheck/"
 )
 
 func atMost(limit float64) func(v, ratio float64, r *results) bool {
@@ -216,6 +217,10 @@ func table() []row {
 			target: "≤ 3 µs", met: atMost(3000), optional: true},
 		row{label: "exec check, kernel time per exec (lsm mode)", bench: "BenchmarkExecCheck/lsm", unit: "kernel-ns/exec",
 			target: "≤ 3 µs", met: atMost(3000), optional: true},
+		row{label: "UDP send+receive on loopback, no hook", bench: pkt + "nohook", base: pkt + "nohook", target: "baseline"},
+		row{label: "UDP send+receive on loopback, Bridle's packet checks", bench: pkt + "bridle", base: pkt + "nohook"},
+		row{label: "egress packet check, kernel time per packet", bench: pkt + "bridle", unit: "egress-ns/packet"},
+		row{label: "inbound packet check, kernel time per packet", bench: pkt + "bridle", unit: "ingress-ns/packet"},
 		row{label: "compile 10k-rule envelope", bench: "BenchmarkCompile/rules=10k"},
 		row{label: "apply 10k-rule envelope (write, task, bind)", bench: "BenchmarkApply/rules=10k",
 			target: "≤ 50 ms", met: atMost(50e6)},
