@@ -46,6 +46,7 @@ func newStatusCommand() *cobra.Command {
 					"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "active_lsms": f.ActiveLSMs,
 					"btf": f.BTF, "pinned_runs": len(pinned),
 					"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+					"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
 				}
 				if daemonErr == nil {
 					out["daemon"] = daemon
@@ -64,6 +65,7 @@ func newStatusCommand() *cobra.Command {
 			fmt.Printf("active LSMs:   %v\n", f.ActiveLSMs)
 			fmt.Printf("BTF:           %s\n", f.BTF)
 			fmt.Printf("open sockets:  %s — %s\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)
+			fmt.Printf("unix conns:    %s — %s\n", f.UnixShutdown.Method, f.UnixShutdown.Reason)
 			fmt.Printf("pinned runs:   %d under %s\n", len(pinned), filepath.Join(loader.DefaultPinRoot, "run"))
 			if daemonErr != nil {
 				fmt.Printf("bridled:       not answering: %v\n", daemonErr)

@@ -280,6 +280,7 @@ func (d *Daemon) Status() api.Status {
 			"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
 			"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
 			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+			"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
 		},
 		Roots: d.rootStates(),
 		Policy: api.PolicyStatus{
@@ -318,6 +319,8 @@ func (d *Daemon) Status() api.Status {
 	}
 	if !f.UnixHooks {
 		st.Degraded = append(st.Degraded, "unix sockets not enforced: "+f.UnixReason)
+	} else if f.UnixShutdown.Method == loader.UnixShutdownNone {
+		st.Degraded = append(st.Degraded, "unix connections survive the end of their task: "+f.UnixShutdown.Reason)
 	}
 	return st
 }

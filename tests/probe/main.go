@@ -110,6 +110,7 @@ func init() {
 		"daemonize":       actDaemonize,
 		"sleep":           actSleep,
 		"hold-tcp":        actHoldTCP,
+		"hold-unix":       actHoldUnix,
 		"udp-flood":       actUDPFlood,
 		"after":           actAfter,
 		"wait-file":       actWaitFile,
