@@ -262,7 +262,7 @@ func newUnixSweep(cgroupID uint64, diag bool) (*unixSweep, error) {
 	if cgroupID <= 1 {
 		return nil, fmt.Errorf("cgroup %d: refusing the root cgroup", cgroupID)
 	}
-	root, err := CgroupRoot()
+	root, err := cachedCgroupRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +275,26 @@ func newUnixSweep(cgroupID uint64, diag bool) (*unixSweep, error) {
 		return nil, fmt.Errorf("cgroup %d: path %s is not below %s", cgroupID, dir, root)
 	}
 	return &unixSweep{dir: dir, rel: "/" + rel, diag: diag, done: map[uint64]bool{}}, nil
+}
+
+// The cgroup v2 mount point, found once: reading mountinfo is half the cost
+// of a sweep of an empty workload.
+var cgroupRootCache struct {
+	mu   sync.Mutex
+	root string
+}
+
+func cachedCgroupRoot() (string, error) {
+	cgroupRootCache.mu.Lock()
+	defer cgroupRootCache.mu.Unlock()
+	if cgroupRootCache.root == "" {
+		root, err := CgroupRoot()
+		if err != nil {
+			return "", err
+		}
+		cgroupRootCache.root = root
+	}
+	return cgroupRootCache.root, nil
 }
 
 // sockHolder is where a socket was seen: descriptor fd of process pid's

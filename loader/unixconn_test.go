@@ -324,3 +324,61 @@ func init() {
 	}
 	os.Exit(runUnixHelper(os.Args[1:]))
 }
+
+// BenchmarkUnixSweep is the cost of one scan of a workload for unix
+// connections (what a task's start takes, and each pass at its end): an
+// empty workload, and one process holding four connections.
+func BenchmarkUnixSweep(b *testing.B) {
+	if f := probeUnixShutdown(); f.Method == UnixShutdownNone {
+		b.Skipf("unix connections cannot be shut down here: %s", f.Reason)
+	}
+	method := UnixShutdownDiag
+	if probeUnixDiag() != nil {
+		method = UnixShutdownAll
+	}
+	b.Run("empty", func(b *testing.B) {
+		_, id := testCgroup(b)
+		for b.Loop() {
+			if _, err := unixConnections(id, method); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("one process", func(b *testing.B) {
+		dir := b.TempDir()
+		ln, err := net.Listen("unix", filepath.Join(dir, "s.sock"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		go acceptAndHold(ln)
+		dg, err := net.ListenPacket("unixgram", filepath.Join(dir, "d.sock"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer dg.Close()
+		cg, id := testCgroup(b)
+		self, _ := os.Executable()
+		h := startInWith(b, cg, "unix helper", []string{"BRIDLE_UNIX_HELPER=1"}, []*os.File{os.Stdin},
+			self, filepath.Join(dir, "s.sock"), filepath.Join(dir, "d.sock"))
+		fmt.Fprintln(h.stdin, "connect")
+		if l := h.next(b, 10*time.Second); l != "ok connected" {
+			b.Fatalf("helper: %q", l)
+		}
+		for b.Loop() {
+			if _, err := unixConnections(id, method); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func acceptAndHold(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+	}
+}
