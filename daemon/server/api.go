@@ -115,6 +115,8 @@ func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, err)
 		return
 	}
+	// What Bridle cannot give a workload it did not launch, it checks.
+	d.hardening.request(t.Workload)
 	writeJSON(w, http.StatusCreated, t)
 }
 
@@ -290,6 +292,7 @@ func (d *Daemon) Status() api.Status {
 		Tasks:     len(d.node.List()),
 		AuditLost: d.audit.Lost(),
 		Degraded:  []string{},
+		Hardening: d.hardeningStatus(),
 	}
 	if ps.LastError != nil {
 		st.Policy.LastError = ps.LastError.Error()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -233,4 +234,144 @@ func TestEscapeUnixAfterTaskEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// startInCgroup starts a command born inside cgroup cg, killed when the
+// test ends; its stdout lines come on the channel.
+func (e *daemonEnv) startInCgroup(cg string, argv ...string) <-chan string {
+	e.t.Helper()
+	fd := e.cgroupFD(cg)
+	defer syscall.Close(fd)
+	c := exec.Command(argv[0], argv[1:]...)
+	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	out, err := c.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	return lines
+}
+
+// hardeningOf waits (bounded) until bridled's status reports a check of
+// each workload and returns what each lacks.
+func (e *daemonEnv) hardeningOf(workloads ...string) map[string][]string {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, err := e.status()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		got := map[string][]string{}
+		list, _ := st["hardening"].([]any)
+		for _, h := range list {
+			m := h.(map[string]any)
+			var missing []string
+			for _, s := range m["missing"].([]any) {
+				missing = append(missing, s.(string))
+			}
+			got[m["workload"].(string)] = missing
+		}
+		all := true
+		for _, w := range workloads {
+			if _, ok := got[w]; !ok {
+				all = false
+			}
+		}
+		if all {
+			return got
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("bridled reported no hardening check of %v within 15s: %v", workloads, st["hardening"])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// What Bridle does not launch it cannot harden: a process of an adopted
+// workload (started in a cgroup below a root, as systemd starts a unit)
+// without no_new_privs, seccomp or namespaces is reported in `bridle
+// status` with what it lacks; one started with no_new_privs, a seccomp
+// filter, no capabilities and a non-root user is reported as lacking only
+// the namespace and mount settings; one that made a user namespace shows
+// the namespaces were not restricted. Checked at task start and when the
+// roots are checked (at bridled's start, then periodically).
+func TestAdoptedWorkloadHardening(t *testing.T) {
+	e := newDaemonEnv(t)
+	f, err := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only task starts and bridled's start check, so the test knows
+	// which check reported what.
+	_, err = f.WriteString("hardening_check_interval: 1h\n")
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	plain, hardened := e.workload("plain"), e.workload("hardened")
+	e.startInCgroup(plain, probeBin, "sleep", "60")
+	harden := []string{probeBin, "harden", "--nnp", "--seccomp", "--no-caps", "--uid", "65534", "--", probeBin}
+	e.startInCgroup(hardened, append(harden, "sleep", "60")...)
+	// The processes must have exec'd the probe before they are checked.
+	time.Sleep(300 * time.Millisecond)
+
+	// Checked when a task starts on them.
+	e.startTask(plain)
+	e.startTask(hardened)
+	got := e.hardeningOf(plain, hardened)
+	namespaces := []string{"PrivatePIDs", "ProtectProc", "ProcSubset", "ProtectControlGroups"}
+	wantPlain := append([]string{"NoNewPrivileges", "SystemCallFilter", "CapabilityBoundingSet", "User"}, namespaces...)
+	if !slices.Equal(got[plain], wantPlain) {
+		t.Fatalf("process without hardening: reported lacking %v, want %v", got[plain], wantPlain)
+	}
+	if !slices.Equal(got[hardened], namespaces) {
+		t.Fatalf("process with no_new_privs, seccomp, no capabilities, nobody: reported lacking %v, want only %v", got[hardened], namespaces)
+	}
+	out, err := exec.Command(bridleBin, "status", "--socket", e.socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bridle status: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"HARDENING:     " + plain + " lacks " + strings.Join(wantPlain, ", "),
+		"HARDENING:     " + hardened + " lacks " + strings.Join(namespaces, ", "),
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("bridle status does not say %q:\n%s", want, out)
+		}
+	}
+
+	// A workload that made a user namespace, with no task: found when
+	// bridled checks its roots, here at its start.
+	nested := e.workload("userns")
+	lines := e.startInCgroup(nested, append(harden, "userns", "sleep", "60")...)
+	select {
+	case l := <-lines:
+		if l != "ok userns" {
+			t.Skipf("an unprivileged process cannot create a user namespace here (%s): nothing to report", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("probe userns did not start")
+	}
+	time.Sleep(300 * time.Millisecond)
+	e.stop(syscall.SIGTERM)
+	e.start()
+	got = e.hardeningOf(nested)
+	if !slices.Contains(got[nested], "RestrictNamespaces") {
+		t.Fatalf("workload with a user namespace of its own: reported lacking %v, want RestrictNamespaces among them", got[nested])
+	}
+	e.waitLog("workload lacks unit hardening", "RestrictNamespaces")
 }

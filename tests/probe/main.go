@@ -111,6 +111,8 @@ func init() {
 		"sleep":           actSleep,
 		"hold-tcp":        actHoldTCP,
 		"hold-unix":       actHoldUnix,
+		"harden":          actHarden,
+		"userns":          actUserns,
 		"udp-flood":       actUDPFlood,
 		"after":           actAfter,
 		"wait-file":       actWaitFile,
