@@ -344,10 +344,12 @@ func (s *unixSweep) pass(keep map[UnixConn]bool, act func(UnixConn, sockHolder) 
 			}
 			continue
 		}
-		if d.peer == 0 || d.shutdown == shutdownMask || s.done[ino] {
+		if !d.connected || d.shutdown == shutdownMask || s.done[ino] {
 			continue // not connected (a listener, an unconnected socket), or already shut down
 		}
-		if _, in := h.socks[d.peer]; in {
+		// Peer 0: connected to a listener that has not accepted yet, so
+		// no one holds the other end; it will work once accepted.
+		if _, in := h.socks[d.peer]; in && d.peer != 0 {
 			ps.Internal++
 			continue
 		}
@@ -589,8 +591,9 @@ func (s *unixSweep) withCopy(h sockHolder, ino uint64, fn func(fd int) error) (b
 
 // unixDiagSock is what sock_diag says of one unix socket.
 type unixDiagSock struct {
-	peer     uint64
-	shutdown uint8
+	connected bool   // it has a peer
+	peer      uint64 // the peer's inode; 0 while the peer waits in a listener's queue
+	shutdown  uint8
 }
 
 // peers dumps the unix socket table of every network namespace the
@@ -690,7 +693,10 @@ func unixDiagDump(fd int, states uint32, want map[uint64]sockHolder) (map[uint64
 					}
 					switch binary.NativeEndian.Uint16(a[2:]) & nlaTypeMask {
 					case unixDiagPeer:
+						// Present whenever there is a peer; its inode
+						// is 0 until accept() gives it a file.
 						if l >= 8 {
+							d.connected = true
 							d.peer = uint64(binary.NativeEndian.Uint32(a[4:]))
 						}
 					case unixDiagShutdown:

@@ -19,11 +19,12 @@ import (
 // runUnixHelper holds unix connections for TestShutdownUnix. fd 3 is a
 // connection inherited from outside the workload. On "connect" it opens a
 // stream connection to argv[0], a datagram one to argv[1], a socketpair,
-// and a stream connection to argv[0] from a thread with a file table of its
-// own; on "check" it writes on each and says what the writes returned.
+// a stream connection to argv[0] from a thread with a file table of its
+// own, and one to argv[2], whose listener never accepts; on "check" it
+// writes on each and says what the writes returned.
 func runUnixHelper(args []string) int {
-	if len(args) != 2 {
-		fmt.Println("usage: STREAM-PATH DGRAM-PATH")
+	if len(args) != 3 {
+		fmt.Println("usage: STREAM-PATH DGRAM-PATH PENDING-PATH")
 		return 2
 	}
 	in := bufio.NewScanner(os.Stdin)
@@ -44,6 +45,7 @@ func runUnixHelper(args []string) int {
 	}
 	stream := dial(unix.SOCK_STREAM, args[0])
 	dgram := dial(unix.SOCK_DGRAM, args[1])
+	pending := dial(unix.SOCK_STREAM, args[2])
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		fmt.Println("error", errName(err))
@@ -76,8 +78,8 @@ func runUnixHelper(args []string) int {
 		}
 		reply := make(chan string)
 		own <- reply
-		fmt.Printf("stream=%s dgram=%s pair=%s inherited=%s thread=%s\n",
-			write(stream), write(dgram), write(pair[0]), write(3), <-reply)
+		fmt.Printf("stream=%s dgram=%s pending=%s pair=%s inherited=%s thread=%s\n",
+			write(stream), write(dgram), write(pending), write(pair[0]), write(3), <-reply)
 	}
 	return 0
 }
@@ -153,6 +155,20 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dg.Close() })
+	// A listener that never accepts: the connection waits in its queue,
+	// its server end held by no process.
+	pendingPath := filepath.Join(dir, "pending.sock")
+	pl, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Bind(pl, &unix.SockaddrUnix{Name: pendingPath})
+	}
+	if err == nil {
+		err = unix.Listen(pl, 8)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(pl) })
 	// The connection the workload inherits, made outside it before the
 	// task; and one the test keeps, outside the workload.
 	inherited, err := net.Dial("unix", srv.path)
@@ -177,7 +193,7 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 		t.Fatal(err)
 	}
 	h := startInWith(t, cg, "unix helper", []string{"BRIDLE_UNIX_HELPER=1"}, []*os.File{inheritedFile},
-		self, srv.path, dgramPath)
+		self, srv.path, dgramPath, pendingPath)
 
 	// The task starts: what the workload holds now is kept.
 	keep, err := unixConnections(id, method)
@@ -202,11 +218,12 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 		wantInternal = 0
 	}
 	// Opened during the task and leaving the workload: the stream and
-	// datagram connections and the thread's own; with peers unknown, the
-	// socketpair too (one shutdown ends both of its ends).
-	wantShut := 3
+	// datagram connections, the one waiting to be accepted and the
+	// thread's own; with peers unknown, the socketpair too (one shutdown
+	// ends both of its ends).
+	wantShut := 4
 	if method == UnixShutdownAll {
-		wantShut = 4
+		wantShut = 5
 	}
 	if st.Shut != wantShut || st.Kept != 1 || st.Internal != wantInternal {
 		t.Fatalf("shut %d kept %d internal %d, want %d, 1, %d", st.Shut, st.Kept, st.Internal, wantShut, wantInternal)
@@ -216,7 +233,7 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 	if method == UnixShutdownAll {
 		wantPair = "EPIPE"
 	}
-	want := fmt.Sprintf("stream=EPIPE dgram=EPIPE pair=%s inherited=ok thread=EPIPE", wantPair)
+	want := fmt.Sprintf("stream=EPIPE dgram=EPIPE pending=EPIPE pair=%s inherited=ok thread=EPIPE", wantPair)
 	if l := h.next(t, 10*time.Second); l != want {
 		t.Fatalf("writes after the shutdown: %q, want %q", l, want)
 	}
@@ -327,7 +344,8 @@ func init() {
 
 // BenchmarkUnixSweep is the cost of one scan of a workload for unix
 // connections (what a task's start takes, and each pass at its end): an
-// empty workload, and one process holding four connections.
+// empty workload, and one process holding five connections (one of them
+// from a thread with a file table of its own) and a socketpair.
 func BenchmarkUnixSweep(b *testing.B) {
 	if f := probeUnixShutdown(); f.Method == UnixShutdownNone {
 		b.Skipf("unix connections cannot be shut down here: %s", f.Reason)
@@ -360,7 +378,7 @@ func BenchmarkUnixSweep(b *testing.B) {
 		cg, id := testCgroup(b)
 		self, _ := os.Executable()
 		h := startInWith(b, cg, "unix helper", []string{"BRIDLE_UNIX_HELPER=1"}, []*os.File{os.Stdin},
-			self, filepath.Join(dir, "s.sock"), filepath.Join(dir, "d.sock"))
+			self, filepath.Join(dir, "s.sock"), filepath.Join(dir, "d.sock"), filepath.Join(dir, "s.sock"))
 		fmt.Fprintln(h.stdin, "connect")
 		if l := h.next(b, 10*time.Second); l != "ok connected" {
 			b.Fatalf("helper: %q", l)
