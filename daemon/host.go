@@ -117,6 +117,7 @@ func (h *embeddedHost) describe() []string {
 	}
 	out = append(out, "BTF: "+f.BTF,
 		fmt.Sprintf("open connections at task end: %s (%s)", f.SocketDestroy.Method, f.SocketDestroy.Reason),
+		fmt.Sprintf("unix connections at task end: %s (%s)", f.UnixShutdown.Method, f.UnixShutdown.Reason),
 		"pinned at "+h.enf.PinDir())
 	if h.engine != nil {
 		st := h.engine.Status()

@@ -107,6 +107,12 @@ func Load(opts Options) (*Enforcer, error) {
 		return nil, err
 	}
 	e.features.SocketDestroy = ProbeSocketDestroy()
+	if e.features.UnixHooks {
+		e.features.UnixShutdown = ProbeUnixShutdown()
+	} else {
+		e.features.UnixShutdown = UnixShutdownFeature{Method: UnixShutdownNone,
+			Reason: "unix sockets are not enforced on this kernel, so no unix connection depends on a task"}
+	}
 	return e, nil
 }
 

@@ -36,6 +36,7 @@ type Features struct {
 	SockoptReason  string
 	BTF            string               // where kernel type information came from
 	SocketDestroy  SocketDestroyFeature // how a revoked workload's open sockets are aborted
+	UnixShutdown   UnixShutdownFeature  // how a revoked workload's unix connections are ended
 }
 
 // UnsupportedError says that a kernel feature Bridle wanted is missing, and why.

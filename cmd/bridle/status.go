@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -54,6 +57,7 @@ func newStatusCommand() *cobra.Command {
 					"workload_launch": launch,
 					"listen_hooks":    f.ListenHooks, "listen_reason": f.ListenReason,
 					"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
+					"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
 				}
 				if daemonErr == nil {
 					out["daemon"] = daemon
@@ -83,6 +87,7 @@ func newStatusCommand() *cobra.Command {
 			fmt.Printf("BTF:           %s\n", f.BTF)
 			fmt.Printf("open sockets:  %s — %s\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)
 			fmt.Printf("bridle run:    %s\n", launch)
+			fmt.Printf("unix conns:    %s — %s\n", f.UnixShutdown.Method, f.UnixShutdown.Reason)
 			fmt.Printf("pinned runs:   %d under %s\n", len(pinned), filepath.Join(loader.DefaultPinRoot, "run"))
 			if daemonErr != nil {
 				fmt.Printf("bridled:       not answering: %v\n", daemonErr)
@@ -111,6 +116,7 @@ func printDaemonStatus(socket string, st api.Status) {
 		fmt.Printf("root:          %s %s\n", r.Path, state)
 	}
 	fmt.Printf("ring drops:    %d; audit records lost: %d\n", st.RingDrops, st.AuditLost)
+	printHardening(st.Hardening)
 	if len(st.Degraded) == 0 {
 		fmt.Println("degraded:      no")
 		return
@@ -118,4 +124,31 @@ func printDaemonStatus(socket string, st api.Status) {
 	for _, d := range st.Degraded {
 		fmt.Printf("DEGRADED:      %s\n", d)
 	}
+}
+
+// printHardening reports the workloads whose processes lack unit settings
+// Bridle cannot give what it did not launch (docs/DAEMON.md, agent units).
+func printHardening(hs []api.WorkloadHardening) {
+	lacking := 0
+	for _, h := range hs {
+		if len(h.Missing) > 0 {
+			lacking++
+		}
+	}
+	fmt.Printf("hardening:     %d workload(s) with processes checked, %d lacking unit settings\n", len(hs), lacking)
+	for _, h := range hs {
+		if len(h.Missing) == 0 {
+			continue
+		}
+		fmt.Printf("HARDENING:     %s lacks %s (pids %v)\n", printable(h.Workload), strings.Join(h.Missing, ", "), h.PIDs)
+	}
+}
+
+// printable quotes a name a workload may have chosen (a cgroup it made)
+// when it holds anything a terminal would act on.
+func printable(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return strconv.QuoteToGraphic(s)
+	}
+	return s
 }

@@ -51,7 +51,14 @@ type Config struct {
 	// ancestors) to the SPIFFE ID of the workloads below it; the longest
 	// match wins. Unmapped workloads get spiffe://<node_name>/workload<path>.
 	Identities map[string]string `yaml:"identities"`
+	// HardeningCheckInterval is how often the processes below the roots
+	// are checked for the unit settings adopted workloads need (also at
+	// each task start). Default 30s, at least 1s.
+	HardeningCheckInterval time.Duration `yaml:"hardening_check_interval"`
 }
+
+// DefaultHardeningCheckInterval is HardeningCheckInterval's default.
+const DefaultHardeningCheckInterval = 30 * time.Second
 
 // PolicyBundle is an OPA bundle service the policy is polled from.
 type PolicyBundle struct {
@@ -160,6 +167,12 @@ func (c *Config) complete() error {
 	}
 	if r.MaxFiles == 0 {
 		r.MaxFiles = 10
+	}
+	switch {
+	case c.HardeningCheckInterval == 0:
+		c.HardeningCheckInterval = DefaultHardeningCheckInterval
+	case c.HardeningCheckInterval < time.Second:
+		return fmt.Errorf("hardening_check_interval %v: at least 1s", c.HardeningCheckInterval)
 	}
 	ids := make(map[string]string, len(c.Identities))
 	for p, id := range c.Identities {

@@ -13,6 +13,12 @@ func TestParseDefaultsAndStrictness(t *testing.T) {
 	if c.Roots[0] != "/a.slice" || c.Socket != DefaultSocket || c.PinDir != DefaultPinDir || c.StateDir != DefaultStateDir {
 		t.Fatalf("defaults: %+v", c)
 	}
+	if c.HardeningCheckInterval != DefaultHardeningCheckInterval {
+		t.Fatalf("hardening_check_interval default: %v", c.HardeningCheckInterval)
+	}
+	if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\nhardening_check_interval: 10ms\n"), "t"); err == nil {
+		t.Fatal("a hardening check every 10ms accepted")
+	}
 	if got := c.Identity("/a.slice/w1"); got != "spiffe://n1/workload/a.slice/w1" {
 		t.Fatalf("default identity %q", got)
 	}

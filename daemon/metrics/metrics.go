@@ -13,6 +13,7 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bridle-sh/bridle/daemon/workload"
 )
 
 // other is the label value for anything outside a label's fixed set.
@@ -69,6 +72,8 @@ type Metrics struct {
 	policyInfo      *infoCollector
 	apiRefused      prometheus.Counter
 	eventsLost      prometheus.Counter
+	unhardened      prometheus.Gauge
+	hardeningLacks  map[string]prometheus.Gauge // setting → workloads lacking it
 }
 
 // New registers bridled's metrics, and the Go and process collectors, on a
@@ -144,12 +149,26 @@ func New(src Sources) *Metrics {
 		Help: "Decision records that could not be written to the audit log.",
 	})
 
+	m.unhardened = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "bridle_workloads_unhardened",
+		Help: "Workloads below the roots whose processes lack at least one of the unit settings adopted workloads need, at the last check.",
+	})
+	lacks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "bridle_workload_hardening_missing",
+		Help: "Workloads lacking each unit setting at the last check, by setting (NoNewPrivileges, SystemCallFilter, CapabilityBoundingSet, User, PrivatePIDs, ProtectProc, ProcSubset, ProtectControlGroups, RestrictNamespaces, other).",
+	}, []string{"setting"})
+	m.hardeningLacks = make(map[string]prometheus.Gauge, len(workload.Settings)+1)
+	for _, s := range append(slices.Clone(workload.Settings), other) {
+		m.hardeningLacks[s] = lacks.WithLabelValues(s)
+	}
+
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		decisions, m.tasksStarted, startFailed, ended,
 		m.policyEval, m.apply, m.revoke,
 		loads, m.policyInfo, m.apiRefused, m.eventsLost,
+		m.unhardened, lacks,
 	)
 	if src.Drops != nil {
 		reg.MustRegister(newDropsCollector(src.Drops))
@@ -305,6 +324,26 @@ func (m *Metrics) EventsLost(n uint64) {
 		return
 	}
 	m.eventsLost.Add(float64(n))
+}
+
+// SetHardening publishes the last hardening check: how many workloads lack
+// at least one setting, and how many lack each. Settings outside
+// workload.Settings are counted as "other".
+func (m *Metrics) SetHardening(unhardened int, lacking map[string]int) {
+	if m == nil {
+		return
+	}
+	m.unhardened.Set(float64(unhardened))
+	counts := make(map[string]int, len(m.hardeningLacks))
+	for s, n := range lacking {
+		if _, known := m.hardeningLacks[s]; !known {
+			s = other
+		}
+		counts[s] += n
+	}
+	for s, g := range m.hardeningLacks {
+		g.Set(float64(counts[s]))
+	}
 }
 
 // infoCollector exposes one info series whose label can change. Swapping the

@@ -359,3 +359,24 @@ func TestLint(t *testing.T) {
 		}
 	}
 }
+
+func TestHardening(t *testing.T) {
+	m := New(Sources{})
+	// Every setting has a series from the start.
+	if n, err := testutil.GatherAndCount(m.registry, "bridle_workload_hardening_missing"); err != nil || n != 10 {
+		t.Fatalf("bridle_workload_hardening_missing series = %d, %v; want 10", n, err)
+	}
+	m.SetHardening(2, map[string]int{"NoNewPrivileges": 2, "PrivatePIDs": 1, "Bogus": 3})
+	m.SetHardening(1, map[string]int{"PrivatePIDs": 1}) // replaces, not adds
+	for s, want := range map[string]float64{"NoNewPrivileges": 0, "PrivatePIDs": 1, "other": 0} {
+		if got := testutil.ToFloat64(m.hardeningLacks[s]); got != want {
+			t.Errorf("hardening_missing{setting=%q} = %v, want %v", s, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.unhardened); got != 1 {
+		t.Errorf("workloads_unhardened = %v, want 1", got)
+	}
+	if n, err := testutil.GatherAndCount(m.registry, "bridle_workload_hardening_missing"); err != nil || n != 10 {
+		t.Fatalf("unknown settings made series: %d, %v", n, err)
+	}
+}

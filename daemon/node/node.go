@@ -272,9 +272,17 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		notAfter = parent.Expires
 	}
 	began := time.Now()
+	// The unix connections the workload holds before its task were not
+	// made under it: they stay open at its end (a unit's journal stream).
+	keepUnix, err := n.opt.Kernel.UnixConnections(cgID)
+	if err != nil {
+		n.log.Warn("unix connections held before the task not all known; those missing end with the task",
+			"workload", req.Workload, "err", err)
+	}
 	t, err := n.tasks.Start(id, tasks.StartRequest{
 		Workload: req.Workload, CgroupID: cgID, Identity: identity, Intent: req.Intent,
 		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode, NotAfter: notAfter,
+		KeepUnix: keepUnix,
 	})
 	if err != nil {
 		n.forget(id)
@@ -423,10 +431,14 @@ func (n *Node) children(id string) []string {
 // taskEnded is told about every task that ends, by call or by expiry.
 func (n *Node) taskEnded(e tasks.End) {
 	log := n.log.With("task", e.Task.ID, "workload", e.Task.Workload, "reason", e.Reason,
-		"sockets_tcp", e.Sockets.TCP, "sockets_udp", e.Sockets.UDP)
-	if e.SocketsErr != nil {
-		log.Warn("task ended; connections opened under it may still be open", "err", e.SocketsErr)
-	} else {
+		"sockets_tcp", e.Sockets.TCP, "sockets_udp", e.Sockets.UDP, "unix_shut", e.Unix.Shut,
+		"unix_kept", e.Unix.Kept, "unix_internal", e.Unix.Internal, "unix_duration", e.Unix.Duration)
+	switch {
+	case e.SocketsErr != nil:
+		log.Warn("task ended; connections opened under it may still be open", "err", e.SocketsErr, "unix_err", e.UnixErr)
+	case e.UnixErr != nil:
+		log.Warn("task ended; unix connections opened under it may still be open", "err", e.UnixErr)
+	default:
 		log.Info("task ended")
 	}
 	n.mu.Lock()
@@ -454,6 +466,12 @@ func (n *Node) taskEnded(e tasks.End) {
 	}
 	if e.SocketsErr != nil {
 		reason += "; connections opened under the task may still be open: " + e.SocketsErr.Error()
+	}
+	if e.Unix.Shut > 0 {
+		reason += fmt.Sprintf("; shut down %d unix connection(s)", e.Unix.Shut)
+	}
+	if e.UnixErr != nil {
+		reason += "; unix connections opened under the task may still be open: " + e.UnixErr.Error()
 	}
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: n.opt.NodeName, Workload: e.Task.Workload,

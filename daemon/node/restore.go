@@ -50,6 +50,9 @@ func (n *Node) Restore(stored []store.Entry) {
 			if _, err := k.DestroySockets(t.CgroupID); err != nil {
 				log.Warn("connections opened under the task may still be open", "err", err)
 			}
+			if _, err := k.ShutdownUnix(t.CgroupID, t.KeepUnix); err != nil {
+				log.Warn("unix connections opened under the task may still be open", "err", err)
+			}
 			continue
 		}
 		if err := n.tasks.Adopt(t); err != nil {

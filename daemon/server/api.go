@@ -115,6 +115,8 @@ func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, err)
 		return
 	}
+	// What Bridle cannot give a workload it did not launch, it checks.
+	d.hardening.request(t.Workload)
 	writeJSON(w, http.StatusCreated, t)
 }
 
@@ -282,6 +284,7 @@ func (d *Daemon) Status() api.Status {
 			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
 			"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
 			"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
+			"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
 		},
 		Roots: d.rootStates(),
 		Policy: api.PolicyStatus{
@@ -291,6 +294,7 @@ func (d *Daemon) Status() api.Status {
 		Tasks:     len(d.node.List()),
 		AuditLost: d.audit.Lost(),
 		Degraded:  []string{},
+		Hardening: d.hardeningStatus(),
 	}
 	if ps.LastError != nil {
 		st.Policy.LastError = ps.LastError.Error()
@@ -320,6 +324,8 @@ func (d *Daemon) Status() api.Status {
 	}
 	if !f.UnixHooks {
 		st.Degraded = append(st.Degraded, "unix sockets not enforced: "+f.UnixReason)
+	} else if f.UnixShutdown.Method == loader.UnixShutdownNone {
+		st.Degraded = append(st.Degraded, "unix connections survive the end of their task: "+f.UnixShutdown.Reason)
 	}
 	if !f.ListenHooks {
 		st.Degraded = append(st.Degraded, "bind and listen not enforced (workloads may serve inbound connections): "+f.ListenReason)

@@ -39,6 +39,9 @@ type Daemon struct {
 	store   *store.Store
 	audit   *auditLog
 	metrics *metrics.Metrics
+	// hardening is what the last checks found of the workloads' unit
+	// settings.
+	hardening *hardening
 
 	roots []api.Root
 
@@ -54,7 +57,7 @@ type Daemon struct {
 // enforcing: nothing is unpinned, so the baseline and every task stay in
 // force until the next bridled takes over.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan os.Signal) error {
-	d := &Daemon{cfg: cfg, log: log}
+	d := &Daemon{cfg: cfg, log: log, hardening: newHardening()}
 	if err := d.setup(ctx); err != nil {
 		d.close()
 		return err
@@ -277,6 +280,7 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { d.node.ReadEvents(events) })
+	wg.Go(func() { d.runHardeningChecks(ctx) })
 	if d.watcher != nil {
 		d.watcher.OnFetch = func(err error) { d.metrics.PolicyLoad(err == nil) }
 		wg.Go(func() { _ = d.watcher.Run(ctx) })

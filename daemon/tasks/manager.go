@@ -24,6 +24,7 @@ type Kernel interface {
 	BindWorkload(cgroupID uint64, slot uint32, mode loader.WorkloadMode) error
 	ClearSlot(slot uint32) error
 	DestroySockets(cgroupIDs ...uint64) (loader.DestroyStats, error)
+	ShutdownUnix(cgroupID uint64, keep []loader.UnixConn) (loader.UnixStats, error)
 }
 
 // Task is one task in force.
@@ -40,6 +41,9 @@ type Task struct {
 	Expires    time.Time           `json:"expires,omitzero"` // zero: no expiry
 	Rules      int                 `json:"rules"`            // kernel entries in force
 	Mode       loader.WorkloadMode `json:"mode"`
+	// KeepUnix are the unix connections the workload held before the
+	// task: they were not made under it and stay open at its end.
+	KeepUnix []loader.UnixConn `json:"keep_unix,omitempty"`
 }
 
 // StartRequest asks for a task on a workload with a compiled envelope.
@@ -55,6 +59,9 @@ type StartRequest struct {
 	NotAfter time.Time
 	Rules    policy.RuleSet
 	Mode     loader.WorkloadMode
+	// KeepUnix are the unix connections the workload holds before the
+	// task (loader's UnixConnections), left open at its end.
+	KeepUnix []loader.UnixConn
 }
 
 // ErrWorkloadBusy is returned when a workload already has an active task.
@@ -114,7 +121,7 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	t := &Task{
 		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity,
 		Intent: req.Intent, Labels: req.Labels, Slot: slot, Generation: m.generation,
-		Started: time.Now().UTC(), Rules: req.Rules.Count(), Mode: req.Mode,
+		Started: time.Now().UTC(), Rules: req.Rules.Count(), Mode: req.Mode, KeepUnix: req.KeepUnix,
 	}
 	if req.TTL > 0 {
 		t.Expires = t.Started.Add(req.TTL)
@@ -153,8 +160,9 @@ func (m *Manager) freeSlot() (uint32, error) {
 }
 
 // End revokes a task: its workload falls back to the baseline at once (one
-// map write) and the sockets it opened are aborted; then, in the
-// background, the task's rules are deleted and its slot freed. The kernel
+// map write), the sockets it opened are aborted and its unix connections
+// opened under the task shut down; then, in the background, the task's
+// rules are deleted and its slot freed. The kernel
 // already refuses by the baseline from an expiry instant on; End is what
 // removes the rules.
 func (m *Manager) End(id, reason string) error {
@@ -181,6 +189,10 @@ func (m *Manager) End(id, reason string) error {
 	stats, destroyErr := m.k.DestroySockets(t.CgroupID)
 	ended := End{Task: *t, Reason: reason, Sockets: stats, SocketsErr: destroyErr}
 	m.mu.Unlock()
+	// Unix connections are ended from userspace, one process at a time:
+	// outside the lock, so a large workload holds up no other task. The
+	// workload is on the baseline already, so it cannot open new ones.
+	ended.Unix, ended.UnixErr = m.k.ShutdownUnix(t.CgroupID, t.KeepUnix)
 	// The rules are deleted after End returns: nothing refers to the slot
 	// any more, and deleting thousands of entries one by one would hold up
 	// the revocation by milliseconds. The slot is reused only once empty.
@@ -226,6 +238,8 @@ type End struct {
 	Reason     string // "expired", or what the caller of End said
 	Sockets    loader.DestroyStats
 	SocketsErr error // open sockets could not be aborted (kernel support, or failures)
+	Unix       loader.UnixStats
+	UnixErr    error // unix connections could not all be shut down
 }
 
 // Get returns a task by id.

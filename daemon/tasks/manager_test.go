@@ -46,6 +46,10 @@ func (r *recorder) DestroySockets(ids ...uint64) (loader.DestroyStats, error) {
 	return loader.DestroyStats{}, r.note(fmt.Sprintf("destroy %v", ids))
 }
 
+func (r *recorder) ShutdownUnix(id uint64, _ []loader.UnixConn) (loader.UnixStats, error) {
+	return loader.UnixStats{}, r.note(fmt.Sprintf("unix %d", id))
+}
+
 func (r *recorder) log() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -66,7 +70,7 @@ func TestStartWritesRulesBeforeBinding(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Wait() // the rules are deleted after End returns
-	if got, want := k.log(), "bind 7 0; destroy [7]; clear 1"; got != want {
+	if got, want := k.log(), "bind 7 0; destroy [7]; unix 7; clear 1"; got != want {
 		t.Fatalf("end: %s, want %s", got, want)
 	}
 }

@@ -188,7 +188,7 @@ func BenchmarkRevocation(b *testing.B) {
 
 	interleave(b, lifecycleSizes, func(n int) string { return "rules=" + sizeName(n) }, func(b *testing.B, n int) {
 		aborted := 0
-		var rebind, sockets, firstRefused time.Duration
+		var rebind, sockets, unixSweep, firstRefused time.Duration
 		b.StopTimer()
 		for i := 0; i < b.N; i++ {
 			id := tasks.NewTaskID()
@@ -260,11 +260,13 @@ func BenchmarkRevocation(b *testing.B) {
 			}
 			aborted += ended.Sockets.UDP + ended.Sockets.TCP
 			sockets += ended.Sockets.Duration
+			unixSweep += ended.Unix.Duration
 			unix.Close(fd)
 		}
 		b.ReportMetric(float64(aborted)/float64(b.N), "sockets-aborted/op")
 		b.ReportMetric(float64(rebind.Nanoseconds())/float64(b.N), "rebind-ns/op")
 		b.ReportMetric(float64(sockets.Nanoseconds())/float64(b.N), "abort-ns/op")
+		b.ReportMetric(float64(unixSweep.Nanoseconds())/float64(b.N), "unix-ns/op")
 		b.ReportMetric(float64(firstRefused.Nanoseconds())/float64(b.N), "first-refused-ns/op")
 	})
 }

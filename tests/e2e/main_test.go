@@ -46,6 +46,8 @@ type status struct {
 
 	SocketDestroy       string `json:"socket_destroy"`
 	SocketDestroyReason string `json:"socket_destroy_reason"`
+	UnixShutdown        string `json:"unix_shutdown"`
+	UnixShutdownReason  string `json:"unix_shutdown_reason"`
 }
 
 // workloadUser is the unprivileged user workloads run as.

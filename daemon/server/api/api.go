@@ -97,6 +97,22 @@ type Status struct {
 	AuditLost uint64         `json:"audit_lost"`
 	// Degraded lists what is not as it should be; empty when all is well.
 	Degraded []string `json:"degraded"`
+	// Hardening is what the last check found of each workload below the
+	// roots that has processes: the unit settings they lack.
+	Hardening []WorkloadHardening `json:"hardening"`
+}
+
+// WorkloadHardening is one workload's processes checked for the unit
+// settings an adopted workload needs (docs/DAEMON.md, agent units).
+type WorkloadHardening struct {
+	Workload  string `json:"workload"` // cgroup path below the cgroup v2 mount
+	Processes int    `json:"processes"`
+	// Missing are the settings (named as systemd names them) that at
+	// least one process lacks; empty when none does.
+	Missing []string  `json:"missing"`
+	PIDs    []int     `json:"pids,omitempty"` // some of the processes lacking them
+	Checked time.Time `json:"checked"`
+	Errors  []string  `json:"errors,omitempty"` // processes that could not be read
 }
 
 // Root is one configured cgroup root as the daemon found it.
