@@ -116,6 +116,9 @@ func init() {
 		"touch":           actTouch,
 		"creds":           actCreds,
 		"run-script":      actRunScript,
+		"comm":            actComm,
+		"seq":             actSeq,
+		"connect-flood":   actConnectFlood,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon": actDaemonIntermediate,
 		"__report": actReport,

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// actConnectFlood opens COUNT connections to the unix stream socket PATH as
+// fast as it can and keeps them idle, as a local user exhausting a daemon's
+// connections and descriptors would. After a second it prints how many
+// connects worked and how many of those the server has closed since, then
+// holds the rest open for SECONDS.
+func actConnectFlood(args []string) outcome {
+	if len(args) != 3 {
+		return usage("connect-flood PATH COUNT SECONDS")
+	}
+	count, err := strconv.Atoi(args[1])
+	if err != nil || count < 1 {
+		return usage("connect-flood: bad COUNT %q", args[1])
+	}
+	secs, err := strconv.ParseFloat(args[2], 64)
+	if err != nil || secs < 0 {
+		return usage("connect-flood: bad SECONDS %q", args[2])
+	}
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	var refused int
+	for range count {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return failure("socket", err)
+		}
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: args[0]}); err != nil {
+			// A full backlog (EAGAIN) or a server gone: count and go on.
+			unix.Close(fd)
+			refused++
+			continue
+		}
+		fds = append(fds, fd)
+	}
+	time.Sleep(time.Second)
+	closed := 0
+	for _, fd := range fds {
+		if peerClosed(fd) {
+			closed++
+		}
+	}
+	// The test reads this line while the connections are held.
+	fmt.Printf("ok connected %d closed %d refused %d\n", len(fds), closed, refused)
+	time.Sleep(time.Duration(secs * float64(time.Second)))
+	return outcome{"", exitOK}
+}
+
+// peerClosed reports whether the other end has closed the connection (EOF
+// or a reset is waiting), without blocking.
+func peerClosed(fd int) bool {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+	n, err := unix.Poll(pfd, 0)
+	if err != nil || n == 0 {
+		return false
+	}
+	return pfd[0].Revents&(unix.POLLHUP|unix.POLLRDHUP|unix.POLLERR) != 0
+}
