@@ -119,6 +119,8 @@ func init() {
 		"comm":            actComm,
 		"seq":             actSeq,
 		"connect-flood":   actConnectFlood,
+		"listen-tcp":      actListenTCP,
+		"http-get":        actHTTPGet,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon": actDaemonIntermediate,
 		"__report": actReport,

@@ -90,6 +90,18 @@ type Status struct {
 	AuditLost uint64         `json:"audit_lost"`
 	// Degraded lists what is not as it should be; empty when all is well.
 	Degraded []string `json:"degraded"`
+	// Listeners are bridled's own: the task API ("api") and, if
+	// configured, "metrics".
+	Listeners []Listener `json:"listeners,omitempty"`
+}
+
+// Listener is one of bridled's listeners: bound and serving, or not (and
+// being bound again) with the reason.
+type Listener struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Bound   bool   `json:"bound"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Root is one configured cgroup root as the daemon found it.
