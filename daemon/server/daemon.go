@@ -309,7 +309,7 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 			}
 		}
 	})
-	if err := checkFDHeadroom(d.cfg.APILimits); err != nil {
+	if err := fitFDLimits(&d.cfg.APILimits); err != nil {
 		d.log.Error("descriptor headroom", "err", err)
 		d.mu.Lock()
 		d.fdErr = err

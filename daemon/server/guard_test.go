@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/policy/engine"
@@ -145,4 +147,26 @@ func TestReadPeerLiveCaller(t *testing.T) {
 			t.Fatalf("SO_PEERPIDFD %v: %+v (err %v), want this process in %s", pidfd, p, p.Err, self)
 		}
 	}
+}
+
+// Under a low descriptor limit the API's connection limits are lowered, so
+// that connections can never take the descriptors revocation needs.
+func TestFitFDLimits(t *testing.T) {
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	lim := config.APILimits{Connections: 64, ConnectionsPerUID: 8, AdminConnections: 64, MetricsConnections: 16}
+	if err := fitFDLimits(&lim); err != nil || lim.Connections != 64 {
+		t.Fatalf("under limit %d: %v %+v", old.Cur, err, lim)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 600, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	err := fitFDLimits(&lim)
+	if err == nil || lim.Connections+lim.AdminConnections+lim.MetricsConnections+2+fdReserve > 600 || lim.ConnectionsPerUID > lim.Connections {
+		t.Fatalf("under limit 600: %v %+v", err, lim)
+	}
+	t.Log(err)
 }

@@ -26,7 +26,7 @@ import (
 //
 // With the HTTP server's timeouts (see serve) an idle connection does not
 // stay either. Together they bound the descriptors the API can take, and
-// checkFDHeadroom makes sure the rest of bridled keeps its reserve.
+// fitFDLimits makes sure the rest of bridled keeps its reserve.
 
 // peerConn is an accepted API connection with the peer it was accepted
 // for; Close gives its place back.
@@ -216,26 +216,39 @@ func (r *refusals) record(uid uint32) (bool, uint64) {
 }
 
 // fdReserve is how many descriptors bridled keeps for itself beyond what
-// its listeners may hold: its BPF objects (about a hundred), the ring
-// buffer, the audit file and its rotation, the store's temporary files,
-// and what revoking a task opens for a moment (the sock_diag socket or the
-// socket iterators, the cgroup mount and handles, the workload's network
-// namespaces, its cgroup directories).
+// its listeners may hold. Revoking a task (tasks.Manager.End, at a call or
+// at expiry) opens some for a moment: the sock_diag socket (or a socket
+// iterator), the cgroup mount and the cgroup opened by handle, the
+// workload's cgroup directories and network namespaces, the store's
+// temporary file and directory, the audit file on rotation. The rest of
+// bridled holds its BPF programs, maps and links (about a hundred), the
+// ring buffer, the log and the audit file.
 const fdReserve = 512
 
-// checkFDHeadroom compares the descriptor limit with what the API and
-// metrics listeners may hold plus the reserve. Go raises the soft limit to
-// the hard one at start; below that, a flood of connections could still
-// leave a revocation without a descriptor, so it is reported.
-func checkFDHeadroom(lim config.APILimits) error {
+// fitFDLimits makes sure the listeners can never take the descriptors
+// bridled needs to enforce: their connection limits plus the reserve must
+// fit under RLIMIT_NOFILE (Go raises the soft limit to the hard one at
+// start). If they do not, the API's limits are lowered to fit, and the
+// returned error says so (the status reports it). If even that is not
+// possible, the error says the reserve is not guaranteed.
+func fitFDLimits(lim *config.APILimits) error {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return fmt.Errorf("descriptor limit: %w", err)
 	}
 	// +2: a connection being accepted (and closed) on each listener.
 	need := uint64(lim.Connections+lim.AdminConnections+lim.MetricsConnections+2) + fdReserve
-	if rl.Cur < need {
-		return fmt.Errorf("descriptor limit %d is below what the API's connection limits and bridled's own reserve need (%d): lower api_limits or raise LimitNOFILE", rl.Cur, need)
+	if rl.Cur >= need {
+		return nil
 	}
-	return nil
+	room := int64(rl.Cur) - fdReserve - 2 - int64(lim.MetricsConnections)
+	if room < 4 {
+		return fmt.Errorf("descriptor limit %d leaves no room for the API's connections beside bridled's reserve of %d: raise LimitNOFILE", rl.Cur, fdReserve)
+	}
+	// Halves for admins and the others, each at least 2.
+	lim.AdminConnections = int(max(room/2, 2))
+	lim.Connections = int(max(room-int64(lim.AdminConnections), 2))
+	lim.ConnectionsPerUID = min(lim.ConnectionsPerUID, lim.Connections)
+	return fmt.Errorf("descriptor limit %d is below the API's connection limits plus bridled's reserve (%d): limits lowered to connections %d (per uid %d), admin_connections %d; raise LimitNOFILE to keep the configured ones",
+		rl.Cur, need, lim.Connections, lim.ConnectionsPerUID, lim.AdminConnections)
 }

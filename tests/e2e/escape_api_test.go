@@ -287,8 +287,11 @@ func openFDs(t *testing.T, pid int) int {
 // descriptors stay bounded, an admin can still call the API, and the
 // expiry still aborts the workload's connection while the flood holds.
 func TestEscapeAPIExhaustion(t *testing.T) {
-	if features.SocketDestroy == "none" {
-		t.Skipf("this kernel cannot abort a workload's sockets: %s", features.SocketDestroyReason)
+	// Where the kernel cannot abort sockets, the flood is still turned
+	// away; only the expiry's abort is not checked.
+	canAbort := features.SocketDestroy != "none"
+	if !canAbort {
+		t.Logf("this kernel cannot abort a workload's sockets (%s): the expiry part is left out", features.SocketDestroyReason)
 	}
 	const flood = 2000
 	e := newDaemonEnv(t)
@@ -303,7 +306,10 @@ func TestEscapeAPIExhaustion(t *testing.T) {
 	target := fmt.Sprintf("127.0.0.1:%d", tcpHoldingListener(t, "tcp4", "127.0.0.1:0"))
 	cg := e.workload("flooded")
 	id := e.startTask(cg, "--ttl", "8s")
-	held := e.holdInCgroup(cg, target)
+	var held <-chan string
+	if canAbort {
+		held = e.holdInCgroup(cg, target)
+	}
 	before := openFDs(t, e.pid())
 
 	line, _ := asNobody(t, "connect-flood", e.socket, fmt.Sprint(flood), "60")
@@ -323,12 +329,14 @@ func TestEscapeAPIExhaustion(t *testing.T) {
 		t.Fatalf("admin's task list during the flood: %v: %s", err, out)
 	}
 	// The task expires while the flood holds: its connection is aborted.
-	if got := waitLine(t, "task expired during the flood", held); got != "closed ECONNABORTED" {
-		t.Fatalf("the workload's connection after expiry during the flood: %q, want it aborted", got)
+	if canAbort {
+		if got := waitLine(t, "task expired during the flood", held); got != "closed ECONNABORTED" {
+			t.Fatalf("the workload's connection after expiry during the flood: %q, want it aborted", got)
+		}
+		e.waitAudit(func(m map[string]any) bool {
+			return m["action"] == "task_end" && m["task"] == id && strings.HasPrefix(fmt.Sprint(m["reason"]), "expired; aborted 1 open connection(s)")
+		})
 	}
-	e.waitAudit(func(m map[string]any) bool {
-		return m["action"] == "task_end" && m["task"] == id && strings.HasPrefix(fmt.Sprint(m["reason"]), "expired; aborted 1 open connection(s)")
-	})
 	// The refusals are counted, not written out one by one.
 	b, _ := os.ReadFile(e.audit)
 	if n := strings.Count(string(b), `"action":"api"`); n > 40 {
