@@ -209,9 +209,9 @@ func (r *runner) enforce(ctx context.Context) error {
 	}
 	if r.spec.Verbose {
 		for _, line := range r.host.describe() {
-			fmt.Fprintf(r.spec.Out, "bridle: %s\n", line)
+			r.say("%s", line)
 		}
-		fmt.Fprintf(r.spec.Out, "bridle: task %s, workload %s, %d kernel rules, identity %s, policy %s\n",
+		r.say("task %s, workload %s, %d kernel rules, identity %s, policy %s",
 			r.task.ID, r.task.Workload, r.task.Rules, r.task.Identity, r.task.PolicyRevision)
 		fmt.Fprintf(r.spec.Out, "bridle: workload: %s; %s\n", r.stdio.Describe(), workload.Namespaces)
 	}
@@ -269,24 +269,24 @@ wait:
 // known.
 func (r *runner) finish() uint64 {
 	if pids, _ := r.cg.Procs(); len(pids) > 0 {
-		fmt.Fprintf(r.spec.Out, "bridle: ending %d process(es) the command left in its workload\n", len(pids))
+		r.say("ending %d process(es) the command left in its workload", len(pids))
 		if err := r.cg.Kill(5 * time.Second); err != nil {
-			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+			r.say("%v", err)
 		}
 	}
 	r.ending.Store(true)
 	if err := r.host.end(r.task.ID); err != nil {
-		fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+		r.say("%v", err)
 	}
 	done := make(chan struct{})
 	go func() { r.shown.Wait(); close(done) }()
 	select {
 	case <-done:
 		if err := r.wait(); err != nil {
-			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+			r.say("%v", err)
 		}
 	case <-time.After(10 * time.Second):
-		fmt.Fprintf(r.spec.Out, "bridle: decisions still arriving after 10s; the summary may be incomplete\n")
+		r.say("decisions still arriving after 10s; the summary may be incomplete")
 	}
 	return r.host.drops()
 }
@@ -317,18 +317,26 @@ func (r *runner) show() {
 			// The run's own end is no news; an expiry, or an end by
 			// someone else, is.
 			if strings.HasPrefix(rec.Reason, "expired") || !r.ending.Load() {
-				fmt.Fprintf(r.spec.Out, "bridle: task %s ended: %s\n", rec.Task, rec.Reason)
+				r.say("task %s ended: %s", rec.Task, rec.Reason)
 			}
 			continue
 		}
 		r.stats.add(rec)
 		if rec.Verdict != "allow" {
-			fmt.Fprintf(r.spec.Out, "bridle: %s\n", rec.Line())
+			r.say("%s", rec.Line())
 		}
 		if r.writer != nil {
 			if err := r.writer.Write(rec); err != nil {
-				fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+				r.say("%v", err)
 			}
 		}
 	}
+}
+
+// say prints one "bridle: " line for the person who ran the command. The
+// whole line is escaped (audit.Printable): records, task fields and errors
+// carry text a workload chose, and a newline or terminal sequence in it
+// must not forge a line of bridle's or drive the terminal.
+func (r *runner) say(format string, args ...any) {
+	fmt.Fprintf(r.spec.Out, "bridle: %s\n", audit.Printable(fmt.Sprintf(format, args...)))
 }

@@ -15,8 +15,11 @@ import (
 
 // lockParent holds one lock file per live standalone run. A run holds its
 // lock (flock) from before it creates anything until it has removed it all;
-// the kernel drops the lock when the run dies, however it dies.
-const lockParent = "/run/bridle/run"
+// the kernel drops the lock when the run dies, however it dies. It is
+// private (0700); its parent, bridle's runtime directory, also holds
+// bridled's API socket and stays traversable (0755), or admins who are not
+// root could not reach the socket.
+var lockParent = "/run/bridle/run"
 
 // runLock is a held run lock.
 type runLock struct {
@@ -25,7 +28,7 @@ type runLock struct {
 
 // lockRun creates and takes the lock of a new run.
 func lockRun(taskID string) (*runLock, error) {
-	if err := os.MkdirAll(lockParent, 0o700); err != nil {
+	if err := makeLockParent(); err != nil {
 		return nil, fmt.Errorf("run lock: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(lockParent, taskID+".lock"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -37,6 +40,29 @@ func lockRun(taskID string) (*runLock, error) {
 		return nil, fmt.Errorf("run lock: %w", err)
 	}
 	return &runLock{f: f}, nil
+}
+
+// makeLockParent creates the runtime directory 0755 and the lock
+// directory 0700 below it (whatever the umask), and opens a runtime
+// directory that earlier versions left 0700.
+func makeLockParent() error {
+	runtimeDir := filepath.Dir(lockParent)
+	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
+		return err
+	}
+	fi, err := os.Stat(runtimeDir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o011 != 0o011 {
+		if err := os.Chmod(runtimeDir, fi.Mode().Perm()|0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(lockParent, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return os.Chmod(lockParent, 0o700)
 }
 
 // release removes the lock file, then drops the lock.

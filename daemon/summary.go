@@ -47,12 +47,14 @@ const maxListed = 10
 func (s *summary) print(w io.Writer, command string, status int, drops uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fmt.Fprintf(w, "bridle: %s exited with status %d; %d denied, %d would-deny, %d allowed (logged)",
+	// Every line is escaped (audit.Printable): targets are paths and names
+	// the workload chose, and a newline in one must not forge a line.
+	head := fmt.Sprintf("bridle: %s exited with status %d; %d denied, %d would-deny, %d allowed (logged)",
 		command, status, s.verdicts["deny"], s.verdicts["would-deny"], s.verdicts["allow"])
 	if drops > 0 {
-		fmt.Fprintf(w, "; %d EVENTS LOST (ring buffer full)", drops)
+		head += fmt.Sprintf("; %d EVENTS LOST (ring buffer full)", drops)
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintln(w, audit.Printable(head))
 	list := make([]*refusal, 0, len(s.refused))
 	for _, r := range s.refused {
 		list = append(list, r)
@@ -72,6 +74,6 @@ func (s *summary) print(w io.Writer, command string, status int, drops uint64) {
 		if r.flag != "" {
 			line += "  (" + r.flag + ")"
 		}
-		fmt.Fprintln(w, line)
+		fmt.Fprintln(w, audit.Printable(line))
 	}
 }

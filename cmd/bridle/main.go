@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/workload"
 )
 
@@ -29,7 +30,7 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == workload.ShimArg {
 		err := workload.Shim(os.Args[2:])
-		fmt.Fprintln(os.Stderr, "bridle:", err)
+		fmt.Fprintln(os.Stderr, "bridle:", audit.PrintableLines(err.Error()))
 		os.Exit(126)
 	}
 
@@ -37,7 +38,9 @@ func main() {
 	defer stop()
 	err := newRootCommand().ExecuteContext(ctx)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bridle:", err)
+		// Errors can quote what a workload or a policy chose (paths,
+		// intents, deny reasons): shown escaped, line by line.
+		fmt.Fprintln(os.Stderr, "bridle:", audit.PrintableLines(err.Error()))
 		var ue usageError
 		if errors.As(err, &ue) {
 			os.Exit(exitUsage)

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bridle-sh/bridle/daemon"
+	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
 )
@@ -135,7 +136,9 @@ func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 	case "-":
 		spec.Records = os.Stdout
 	default:
-		file, err := os.OpenFile(f.audit, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		// Opened as root, but the path is often in a directory the
+		// workload's user owns: audit.OpenFile follows no link there.
+		file, err := audit.OpenFile(f.audit)
 		if err != nil {
 			return spec, noop, fmt.Errorf("--audit: %w", err)
 		}

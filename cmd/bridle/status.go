@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/workload"
@@ -90,7 +91,7 @@ func newStatusCommand() *cobra.Command {
 			fmt.Printf("unix conns:    %s — %s\n", f.UnixShutdown.Method, f.UnixShutdown.Reason)
 			fmt.Printf("pinned runs:   %d under %s\n", len(pinned), filepath.Join(loader.DefaultPinRoot, "run"))
 			if daemonErr != nil {
-				fmt.Printf("bridled:       not answering: %v\n", daemonErr)
+				fmt.Printf("bridled:       not answering: %s\n", audit.Printable(daemonErr.Error()))
 				return nil
 			}
 			printDaemonStatus(socket, daemon)
@@ -103,17 +104,19 @@ func newStatusCommand() *cobra.Command {
 }
 
 // printDaemonStatus reports bridled's state; what is degraded comes last
-// and loudest.
+// and loudest. Every string from the daemon is escaped (audit.Printable):
+// root paths, policy sources and errors can carry text others chose.
 func printDaemonStatus(socket string, st api.Status) {
-	fmt.Printf("bridled:       running at %s (node %s), %d task(s) in force\n", socket, st.Node, st.Tasks)
-	fmt.Printf("policy:        %s from %s, %d failed load(s)\n", st.Policy.Revision, st.Policy.Source, st.Policy.Failures)
-	fmt.Printf("baseline:      %s, %d kernel rules\n", st.Policy.BaselineRevision, st.Policy.BaselineRules)
+	p := audit.Printable
+	fmt.Printf("bridled:       running at %s (node %s), %d task(s) in force\n", p(socket), p(st.Node), st.Tasks)
+	fmt.Printf("policy:        %s from %s, %d failed load(s)\n", p(st.Policy.Revision), p(st.Policy.Source), st.Policy.Failures)
+	fmt.Printf("baseline:      %s, %d kernel rules\n", p(st.Policy.BaselineRevision), st.Policy.BaselineRules)
 	for _, r := range st.Roots {
 		state := "confined"
 		if !r.Attached {
 			state = "NOT CONFINED: " + r.Error
 		}
-		fmt.Printf("root:          %s %s\n", r.Path, state)
+		fmt.Printf("root:          %s %s\n", p(r.Path), p(state))
 	}
 	fmt.Printf("ring drops:    %d; audit records lost: %d\n", st.RingDrops, st.AuditLost)
 	printHardening(st.Hardening)
@@ -122,7 +125,7 @@ func printDaemonStatus(socket string, st api.Status) {
 		return
 	}
 	for _, d := range st.Degraded {
-		fmt.Printf("DEGRADED:      %s\n", d)
+		fmt.Printf("DEGRADED:      %s\n", p(d))
 	}
 }
 

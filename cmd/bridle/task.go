@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/server/api"
 )
@@ -77,7 +78,7 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 			if asJSON {
 				return json.NewEncoder(os.Stdout).Encode(t)
 			}
-			fmt.Println(t.ID)
+			fmt.Println(audit.Printable(t.ID))
 			return nil
 		},
 	}
@@ -110,7 +111,7 @@ func newTaskEndCommand(client func() *api.Client) *cobra.Command {
 			if asJSON {
 				return json.NewEncoder(os.Stdout).Encode(t)
 			}
-			fmt.Printf("task %s ended\n", t.ID)
+			fmt.Printf("task %s ended\n", audit.Printable(t.ID))
 			return nil
 		},
 	}
@@ -143,7 +144,11 @@ func newTaskListCommand(client func() *api.Client) *cobra.Command {
 				if parent == "" {
 					parent = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", t.ID, t.Workload, t.Identity, t.Intent, parent, t.Rules, exp)
+				// Intents and labels are free text (an agent's words,
+				// often): escaped, so a newline or tab cannot forge a
+				// row or a column, nor ESC drive the terminal.
+				p := audit.Printable
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p(t.ID), p(t.Workload), p(t.Identity), p(t.Intent), p(parent), t.Rules, exp)
 			}
 			return tw.Flush()
 		},

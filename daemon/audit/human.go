@@ -7,8 +7,13 @@ import (
 	"strings"
 )
 
-// Target names what the workload tried to reach or run, for people.
+// Target names what the workload tried to reach or run, for people. Names
+// the workload chose (paths) are escaped with Printable.
 func (r Record) Target() string {
+	return Printable(r.target())
+}
+
+func (r Record) target() string {
 	switch {
 	case r.Protocol == "unix":
 		return "unix:" + r.Path
@@ -44,8 +49,13 @@ const ReasonExtHeader = "packet has routing or extension headers or IP options"
 
 // AllowFlag returns the `bridle run` flag that would have allowed the
 // refused action, or "" when no flag can (raw and packet sockets, socket
-// options and packets that send traffic elsewhere than their address).
+// options and packets that send traffic elsewhere than their address). It
+// is for people: a path is escaped with Printable.
 func (r Record) AllowFlag() string {
+	return Printable(r.allowFlag())
+}
+
+func (r Record) allowFlag() string {
 	switch {
 	case r.Action == "socket", r.Action == "setsockopt", r.Reason == ReasonExtHeader:
 		return ""
@@ -67,8 +77,15 @@ func (r Record) AllowFlag() string {
 	return ""
 }
 
-// Line renders a decision as one line for a terminal.
+// Line renders a decision as one line for a terminal. Everything in it
+// that a workload chose (its comm, paths, and whatever reached the reason)
+// is escaped with Printable: the line is always exactly one line, with no
+// control characters.
 func (r Record) Line() string {
+	return Printable(r.line())
+}
+
+func (r Record) line() string {
 	var b strings.Builder
 	verb := map[string]string{"deny": "denied", "would-deny": "would deny", "allow": "allowed"}[r.Verdict]
 	if verb == "" {
@@ -78,12 +95,12 @@ func (r Record) Line() string {
 	if r.PID == 0 {
 		who = "the workload (packet check)"
 	}
-	fmt.Fprintf(&b, "%s %s %s by %s: %s", verb, r.Action, r.Target(), who, r.Reason)
+	fmt.Fprintf(&b, "%s %s %s by %s: %s", verb, r.Action, r.target(), who, r.Reason)
 	if r.Enforcement == "kill" && r.Verdict == "deny" {
 		b.WriteString(" (killed)")
 	}
 	if r.Verdict != "allow" {
-		if f := r.AllowFlag(); f != "" {
+		if f := r.allowFlag(); f != "" {
 			b.WriteString("; allow with " + f)
 		} else if r.Action == "socket" || r.Action == "setsockopt" || r.Reason == ReasonExtHeader {
 			b.WriteString("; no flag allows this")

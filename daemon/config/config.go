@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path"
 	"strings"
@@ -46,7 +47,14 @@ type Config struct {
 	// recorded, not enforced). Off by default: such a task is unconfined.
 	AllowAuditMode bool   `yaml:"allow_audit_mode"`
 	Admins         Admins `yaml:"admins"`
-	NodeName       string `yaml:"node_name"`
+	// Readers may list tasks and read the status besides admins: tasks
+	// carry intents, labels and identities, which are not for every
+	// local user.
+	Readers Admins `yaml:"readers"`
+	// APILimits bound the task API's connections, so that no local user
+	// can exhaust bridled's descriptors or memory.
+	APILimits APILimits `yaml:"api_limits"`
+	NodeName  string    `yaml:"node_name"`
 	// Identities maps a cgroup path (the workload's, or one of its
 	// ancestors) to the SPIFFE ID of the workloads below it; the longest
 	// match wins. Unmapped workloads get spiffe://<node_name>/workload<path>.
@@ -71,6 +79,30 @@ type PolicyBundle struct {
 	Verify     *VerifyKey    `yaml:"verify"`
 }
 
+// check refuses a bundle source a local process could impersonate. Any
+// port on this host, loopback included, can be bound by a workload or a
+// local user before bridled connects (or while it restarts): whoever
+// answers there would decide every agent's envelope and, with token_file,
+// receive the bearer token. So a bundle is trusted only for a signature
+// made with the configured key (verify), or for a TLS peer holding a
+// certificate from a CA configured for this service alone (ca_cert_file);
+// and the token never goes over plain http.
+func (b *PolicyBundle) check() error {
+	u, err := url.Parse(b.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("policy_bundle.url %q: want http(s)://host[:port][/path]", b.URL)
+	}
+	switch {
+	case u.Scheme == "http" && b.TokenFile != "":
+		return fmt.Errorf("policy_bundle: token_file with a plain http url (%s) would hand the bearer token to whoever listens there; use https", b.URL)
+	case u.Scheme == "http" && b.Verify == nil:
+		return fmt.Errorf("policy_bundle: plain http url (%s) without verify: a workload or local user listening on that address could serve its own policy; set verify (signed bundles) or use https with ca_cert_file", b.URL)
+	case u.Scheme == "https" && b.Verify == nil && b.CACertFile == "":
+		return fmt.Errorf("policy_bundle: https url (%s) with neither verify nor ca_cert_file: any certificate the system's CAs sign for that name would be trusted; set verify (signed bundles) or pin the service's CA with ca_cert_file", b.URL)
+	}
+	return nil
+}
+
 // VerifyKey is the key bundle signatures must be made with.
 type VerifyKey struct {
 	ID        string `yaml:"id"`
@@ -92,6 +124,29 @@ type Admins struct {
 	UIDs []uint32 `yaml:"uids"`
 	GIDs []uint32 `yaml:"gids"`
 }
+
+// APILimits bound the connections the task API keeps open. A connection
+// over a limit is closed as soon as it is accepted.
+type APILimits struct {
+	// Connections from callers that are not admins, all together, and
+	// from any one of their uids. Default 64 and 8.
+	Connections       int `yaml:"connections"`
+	ConnectionsPerUID int `yaml:"connections_per_uid"`
+	// AdminConnections from admins (root included) outside the roots,
+	// all together: kept apart, so that no one else can crowd admins
+	// out. Default 64.
+	AdminConnections int `yaml:"admin_connections"`
+	// MetricsConnections to metrics_listen, all together. Default 16.
+	MetricsConnections int `yaml:"metrics_connections"`
+}
+
+// Default API limits.
+const (
+	DefaultAPIConnections       = 64
+	DefaultAPIConnectionsPerUID = 8
+	DefaultAdminConnections     = 64
+	DefaultMetricsConnections   = 16
+)
 
 // Load reads and checks a configuration file, filling in defaults.
 func Load(file string) (*Config, error) {
@@ -158,6 +213,11 @@ func (c *Config) complete() error {
 	case b != nil && b.Verify != nil && (b.Verify.ID == "" || b.Verify.KeyFile == ""):
 		return errors.New("policy_bundle.verify: id and key_file are needed")
 	}
+	if b := c.PolicyBundle; b != nil {
+		if err := b.check(); err != nil {
+			return err
+		}
+	}
 	r := &c.AuditRotate
 	if r.MaxSizeMB < 0 || r.MaxFiles < 0 || r.MaxAgeDays < 0 {
 		return errors.New("audit_rotate: sizes, counts and ages must not be negative")
@@ -174,6 +234,9 @@ func (c *Config) complete() error {
 	case c.HardeningCheckInterval < time.Second:
 		return fmt.Errorf("hardening_check_interval %v: at least 1s", c.HardeningCheckInterval)
 	}
+	if err := c.APILimits.complete(); err != nil {
+		return err
+	}
 	ids := make(map[string]string, len(c.Identities))
 	for p, id := range c.Identities {
 		clean, err := CgroupPath(p)
@@ -186,6 +249,30 @@ func (c *Config) complete() error {
 		ids[clean] = id
 	}
 	c.Identities = ids
+	return nil
+}
+
+func (l *APILimits) complete() error {
+	for _, f := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"connections", &l.Connections, DefaultAPIConnections},
+		{"connections_per_uid", &l.ConnectionsPerUID, DefaultAPIConnectionsPerUID},
+		{"admin_connections", &l.AdminConnections, DefaultAdminConnections},
+		{"metrics_connections", &l.MetricsConnections, DefaultMetricsConnections},
+	} {
+		switch {
+		case *f.v < 0:
+			return fmt.Errorf("api_limits.%s: must not be negative", f.name)
+		case *f.v == 0:
+			*f.v = f.def
+		}
+	}
+	if l.ConnectionsPerUID > l.Connections {
+		return fmt.Errorf("api_limits: connections_per_uid (%d) is more than connections (%d)", l.ConnectionsPerUID, l.Connections)
+	}
 	return nil
 }
 
@@ -234,15 +321,22 @@ func (c *Config) Identity(p string) string {
 
 // IsAdmin reports whether a caller with these ids may start and end tasks.
 func (c *Config) IsAdmin(uid uint32, gids []uint32) bool {
-	if uid == 0 {
-		return true
-	}
-	for _, u := range c.Admins.UIDs {
+	return uid == 0 || c.Admins.has(uid, gids)
+}
+
+// IsReader reports whether a caller with these ids may list tasks and read
+// the status: admins and readers.
+func (c *Config) IsReader(uid uint32, gids []uint32) bool {
+	return c.IsAdmin(uid, gids) || c.Readers.has(uid, gids)
+}
+
+func (a Admins) has(uid uint32, gids []uint32) bool {
+	for _, u := range a.UIDs {
 		if u == uid {
 			return true
 		}
 	}
-	for _, g := range c.Admins.GIDs {
+	for _, g := range a.GIDs {
 		for _, have := range gids {
 			if g == have {
 				return true

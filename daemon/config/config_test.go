@@ -64,7 +64,7 @@ func TestExampleConfigParses(t *testing.T) {
 }
 
 func TestPolicySourceAndRotation(t *testing.T) {
-	c, err := Parse([]byte("roots: [/a]\npolicy_bundle: {url: https://p.example, resource: b.tar.gz, poll_min: 5s, poll_max: 10s}\n"), "t")
+	c, err := Parse([]byte("roots: [/a]\npolicy_bundle: {url: https://p.example, resource: b.tar.gz, ca_cert_file: /etc/bridle/ca.pem, poll_min: 5s, poll_max: 10s}\n"), "t")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +80,55 @@ func TestPolicySourceAndRotation(t *testing.T) {
 	} {
 		if _, err := Parse([]byte(bad), "t"); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want an error about %s", bad, err, want)
+		}
+	}
+}
+
+// A bundle URL a workload could serve is refused at load, with the reason:
+// a workload listening on the bundle's loopback port served its own policy
+// and received the bearer token.
+func TestEscapeBundleSquatConfig(t *testing.T) {
+	const base = "roots: [/a]\npolicy_bundle: "
+	for bad, want := range map[string]string{
+		"{url: http://127.0.0.1:8181, resource: b}":                                                "without verify",
+		"{url: http://localhost:8181, resource: b}":                                                "without verify",
+		"{url: http://127.0.0.1:8181, resource: b, token_file: /t, verify: {id: k, key_file: /k}}": "bearer token",
+		"{url: https://p.example, resource: b}":                                                    "neither verify nor ca_cert_file",
+		"{url: https://p.example, resource: b, token_file: /t}":                                    "neither verify nor ca_cert_file",
+		"{url: ftp://p.example, resource: b, verify: {id: k, key_file: /k}}":                       "want http(s)",
+		"{url: http://127.0.0.1:8181, resource: b, token_file: /t, ca_cert_file: /ca.pem}":         "bearer token",
+	} {
+		if _, err := Parse([]byte(base+bad+"\n"), "t"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want a refusal about %q", bad, err, want)
+		}
+	}
+	for _, good := range []string{
+		"{url: http://127.0.0.1:8181, resource: b, verify: {id: k, key_file: /k}}",
+		"{url: https://p.example, resource: b, ca_cert_file: /ca.pem, token_file: /t}",
+		"{url: https://p.example, resource: b, verify: {id: k, key_file: /k}, token_file: /t}",
+	} {
+		if _, err := Parse([]byte(base+good+"\n"), "t"); err != nil {
+			t.Errorf("%s: %v", good, err)
+		}
+	}
+}
+
+func TestReadersAndLimits(t *testing.T) {
+	c, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\nadmins: {uids: [1000]}\nreaders: {gids: [60]}\n"), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.IsReader(1000, nil) || !c.IsReader(7, []uint32{60}) || c.IsReader(7, []uint32{8}) || c.IsAdmin(7, []uint32{60}) {
+		t.Fatal("readers")
+	}
+	l := c.APILimits
+	if l.Connections != DefaultAPIConnections || l.ConnectionsPerUID != DefaultAPIConnectionsPerUID ||
+		l.AdminConnections != DefaultAdminConnections || l.MetricsConnections != DefaultMetricsConnections {
+		t.Fatalf("limit defaults: %+v", l)
+	}
+	for _, bad := range []string{"{connections: -1}", "{connections: 4, connections_per_uid: 5}"} {
+		if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\napi_limits: "+bad+"\n"), "t"); err == nil {
+			t.Errorf("api_limits %s accepted", bad)
 		}
 	}
 }

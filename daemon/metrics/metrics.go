@@ -74,7 +74,13 @@ type Metrics struct {
 	eventsLost      prometheus.Counter
 	unhardened      prometheus.Gauge
 	hardeningLacks  map[string]prometheus.Gauge // setting → workloads lacking it
+	apiUnrecorded   prometheus.Counter
+	apiConnRefused  prometheus.Counter
+	listenerUp      map[string]prometheus.Gauge
 }
+
+// listeners are bridled's own listeners, for bridle_listener_up.
+var listeners = []string{"api", "metrics"}
 
 // New registers bridled's metrics, and the Go and process collectors, on a
 // new registry.
@@ -161,6 +167,22 @@ func New(src Sources) *Metrics {
 	for _, s := range append(slices.Clone(workload.Settings), other) {
 		m.hardeningLacks[s] = lacks.WithLabelValues(s)
 	}
+	m.apiUnrecorded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_api_refusals_unrecorded_total",
+		Help: "Refused API calls and connections not logged or written to the audit log one by one, because their uid was over its rate of recorded refusals (the next recorded one says how many).",
+	})
+	m.apiConnRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_api_connections_refused_total",
+		Help: "API connections closed on accept because their caller was over a connection limit (api_limits).",
+	})
+	listenerUp := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "bridle_listener_up",
+		Help: "1 while bridled's listener (api, metrics) is bound and serving, 0 while it cannot bind (another process holds the address) and bridled retries.",
+	}, []string{"listener"})
+	m.listenerUp = make(map[string]prometheus.Gauge, len(listeners))
+	for _, l := range listeners {
+		m.listenerUp[l] = listenerUp.WithLabelValues(l)
+	}
 
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -169,6 +191,7 @@ func New(src Sources) *Metrics {
 		m.policyEval, m.apply, m.revoke,
 		loads, m.policyInfo, m.apiRefused, m.eventsLost,
 		m.unhardened, lacks,
+		m.apiUnrecorded, m.apiConnRefused, listenerUp,
 	)
 	if src.Drops != nil {
 		reg.MustRegister(newDropsCollector(src.Drops))
@@ -315,6 +338,40 @@ func (m *Metrics) APIRefused() {
 		return
 	}
 	m.apiRefused.Inc()
+}
+
+// APIRefusalUnrecorded counts a refused API call or connection that was
+// counted but not logged or recorded (its uid was over the rate).
+func (m *Metrics) APIRefusalUnrecorded() {
+	if m == nil {
+		return
+	}
+	m.apiUnrecorded.Inc()
+}
+
+// APIConnectionRefused counts an API connection closed over a limit.
+func (m *Metrics) APIConnectionRefused() {
+	if m == nil {
+		return
+	}
+	m.apiConnRefused.Inc()
+}
+
+// ListenerUp sets whether listener ("api", "metrics") is bound and
+// serving; other names are ignored.
+func (m *Metrics) ListenerUp(listener string, up bool) {
+	if m == nil {
+		return
+	}
+	g, ok := m.listenerUp[listener]
+	if !ok {
+		return
+	}
+	if up {
+		g.Set(1)
+	} else {
+		g.Set(0)
+	}
 }
 
 // EventsLost counts n decision records that could not be written to the

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
@@ -21,21 +20,32 @@ import (
 
 func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/tasks", d.guard(true, d.startTask))
-	mux.Handle("DELETE /v1/tasks/{id}", d.guard(true, d.endTask))
-	mux.Handle("GET /v1/tasks", d.guard(false, d.listTasks))
-	mux.Handle("GET /v1/events", d.guard(true, d.events))
-	mux.Handle("GET /v1/status", d.guard(false, d.status))
+	mux.Handle("POST /v1/tasks", d.guard(needAdmin, d.startTask))
+	mux.Handle("DELETE /v1/tasks/{id}", d.guard(needAdmin, d.endTask))
+	mux.Handle("GET /v1/tasks", d.guard(needReader, d.listTasks))
+	mux.Handle("GET /v1/events", d.guard(needAdmin, d.events))
+	mux.Handle("GET /v1/status", d.guard(needReader, d.status))
 	return mux
 }
+
+// access is what a call needs of its caller.
+type access int
+
+const (
+	// needReader: an admin, or a uid or gid of config readers. Tasks
+	// carry intents, labels and identities; the status, the policy's
+	// errors and the node's roots: not for every local user.
+	needReader access = iota
+	// needAdmin: root, or a uid or gid of config admins. Starting and
+	// ending tasks, and event streams (which show what workloads do).
+	needAdmin
+)
 
 // guard admits a call by the caller's kernel-reported credentials. A
 // process inside a confined root is refused every call, reads included: a
 // workload never starts, widens or ends a task, even its own, and learns
-// nothing about other tasks. Mutating calls (and event streams, which show
-// what workloads do) need an admin: root, or a uid or gid the config
-// names.
-func (d *Daemon) guard(adminOnly bool, h http.HandlerFunc) http.Handler {
+// nothing about other tasks.
+func (d *Daemon) guard(need access, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := peerFrom(r.Context())
 		var reason string
@@ -44,8 +54,10 @@ func (d *Daemon) guard(adminOnly bool, h http.HandlerFunc) http.Handler {
 			reason = fmt.Sprintf("caller could not be identified: %v", p.Err)
 		case inRoot:
 			reason = fmt.Sprintf("caller is a workload (cgroup %s under root %s): workloads may not use the task API", p.Cgroup, root)
-		case adminOnly && !d.cfg.IsAdmin(p.UID, p.Groups):
+		case need == needAdmin && !d.cfg.IsAdmin(p.UID, p.Groups):
 			reason = fmt.Sprintf("uid %d is not an admin of this node", p.UID)
+		case need == needReader && !d.cfg.IsReader(p.UID, p.Groups):
+			reason = fmt.Sprintf("uid %d is neither an admin nor a reader of this node (readers)", p.UID)
 		}
 		if reason != "" {
 			d.refuse(w, r, p, reason)
@@ -55,14 +67,34 @@ func (d *Daemon) guard(adminOnly bool, h http.HandlerFunc) http.Handler {
 	})
 }
 
-// refuse answers 403, logs the refusal and records it in the audit log.
+// refuse answers 403, counts the refusal, and logs it and records it in
+// the audit log unless the caller's uid is over its rate of recorded
+// refusals (then the connection is closed after the answer).
 func (d *Daemon) refuse(w http.ResponseWriter, r *http.Request, p Peer, reason string) {
 	call := r.Method + " " + r.URL.Path
-	d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "reason", reason)
 	d.metrics.APIRefused()
+	if !d.recordRefusal(p, call, reason) {
+		w.Header().Set("Connection", "close")
+	}
+	writeError(w, http.StatusForbidden, errors.New(reason))
+}
+
+// recordRefusal logs a refused call or connection and writes its audit
+// record, within the caller uid's rate; it reports whether it did. The
+// first record after a quiet spell says how many were left out.
+func (d *Daemon) recordRefusal(p Peer, call, reason string) bool {
+	ok, skipped := d.refusals.record(p.UID)
+	if !ok {
+		d.metrics.APIRefusalUnrecorded()
+		return false
+	}
+	if skipped > 0 {
+		reason += fmt.Sprintf(" (%d earlier refusals of uid %d not recorded one by one: over %d a second)", skipped, p.UID, refusalsPerSecond)
+	}
+	d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "reason", reason)
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName, Workload: p.Cgroup,
-		PID: uint32(p.PID), Comm: comm(p.PID), Action: "api", Path: call,
+		PID: uint32(p.PID), Comm: p.Comm, Action: "api", Path: call,
 		Verdict: "deny", Reason: reason, Enforcement: "daemon",
 		PolicyRevision: d.engine.Revision(),
 	}
@@ -70,7 +102,13 @@ func (d *Daemon) refuse(w http.ResponseWriter, r *http.Request, p Peer, reason s
 		rec.Identity = d.cfg.Identity(p.Cgroup)
 	}
 	d.audit.Write(rec)
-	writeError(w, http.StatusForbidden, errors.New(reason))
+	return true
+}
+
+// connectionRefused is told about an API connection closed over a limit.
+func (d *Daemon) connectionRefused(p Peer, reason string) {
+	d.metrics.APIConnectionRefused()
+	d.recordRefusal(p, "connect", reason)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -176,7 +214,7 @@ func (d *Daemon) workloadOf(req api.StartRequest) (string, error) {
 		}
 	case req.PID > 0:
 		var err error
-		if cg, err = procCgroup(req.PID); err != nil {
+		if cg, err = liveCgroup(req.PID); err != nil {
 			return "", badRequest("pid %d: %w", req.PID, err)
 		}
 	default:
@@ -237,28 +275,38 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer d.node.Unsubscribe(sub)
-	flusher, _ := w.(http.Flusher)
+	// The stream lasts as long as the workload, past the server's write
+	// timeout; each write gets a deadline of its own instead, so a reader
+	// that stops reading is cut off rather than holding the connection.
+	rc := http.NewResponseController(w)
+	write := func(line api.StreamLine, flush bool) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		if err := json.NewEncoder(w).Encode(line); err != nil {
+			return err
+		}
+		if flush {
+			return rc.Flush()
+		}
+		return nil
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	if flusher != nil {
-		flusher.Flush()
+	_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+	if err := rc.Flush(); err != nil {
+		return
 	}
-	enc := json.NewEncoder(w)
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case rec, ok := <-sub.C:
 			if !ok {
-				_ = enc.Encode(api.StreamLine{End: &api.StreamEnd{Lost: sub.Lost()}})
-				return
-			}
-			if err := enc.Encode(api.StreamLine{Record: &rec}); err != nil {
+				_ = write(api.StreamLine{End: &api.StreamEnd{Lost: sub.Lost()}}, true)
 				return
 			}
 			// Flush when the burst is over, not per record.
-			if len(sub.C) == 0 && flusher != nil {
-				flusher.Flush()
+			if err := write(api.StreamLine{Record: &rec}, len(sub.C) == 0); err != nil {
+				return
 			}
 		}
 	}
@@ -333,6 +381,21 @@ func (d *Daemon) Status() api.Status {
 	if !f.SockoptHook {
 		st.Degraded = append(st.Degraded, "source routing options not refused at setsockopt: "+f.SockoptReason)
 	}
+	d.mu.Lock()
+	for _, name := range []string{"api", "metrics"} {
+		l, ok := d.listeners[name]
+		if !ok {
+			continue
+		}
+		st.Listeners = append(st.Listeners, l)
+		if !l.Bound {
+			st.Degraded = append(st.Degraded, fmt.Sprintf("%s listener %s not bound (bridled keeps enforcing and binds it again): %s", name, l.Address, l.Error))
+		}
+	}
+	if d.fdErr != nil {
+		st.Degraded = append(st.Degraded, d.fdErr.Error())
+	}
+	d.mu.Unlock()
 	return st
 }
 
@@ -359,13 +422,4 @@ func (d *Daemon) rootStates() []api.Root {
 		}
 	}
 	return out
-}
-
-// comm is a process's command name, for refusal records.
-func comm(pid int32) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
 }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/node"
@@ -45,11 +47,15 @@ type Daemon struct {
 
 	roots []api.Root
 
+	refusals *refusals // rate of recorded API refusals, per uid
+
 	baselineMu       sync.Mutex // one baseline write at a time
 	mu               sync.Mutex
 	baselineRevision string
 	baselineRules    int
 	baselineErr      error
+	listeners        map[string]api.Listener // bridled's own listeners, by name
+	fdErr            error                   // the descriptor limit leaves too little headroom
 }
 
 // Run starts bridled with cfg and serves until ctx ends. Each value on
@@ -57,7 +63,7 @@ type Daemon struct {
 // enforcing: nothing is unpinned, so the baseline and every task stay in
 // force until the next bridled takes over.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-chan os.Signal) error {
-	d := &Daemon{cfg: cfg, log: log, hardening: newHardening()}
+	d := &Daemon{cfg: cfg, log: log, hardening: newHardening(), refusals: newRefusals(), listeners: map[string]api.Listener{}}
 	if err := d.setup(ctx); err != nil {
 		d.close()
 		return err
@@ -266,14 +272,26 @@ func (d *Daemon) attachRoots() error {
 	return nil
 }
 
+// HTTP timeouts of the task API: a caller must send its request headers
+// within apiHeaderTimeout and the whole request within apiReadTimeout, and
+// a connection idle between requests is closed after apiIdleTimeout, so an
+// idle connection never holds a descriptor for long. Answers must be taken
+// within apiWriteTimeout; an event stream outlives that, so each of its
+// writes gets streamWriteTimeout instead.
+const (
+	apiHeaderTimeout   = 5 * time.Second
+	apiReadTimeout     = 30 * time.Second
+	apiWriteTimeout    = 30 * time.Second
+	apiIdleTimeout     = 60 * time.Second
+	streamWriteTimeout = 30 * time.Second
+	// A listener that cannot bind is retried after 1 s, then up to every
+	// listenRetryMax.
+	listenRetryMax = 10 * time.Second
+)
+
 func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
-	ln, err := listen(d.cfg.Socket)
-	if err != nil {
-		return err
-	}
 	events, err := d.enf.Events()
 	if err != nil {
-		ln.Close()
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -296,61 +314,138 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 			}
 		}
 	})
+	if err := fitFDLimits(&d.cfg.APILimits); err != nil {
+		d.log.Error("descriptor headroom", "err", err)
+		d.mu.Lock()
+		d.fdErr = err
+		d.mu.Unlock()
+	}
 
+	errLog := slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)
 	srv := &http.Server{
 		Handler:           d.routes(),
 		ConnContext:       connContext,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: apiHeaderTimeout,
+		ReadTimeout:       apiReadTimeout,
+		WriteTimeout:      apiWriteTimeout,
+		IdleTimeout:       apiIdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          errLog,
 	}
-	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
-	d.log.Info("serving the task API", "socket", d.cfg.Socket)
-
-	var msrv *http.Server
+	servers := []*http.Server{srv}
+	wg.Go(func() {
+		d.keepServing(ctx, srv, "api", d.cfg.Socket, func() (net.Listener, error) {
+			ln, err := listen(d.cfg.Socket, d.log)
+			if err != nil {
+				return nil, err
+			}
+			return newPeerListener(ln, d.cfg, d.connectionRefused), nil
+		})
+	})
 	if d.cfg.MetricsListen != "" {
-		mln, err := net.Listen("tcp", d.cfg.MetricsListen)
-		if err != nil {
-			_ = srv.Close()
-			return fmt.Errorf("metrics_listen: %w", err)
-		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", d.metrics.Handler())
-		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { served <- msrv.Serve(mln) }()
-		d.log.Info("serving metrics", "address", mln.Addr().String())
+		msrv := &http.Server{
+			Handler: mux, ReadHeaderTimeout: apiHeaderTimeout, ReadTimeout: apiReadTimeout,
+			WriteTimeout: apiWriteTimeout, IdleTimeout: apiIdleTimeout, MaxHeaderBytes: 16 << 10,
+			ErrorLog: errLog,
+		}
+		servers = append(servers, msrv)
+		refusedLog := rate.NewLimiter(rate.Every(time.Minute), 1)
+		wg.Go(func() {
+			d.keepServing(ctx, msrv, "metrics", d.cfg.MetricsListen, func() (net.Listener, error) {
+				ln, err := net.Listen("tcp", d.cfg.MetricsListen)
+				if err != nil {
+					return nil, err
+				}
+				return &countListener{Listener: ln, max: d.cfg.APILimits.MetricsConnections, refused: func() {
+					if refusedLog.Allow() {
+						d.log.Warn("metrics connection closed: over the limit (api_limits.metrics_connections)", "limit", d.cfg.APILimits.MetricsConnections)
+					}
+				}}, nil
+			})
+		})
 	}
 
-	select {
-	case err = <-served:
-	case <-ctx.Done():
-		d.log.Info("stopping; enforcement stays in force")
-	}
+	<-ctx.Done()
+	d.log.Info("stopping; enforcement stays in force")
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_ = srv.Shutdown(sctx)
-	if msrv != nil {
-		_ = msrv.Shutdown(sctx)
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
 	}
 	scancel()
 	cancel()
 	_ = events.Flush()
 	wg.Wait()
 	_ = events.Close()
-	_ = os.Remove(d.cfg.Socket)
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
+	d.mu.Lock()
+	bound := d.listeners["api"].Bound
+	d.mu.Unlock()
+	if bound {
+		_ = os.Remove(d.cfg.Socket)
 	}
-	return err
+	return nil
+}
+
+// keepServing serves srv on the listener bind returns until ctx ends. A
+// listener that cannot bind (a workload or a local user may hold the
+// metrics port; anything may go wrong with a socket path) never stops
+// bridled: enforcement is in the kernel and goes on, the failure is
+// logged, reported in the status (degraded) and the metric
+// bridle_listener_up, and the bind is retried until it works. A listener
+// that fails later is bound again the same way.
+func (d *Daemon) keepServing(ctx context.Context, srv *http.Server, name, addr string, bind func() (net.Listener, error)) {
+	delay := time.Second
+	for ctx.Err() == nil {
+		ln, err := bind()
+		if err == nil {
+			d.setListener(name, api.Listener{Name: name, Address: ln.Addr().String(), Bound: true})
+			if name == "metrics" {
+				d.log.Info("serving metrics", "address", ln.Addr().String())
+			} else {
+				d.log.Info("serving the task API", "socket", addr)
+			}
+			delay = time.Second
+			err = srv.Serve(ln)
+			if errors.Is(err, http.ErrServerClosed) || ctx.Err() != nil {
+				return
+			}
+		}
+		d.setListener(name, api.Listener{Name: name, Address: addr, Error: err.Error()})
+		d.log.Error("listener not serving; enforcement goes on, binding again", "listener", name, "address", addr, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, listenRetryMax)
+	}
+}
+
+func (d *Daemon) setListener(name string, l api.Listener) {
+	d.mu.Lock()
+	d.listeners[name] = l
+	d.mu.Unlock()
+	d.metrics.ListenerUp(name, l.Bound)
 }
 
 // listen opens the API socket. Anyone may connect: who may do what is
 // decided per call from the kernel's peer credentials.
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+func listen(path string, log *slog.Logger) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
-	// A socket file left by a killed daemon refuses connections; replace it.
+	if err := traversable(dir, log); err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		// A socket file left by a killed daemon refuses connections;
+		// replace it. One a live daemon answers on is that daemon's.
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("api socket %s: another process serves it", path)
+		}
 		_ = os.Remove(path)
 	}
 	ln, err := net.Listen("unix", path)
@@ -362,6 +457,26 @@ func listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
 	return ln, nil
+}
+
+// traversable makes sure callers can reach the socket: bridled's own
+// runtime directory (/run/bridle) is made 0755 if something left it
+// closed (older `bridle run`s created it 0700); for any other directory a
+// closed one is only reported, as it may be closed on purpose.
+func traversable(dir string, log *slog.Logger) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o011 == 0o011 {
+		return nil
+	}
+	if dir == filepath.Dir(config.DefaultSocket) {
+		log.Warn("making the API socket's directory traversable", "dir", dir, "mode", fi.Mode().Perm())
+		return os.Chmod(dir, fi.Mode().Perm()|0o755)
+	}
+	log.Warn("the API socket's directory is closed to others: only callers that can traverse it can use the API", "dir", dir, "mode", fi.Mode().Perm())
+	return nil
 }
 
 // close releases this process's handles only: pins stay, so the kernel

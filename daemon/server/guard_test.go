@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/policy/engine"
@@ -21,7 +23,7 @@ import (
 
 // serveGuarded serves one guarded handler on a unix socket with the
 // daemon's peer-credential hook and returns a client for it.
-func serveGuarded(t *testing.T, d *Daemon, mutating bool) *http.Client {
+func serveGuarded(t *testing.T, d *Daemon, need access) *http.Client {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	ln, err := net.Listen("unix", sock)
@@ -29,7 +31,7 @@ func serveGuarded(t *testing.T, d *Daemon, mutating bool) *http.Client {
 		t.Fatal(err)
 	}
 	srv := &http.Server{
-		Handler:     d.guard(mutating, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, "ok") }),
+		Handler:     d.guard(need, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, "ok") }),
 		ConnContext: connContext,
 	}
 	go func() { _ = srv.Serve(ln) }()
@@ -45,10 +47,11 @@ func serveGuarded(t *testing.T, d *Daemon, mutating bool) *http.Client {
 func testDaemon(t *testing.T, roots []string, auditBuf *bytes.Buffer) *Daemon {
 	t.Helper()
 	return &Daemon{
-		cfg:    &config.Config{Roots: roots, NodeName: "n"},
-		log:    slog.New(slog.DiscardHandler),
-		audit:  newAuditLog(nopCloser{auditBuf}),
-		engine: engine.NewEngine(),
+		cfg:      &config.Config{Roots: roots, NodeName: "n"},
+		log:      slog.New(slog.DiscardHandler),
+		audit:    newAuditLog(nopCloser{auditBuf}),
+		engine:   engine.NewEngine(),
+		refusals: newRefusals(),
 	}
 }
 
@@ -72,7 +75,7 @@ func TestGuardRefusesCallersInsideRoots(t *testing.T) {
 	}
 	var auditBuf bytes.Buffer
 	d := testDaemon(t, []string{self}, &auditBuf)
-	status, body := get(t, serveGuarded(t, d, false))
+	status, body := get(t, serveGuarded(t, d, needReader))
 	if status != http.StatusForbidden || !strings.Contains(body, "workload") {
 		t.Fatalf("caller inside a root: %d %s", status, body)
 	}
@@ -88,13 +91,15 @@ func TestGuardRefusesCallersInsideRoots(t *testing.T) {
 func TestGuardAdmits(t *testing.T) {
 	var auditBuf bytes.Buffer
 	d := testDaemon(t, []string{"/bridle-guard-test-nowhere"}, &auditBuf)
-	if status, body := get(t, serveGuarded(t, d, false)); status != http.StatusOK {
-		t.Fatalf("read by a caller outside the roots: %d %s", status, body)
+	uid := uint32(os.Getuid())
+	reader, admin := d.cfg.IsReader(uid, nil), d.cfg.IsAdmin(uid, nil)
+	status, body := get(t, serveGuarded(t, d, needReader))
+	if reader && status != http.StatusOK || !reader && status != http.StatusForbidden {
+		t.Fatalf("read by uid %d (reader %v): %d %s", uid, reader, status, body)
 	}
-	status, body := get(t, serveGuarded(t, d, true))
-	admin := d.cfg.IsAdmin(uint32(os.Getuid()), nil)
+	status, body = get(t, serveGuarded(t, d, needAdmin))
 	if admin && status != http.StatusOK || !admin && status != http.StatusForbidden {
-		t.Fatalf("mutating call by uid %d (admin %v): %d %s", os.Getuid(), admin, status, body)
+		t.Fatalf("mutating call by uid %d (admin %v): %d %s", uid, admin, status, body)
 	}
 }
 
@@ -109,4 +114,59 @@ func TestProcCgroup(t *testing.T) {
 	if _, err := procCgroup(-1); err == nil {
 		t.Fatal("pid -1 has a cgroup")
 	}
+}
+
+// A live caller is identified on both paths: through its SO_PEERPIDFD and,
+// as on kernels before 6.5, through a pidfd opened by PID.
+func TestReadPeerLiveCaller(t *testing.T) {
+	self, err := procCgroup(os.Getpid())
+	if err != nil {
+		t.Skipf("no cgroup v2 entry for this process: %v", err)
+	}
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	defer func(v bool) { peerPidfd = v }(peerPidfd)
+	for _, pidfd := range []bool{true, false} {
+		peerPidfd = pidfd
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := readPeer(s)
+		c.Close()
+		s.Close()
+		if p.Err != nil || p.Cgroup != self || p.PID != int32(os.Getpid()) || p.UID != uint32(os.Getuid()) || p.Comm == "" {
+			t.Fatalf("SO_PEERPIDFD %v: %+v (err %v), want this process in %s", pidfd, p, p.Err, self)
+		}
+	}
+}
+
+// Under a low descriptor limit the API's connection limits are lowered, so
+// that connections can never take the descriptors revocation needs.
+func TestFitFDLimits(t *testing.T) {
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	lim := config.APILimits{Connections: 64, ConnectionsPerUID: 8, AdminConnections: 64, MetricsConnections: 16}
+	if err := fitFDLimits(&lim); err != nil || lim.Connections != 64 {
+		t.Fatalf("under limit %d: %v %+v", old.Cur, err, lim)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 600, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	err := fitFDLimits(&lim)
+	if err == nil || lim.Connections+lim.AdminConnections+lim.MetricsConnections+2+fdReserve > 600 || lim.ConnectionsPerUID > lim.Connections {
+		t.Fatalf("under limit 600: %v %+v", err, lim)
+	}
+	t.Log(err)
 }

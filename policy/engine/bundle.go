@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -25,15 +24,18 @@ import (
 // that answers GET URL/Resource with a bundle tarball (an object store, an
 // nginx, a policy control plane), as OPA's own bundle plugin expects.
 type BundleSource struct {
-	// URL is the service's base URL. Plain http is accepted only to a
-	// loopback address or with Verify set: otherwise anyone on the path
-	// to the service could rewrite what every agent on the node may do.
+	// URL is the service's base URL. A bundle decides what every agent on
+	// the node may do, and any port on the node, loopback included, can
+	// be bound by a workload or a local user first; so a URL is accepted
+	// only with Verify set (signed bundles), or over https with CACertFile
+	// (a CA for this service alone, not the system's roots).
 	URL string
 	// Resource is the bundle's path below URL, e.g. "bundles/agents.tar.gz".
 	Resource string
 	// TokenFile, if set, holds a bearer token sent with every request. It
 	// is read from the file (not configured inline) so the secret stays
-	// out of configuration files and process listings.
+	// out of configuration files and process listings. It is sent only
+	// over https: over plain http it would go to whoever listens there.
 	TokenFile string
 	// CACertFile, if set, is a PEM bundle of the CAs that may sign the
 	// service's certificate, instead of the system's roots.
@@ -79,9 +81,12 @@ func (e *Engine) WatchBundle(src BundleSource) (*BundleWatcher, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("policy: bundle service URL %q: want http(s)://host[:port][/path]", src.URL)
 	}
-	if u.Scheme == "http" && src.Verify == nil && !isLoopback(u.Hostname()) {
-		return nil, fmt.Errorf("policy: bundle service URL %q: plain http is accepted only to a loopback address or for signed bundles (set a verification key), "+
-			"because whoever can rewrite the bundle in transit decides what every agent on the node may do", src.URL)
+	switch {
+	case u.Scheme == "http" && src.TokenFile != "":
+		return nil, fmt.Errorf("policy: bundle service URL %q: a bearer token is never sent over plain http (whoever listens there would receive it); use https", src.URL)
+	case src.Verify == nil && (u.Scheme == "http" || src.CACertFile == ""):
+		return nil, fmt.Errorf("policy: bundle service URL %q: unsigned bundles are accepted only over https from a service whose CA is configured (ca_cert_file): "+
+			"a workload or local user listening on that address would decide what every agent on the node may do; set a verification key for signed bundles", src.URL)
 	}
 	if src.Resource == "" {
 		return nil, errors.New("policy: bundle source has no resource path")
@@ -221,12 +226,4 @@ func (w *BundleWatcher) update(ctx context.Context, u download.Update) error {
 		w.setResult(w.engine.activate(ctx, w.source, u.Bundle, bundleRevision(u.Bundle)))
 	}
 	return nil // u.Bundle == nil: not modified
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

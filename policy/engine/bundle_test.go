@@ -5,8 +5,18 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"log"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,9 +31,11 @@ import (
 )
 
 // bundleServer is a loopback bundle service serving one bundle at a time,
-// with ETags, as OPA bundle servers do.
+// with ETags, as OPA bundle servers do: over https with its own CA (caFile)
+// from newBundleServer, over plain http from newPlainBundleServer.
 type bundleServer struct {
 	*httptest.Server
+	caFile   string // PEM of the https server's certificate, its own CA
 	mu       sync.Mutex
 	body     []byte
 	etag     string
@@ -33,8 +45,25 @@ type bundleServer struct {
 }
 
 func newBundleServer(t *testing.T) *bundleServer {
+	s := newUnstartedBundleServer(t)
+	s.StartTLS()
+	s.caFile = filepath.Join(t.TempDir(), "ca.pem")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Certificate().Raw})
+	if err := os.WriteFile(s.caFile, ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newPlainBundleServer(t *testing.T) *bundleServer {
+	s := newUnstartedBundleServer(t)
+	s.Start()
+	return s
+}
+
+func newUnstartedBundleServer(t *testing.T) *bundleServer {
 	s := &bundleServer{}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -57,6 +86,11 @@ func newBundleServer(t *testing.T) *bundleServer {
 	}))
 	t.Cleanup(s.Close)
 	return s
+}
+
+// source is the BundleSource of this server's bundle.
+func (s *bundleServer) source() BundleSource {
+	return BundleSource{URL: s.URL, Resource: "bundles/agents.tar.gz", CACertFile: s.caFile}
 }
 
 func (s *bundleServer) serve(body []byte, etag string) {
@@ -113,7 +147,7 @@ func evalPort(t *testing.T, e *Engine) string {
 func TestBundleUpdates(t *testing.T) {
 	srv := newBundleServer(t)
 	e := NewEngine()
-	w, err := e.WatchBundle(BundleSource{URL: srv.URL, Resource: "bundles/agents.tar.gz"})
+	w, err := e.WatchBundle(srv.source())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +240,9 @@ func TestBundleWithoutRevisionUsesContentHash(t *testing.T) {
 	srv := newBundleServer(t)
 	srv.serve(makeBundle(t, "", portPolicy(443), ""), `"e1"`)
 	e := NewEngine()
-	w, err := e.WatchBundle(BundleSource{URL: srv.URL, Resource: "/bundles/agents.tar.gz"})
+	src := srv.source()
+	src.Resource = "/bundles/agents.tar.gz"
+	w, err := e.WatchBundle(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +255,7 @@ func TestBundleWithoutRevisionUsesContentHash(t *testing.T) {
 }
 
 func TestSignedBundles(t *testing.T) {
-	srv := newBundleServer(t)
+	srv := newPlainBundleServer(t)
 	e := NewEngine()
 	key := &BundleKey{ID: "ci", Algorithm: "HS256", Key: "a shared secret for the test"}
 	w, err := e.WatchBundle(BundleSource{URL: srv.URL, Resource: "bundles/agents.tar.gz", Verify: key})
@@ -303,7 +339,9 @@ func TestBundleToken(t *testing.T) {
 	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w, err := NewEngine().WatchBundle(BundleSource{URL: srv.URL, Resource: "bundles/agents.tar.gz", TokenFile: token})
+	src := srv.source()
+	src.TokenFile = token
+	w, err := NewEngine().WatchBundle(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +359,9 @@ func TestBundleRunPolls(t *testing.T) {
 	srv := newBundleServer(t)
 	srv.serve(makeBundle(t, "p1", portPolicy(443), ""), `"p1"`)
 	e := NewEngine()
-	w, err := e.WatchBundle(BundleSource{URL: srv.URL, Resource: "bundles/agents.tar.gz", MinDelay: 5 * time.Millisecond, MaxDelay: 10 * time.Millisecond})
+	src := srv.source()
+	src.MinDelay, src.MaxDelay = 5*time.Millisecond, 10*time.Millisecond
+	w, err := e.WatchBundle(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,12 +386,19 @@ func TestBundleRunPolls(t *testing.T) {
 }
 
 func TestBundleSourceChecks(t *testing.T) {
+	key := &BundleKey{ID: "k", Key: "-----BEGIN PUBLIC KEY-----"}
 	for _, src := range []BundleSource{
-		{URL: "http://bundles.example.org", Resource: "b.tar.gz"}, // plain http off the host, unsigned
-		{URL: "ftp://127.0.0.1", Resource: "b.tar.gz"},
-		{URL: "127.0.0.1:8181", Resource: "b.tar.gz"},
-		{URL: "http://127.0.0.1:8181"},
-		{URL: "http://127.0.0.1:8181", Resource: "b", MinDelay: time.Minute, MaxDelay: time.Second},
+		{URL: "http://bundles.example.org", Resource: "b.tar.gz"}, // plain http, unsigned
+		{URL: "http://127.0.0.1:8181", Resource: "b"},             // loopback is no exception: a workload can listen there
+		{URL: "http://[::1]:8181", Resource: "b"},
+		{URL: "http://localhost:8181", Resource: "b"},
+		{URL: "https://bundles.example.org/v1", Resource: "b"},                      // unsigned, any CA of the system's
+		{URL: "http://127.0.0.1:8181", Resource: "b", Verify: key, TokenFile: "/t"}, // the token over plain http
+		{URL: "http://127.0.0.1:8181", Resource: "b", CACertFile: "/ca.pem"},        // a CA means nothing over http
+		{URL: "ftp://127.0.0.1", Resource: "b.tar.gz", Verify: key},
+		{URL: "127.0.0.1:8181", Resource: "b.tar.gz", Verify: key},
+		{URL: "http://127.0.0.1:8181", Verify: key},
+		{URL: "http://127.0.0.1:8181", Resource: "b", Verify: key, MinDelay: time.Minute, MaxDelay: time.Second},
 		{URL: "https://bundles.example.org", Resource: "b", Verify: &BundleKey{ID: "k"}},
 	} {
 		if _, err := NewEngine().WatchBundle(src); err == nil {
@@ -359,11 +406,11 @@ func TestBundleSourceChecks(t *testing.T) {
 		}
 	}
 	for _, src := range []BundleSource{
-		{URL: "http://127.0.0.1:8181", Resource: "b"},
-		{URL: "http://[::1]:8181", Resource: "b"},
-		{URL: "http://localhost:8181", Resource: "b"},
-		{URL: "http://bundles.example.org", Resource: "b", Verify: &BundleKey{ID: "k", Key: "-----BEGIN PUBLIC KEY-----"}},
-		{URL: "https://bundles.example.org/v1", Resource: "b"},
+		{URL: "http://127.0.0.1:8181", Resource: "b", Verify: key},
+		{URL: "http://bundles.example.org", Resource: "b", Verify: key},
+		{URL: "https://bundles.example.org/v1", Resource: "b", CACertFile: "/ca.pem"},
+		{URL: "https://bundles.example.org/v1", Resource: "b", CACertFile: "/ca.pem", TokenFile: "/t"},
+		{URL: "https://bundles.example.org/v1", Resource: "b", Verify: key, TokenFile: "/t"},
 	} {
 		if _, err := NewEngine().WatchBundle(src); err != nil {
 			t.Errorf("WatchBundle(%+v): %v", src, err)
@@ -402,5 +449,141 @@ func TestBundleRegoV0Refused(t *testing.T) {
 	err := NewEngine().LoadBundleFile(context.Background(), path)
 	if err == nil || !strings.Contains(err.Error(), "Rego v1 only") {
 		t.Errorf("v0 bundle: %v, want refused", err)
+	}
+}
+
+// squatter is what a workload or a local user runs on the bundle service's
+// port: it serves its own, unsigned policy and keeps what it is sent.
+type squatter struct {
+	srv  *httptest.Server
+	auth atomic.Value // the last Authorization header it received
+	hits atomic.Int32
+}
+
+func newSquatter(t *testing.T, addr string, useTLS bool, bundle []byte) *squatter {
+	t.Helper()
+	sq := &squatter{}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sq.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sq.hits.Add(1)
+		sq.auth.Store(r.Header.Get("Authorization"))
+		w.Write(bundle)
+	}))
+	sq.srv.Listener.Close()
+	sq.srv.Listener = ln
+	sq.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point
+	if useTLS {
+		// A certificate of its own: it has no key of the service's CA.
+		sq.srv.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+		sq.srv.StartTLS()
+	} else {
+		sq.srv.Start()
+	}
+	t.Cleanup(sq.srv.Close)
+	return sq
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "squatter"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, DNSNames: []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// A workload listening on the bundle service's loopback port served its own
+// policy, and received the bearer token: with plain http and no signature
+// bridled accepted both. Now such a source is refused outright, the token
+// never goes over plain http, a squatter cannot pass the pinned CA's TLS
+// check (and receives no token), and with signed bundles an unsigned one
+// is refused while the policy in force stays.
+func TestEscapeBundleSquat(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	squatted := makeBundle(t, "squatted", portPolicy(1), "")
+
+	// Plain http, unsigned: refused before anything is fetched.
+	sq := newSquatter(t, "127.0.0.1:0", false, squatted)
+	for _, src := range []BundleSource{
+		{URL: sq.srv.URL, Resource: "bundles/agents.tar.gz"},
+		{URL: sq.srv.URL, Resource: "bundles/agents.tar.gz", TokenFile: token},
+		{URL: sq.srv.URL, Resource: "bundles/agents.tar.gz", TokenFile: token, Verify: &BundleKey{ID: "ci", Algorithm: "HS256", Key: "k"}},
+	} {
+		if _, err := NewEngine().WatchBundle(src); err == nil {
+			t.Errorf("WatchBundle(%+v) accepted a source any local process can serve", src)
+		} else {
+			t.Log(err)
+		}
+	}
+	if sq.hits.Load() != 0 {
+		t.Fatal("the squatter was asked for a bundle")
+	}
+
+	// https with the service's CA pinned: the real service, then a
+	// squatter on its port with a certificate of its own.
+	ctx := context.Background()
+	srv := newBundleServer(t)
+	srv.serve(makeBundle(t, "real-1", portPolicy(443), ""), `"r1"`)
+	e := NewEngine()
+	src := srv.source()
+	src.TokenFile = token
+	w, err := e.WatchBundle(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Fetch(ctx); err != nil || e.Revision() != "real-1" {
+		t.Fatalf("the real service's bundle: %v, revision %q", err, e.Revision())
+	}
+	addr := srv.Listener.Addr().String()
+	srv.Close()
+	tlsSq := newSquatter(t, addr, true, squatted)
+	if err := w.Fetch(ctx); err == nil {
+		t.Fatal("a squatter without the pinned CA's certificate was accepted")
+	} else {
+		t.Log(err)
+	}
+	if e.Revision() != "real-1" {
+		t.Fatalf("revision %q after the squatter answered, want real-1", e.Revision())
+	}
+	if got, _ := tlsSq.auth.Load().(string); got != "" {
+		t.Fatalf("the squatter received the token: %q", got)
+	}
+
+	// Signed bundles over plain http: the squatter's unsigned bundle is
+	// refused and the signed policy stays in force.
+	key := &BundleKey{ID: "ci", Algorithm: "HS256", Key: "a shared secret for the test"}
+	plain := newPlainBundleServer(t)
+	plain.serve(makeBundle(t, "signed-1", portPolicy(443), key.Key), `"s1"`)
+	e = NewEngine()
+	w, err = e.WatchBundle(BundleSource{URL: plain.URL, Resource: "bundles/agents.tar.gz", Verify: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Fetch(ctx); err != nil || e.Revision() != "signed-1" {
+		t.Fatalf("signed bundle: %v, revision %q", err, e.Revision())
+	}
+	addr = plain.Listener.Addr().String()
+	plain.Close()
+	newSquatter(t, addr, false, squatted)
+	if err := w.Fetch(ctx); err == nil {
+		t.Fatal("the squatter's unsigned bundle was accepted")
+	}
+	if e.Revision() != "signed-1" || !strings.Contains(evalPort(t, e), "443") {
+		t.Fatalf("after the squatter's bundle: revision %q, envelope %s", e.Revision(), evalPort(t, e))
 	}
 }

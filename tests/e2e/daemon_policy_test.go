@@ -5,10 +5,11 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"encoding/pem"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,23 +186,20 @@ func (e *daemonEnv) hup() {
 	}
 }
 
-// bundleServer serves one OPA bundle on loopback, replaceable while
-// bridled polls it.
+// bundleServer serves one OPA bundle on loopback over https, replaceable
+// while bridled polls it; caFile is its certificate, for ca_cert_file.
 type bundleServer struct {
 	mu       sync.Mutex
 	revision string
 	tarball  []byte
 	url      string
+	caFile   string
 }
 
 func newBundleServer(t *testing.T) *bundleServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &bundleServer{url: "http://" + ln.Addr().String()}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b := &bundleServer{}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		rev, body := b.revision, b.tarball
 		b.mu.Unlock()
@@ -211,9 +209,14 @@ func newBundleServer(t *testing.T) *bundleServer {
 		}
 		w.Header().Set("ETag", rev)
 		_, _ = w.Write(body)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	}))
+	t.Cleanup(srv.Close)
+	b.url = srv.URL
+	b.caFile = filepath.Join(t.TempDir(), "bundle-ca.pem")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(b.caFile, ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -261,7 +264,7 @@ func TestDaemonFollowsBundle(t *testing.T) {
 			lines = append(lines, l)
 		}
 	}
-	lines = append(lines, "policy_bundle:", "  url: "+srv.url, "  resource: bundles/bridle.tar.gz",
+	lines = append(lines, "policy_bundle:", "  url: "+srv.url, "  resource: bundles/bridle.tar.gz", "  ca_cert_file: "+srv.caFile,
 		"  poll_min: 200ms", "  poll_max: 300ms", "metrics_listen: 127.0.0.1:0")
 	if err := os.WriteFile(e.config, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)

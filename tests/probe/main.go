@@ -141,6 +141,11 @@ func init() {
 		"sockopt-pass":    actSockoptPassThrough,
 		"tcp-listen":      actTCPListen,
 		"udp-bind":        actUDPBind,
+		"comm":            actComm,
+		"seq":             actSeq,
+		"connect-flood":   actConnectFlood,
+		"listen-tcp":      actListenTCP,
+		"http-get":        actHTTPGet,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,

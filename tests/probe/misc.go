@@ -3,9 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The actions here give the e2e tests what a shell and coreutils would,
@@ -85,4 +89,44 @@ func actRunScript(args []string) outcome {
 		return usage("run-script SCRIPT")
 	}
 	return ok(fmt.Sprintf("ran %s", args[0]))
+}
+
+// actComm sets the process's command name (PR_SET_NAME, what records show
+// as comm) to NAME, control characters and all: the kernel keeps the first
+// 15 bytes as they are.
+func actComm(args []string) outcome {
+	if len(args) != 1 {
+		return usage("comm NAME")
+	}
+	if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(unsafe.StringData(args[0]+"\x00"))), 0, 0, 0); err != nil {
+		return failure("prctl", err)
+	}
+	return ok("")
+}
+
+// actSeq runs actions one after another in this same process, separated by
+// "+" arguments: "seq comm NAME + tcp ADDR + exec PATH". Each prints its
+// line; the status is the last action's (an exec that works replaces the
+// process, so it belongs last).
+func actSeq(args []string) outcome {
+	var steps [][]string
+	for {
+		i := slices.Index(args, "+")
+		if i < 0 {
+			steps = append(steps, args)
+			break
+		}
+		steps, args = append(steps, args[:i]), args[i+1:]
+	}
+	var last outcome
+	for i, step := range steps {
+		if len(step) == 0 {
+			return usage("seq ACTION [ARGS...] [+ ACTION [ARGS...]]...")
+		}
+		last = run(step)
+		if i < len(steps)-1 && last.line != "" {
+			fmt.Println(last.line)
+		}
+	}
+	return last
 }

@@ -100,6 +100,9 @@ type Status struct {
 	// Hardening is what the last check found of each workload below the
 	// roots that has processes: the unit settings they lack.
 	Hardening []WorkloadHardening `json:"hardening"`
+	// Listeners are bridled's own: the task API ("api") and, if
+	// configured, "metrics".
+	Listeners []Listener `json:"listeners,omitempty"`
 }
 
 // WorkloadHardening is one workload's processes checked for the unit
@@ -113,6 +116,15 @@ type WorkloadHardening struct {
 	PIDs    []int     `json:"pids,omitempty"` // some of the processes lacking them
 	Checked time.Time `json:"checked"`
 	Errors  []string  `json:"errors,omitempty"` // processes that could not be read
+}
+
+// Listener is one of bridled's listeners: bound and serving, or not (and
+// being bound again) with the reason.
+type Listener struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Bound   bool   `json:"bound"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Root is one configured cgroup root as the daemon found it.
