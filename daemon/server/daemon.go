@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/time/rate"
 
 	"github.com/bridle-sh/bridle/daemon/config"
@@ -69,6 +70,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reload <-cha
 		return err
 	}
 	defer d.close()
+	// Every root is confined and every stored task restored: only now may
+	// the service manager start the agent units ordered after bridled
+	// (Type=notify). Before this, an agent unit could run unconfined.
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
+		d.log.Warn("could not tell the service manager bridled is ready", "err", err)
+	}
 	return d.serve(ctx, reload)
 }
 

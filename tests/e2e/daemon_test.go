@@ -151,19 +151,7 @@ func newDaemonEnv(t *testing.T) *daemonEnv {
 // start runs bridled and waits (bounded) until its API answers.
 func (e *daemonEnv) start() {
 	e.t.Helper()
-	e.mu.Lock()
-	e.cmd = exec.Command(bridledBin, "--config", e.config)
-	e.logs = &syncBuffer{}
-	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
-	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := e.cmd.Start(); err != nil {
-		e.mu.Unlock()
-		e.t.Fatal(err)
-	}
-	e.done = make(chan struct{})
-	cmd, done := e.cmd, e.done
-	go func() { _ = cmd.Wait(); close(done) }()
-	e.mu.Unlock()
+	done := e.launch()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := e.status(); err == nil {
@@ -178,6 +166,26 @@ func (e *daemonEnv) start() {
 			e.t.Fatalf("bridled did not answer within 30s:\n%s", e.logs.String())
 		}
 	}
+}
+
+// launch starts bridled without waiting for it; the channel closes when it
+// exits.
+func (e *daemonEnv) launch() <-chan struct{} {
+	e.t.Helper()
+	e.mu.Lock()
+	e.cmd = exec.Command(bridledBin, "--config", e.config)
+	e.logs = &syncBuffer{}
+	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := e.cmd.Start(); err != nil {
+		e.mu.Unlock()
+		e.t.Fatal(err)
+	}
+	e.done = make(chan struct{})
+	cmd, done := e.cmd, e.done
+	go func() { _ = cmd.Wait(); close(done) }()
+	e.mu.Unlock()
+	return done
 }
 
 // stop ends bridled with sig and waits (bounded) for it to exit.
@@ -596,4 +604,34 @@ func TestDaemonTaskByPID(t *testing.T) {
 	if out, err := e.bridle("start", "--pid", fmt.Sprint(os.Getpid()), "--intent", "x"); err == nil || !strings.Contains(out, "400") {
 		t.Fatalf("pid outside the roots: %v %s", err, out)
 	}
+}
+
+// bridled tells the service manager it is ready (sd_notify READY=1) only
+// once its roots are confined, so agent units ordered after it never run
+// unconfined: a process started the moment READY arrives is refused.
+func TestDaemonNotifiesReadyWhenConfined(t *testing.T) {
+	e := newDaemonEnv(t)
+	sock := filepath.Join(e.dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	target := fmt.Sprintf("127.0.0.1:%d", tcpListener(t, "tcp4", "127.0.0.1:0"))
+
+	// Not start(): the probe must run the moment READY arrives, without
+	// waiting for the API.
+	t.Setenv("NOTIFY_SOCKET", sock)
+	e.launch()
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatalf("no notification from bridled: %v\n%s", err, e.logs.String())
+	}
+	if !strings.Contains(string(buf[:n]), "READY=1") {
+		t.Fatalf("notification %q, want READY=1", buf[:n])
+	}
+	cg := e.workload("early")
+	wantPrefix(t, "connect right after READY", e.probeConnect(cg, target), "EPERM connect")
 }
