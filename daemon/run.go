@@ -100,6 +100,10 @@ type runner struct {
 	writer  *audit.Writer
 	shown   sync.WaitGroup
 	ending  atomic.Bool // the run is ending its own task
+
+	// sup answers the workload's seccomp refusals and records them.
+	sup      *workload.Supervisor
+	refusals refusalLimit
 }
 
 func prepare(spec RunSpec) (*runner, error) {
@@ -210,15 +214,22 @@ func (r *runner) enforce(ctx context.Context) error {
 func (r *runner) run(ctx context.Context, sigs <-chan os.Signal) (int, error) {
 	cmd := workload.Command(r.spec.Self, r.cg, r.creds, r.path, r.spec.Command)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	var err error
+	if r.sup, err = workload.NewSupervisor(); err != nil {
+		r.finish()
+		return 0, err
+	}
+	r.sup.Attach(cmd)
 	if err := cmd.Start(); err != nil {
 		r.finish()
 		return 0, fmt.Errorf("start %s: %w", r.path, err)
 	}
+	r.sup.Started()
+	r.sup.Serve(r.seccompRefusal)
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
-	var err error
 wait:
 	for {
 		select {
@@ -252,6 +263,7 @@ func (r *runner) finish() uint64 {
 			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
 		}
 	}
+	r.stopSupervisor()
 	r.ending.Store(true)
 	if err := r.host.end(r.task.ID); err != nil {
 		fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
@@ -299,14 +311,20 @@ func (r *runner) show() {
 			}
 			continue
 		}
-		r.stats.add(rec)
-		if rec.Verdict != "allow" {
-			fmt.Fprintf(r.spec.Out, "bridle: %s\n", rec.Line())
-		}
-		if r.writer != nil {
-			if err := r.writer.Write(rec); err != nil {
-				fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
-			}
+		r.present(rec)
+	}
+}
+
+// present counts a decision, prints it if it is a refusal and writes its
+// record: the kernel's decisions and the seccomp supervisor's alike.
+func (r *runner) present(rec audit.Record) {
+	r.stats.add(rec)
+	if rec.Verdict != "allow" {
+		fmt.Fprintf(r.spec.Out, "bridle: %s\n", rec.Line())
+	}
+	if r.writer != nil {
+		if err := r.writer.Write(rec); err != nil {
+			fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
 		}
 	}
 }

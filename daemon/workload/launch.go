@@ -119,6 +119,11 @@ func Shim(args []string) error {
 	if err := clearCapabilities(); err != nil {
 		return err
 	}
+	// Last: the filter refuses namespaces and foreign socket families
+	// from here on, in this process and everything it execs.
+	if err := Sandbox(); err != nil {
+		return err
+	}
 	if err := unix.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("workload: exec %s: %w", path, err)
 	}

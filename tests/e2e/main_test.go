@@ -46,6 +46,12 @@ type status struct {
 
 	SocketDestroy       string `json:"socket_destroy"`
 	SocketDestroyReason string `json:"socket_destroy_reason"`
+
+	SeccompGuard      string `json:"seccomp_guard"`
+	FamilyGuard       bool   `json:"family_guard"`
+	FamilyGuardReason string `json:"family_guard_reason"`
+	UsernsGuard       bool   `json:"userns_guard"`
+	UsernsGuardReason string `json:"userns_guard_reason"`
 }
 
 // workloadUser is the unprivileged user workloads run as.

@@ -116,9 +116,16 @@ func init() {
 		"touch":           actTouch,
 		"creds":           actCreds,
 		"run-script":      actRunScript,
+		"unshare":         actUnshare,
+		"clone-ns":        actCloneNS,
+		"userns-bind":     actUsernsBind,
+		"setns":           actSetns,
+		"socket":          actSocket,
+		"socketpair":      actSocketpair,
 		// Internal steps of daemonize, not meant to be called by tests.
-		"__daemon": actDaemonIntermediate,
-		"__report": actReport,
+		"__daemon":       actDaemonIntermediate,
+		"__report":       actReport,
+		"__bind-connect": actBindConnect,
 	}
 }
 
