@@ -225,7 +225,7 @@ func (r *runner) run(ctx context.Context, sigs <-chan os.Signal) (int, error) {
 		return 0, fmt.Errorf("start %s: %w", r.path, err)
 	}
 	r.sup.Started()
-	r.sup.Serve(r.seccompRefusal)
+	r.sup.Serve(r.task.Mode.Audit, r.seccompRefusal)
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()

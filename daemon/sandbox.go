@@ -46,9 +46,9 @@ func (l *refusalLimit) record(key string) bool {
 	return true
 }
 
-// seccompRefusal records one call the workload's filter stopped and tells
-// the supervisor whether to let it go on (audit mode only).
-func (r *runner) seccompRefusal(ref workload.Refusal) bool {
+// seccompRefusal records one call the workload's filter stopped (let go
+// on in audit mode).
+func (r *runner) seccompRefusal(ref workload.Refusal) {
 	auditMode := r.task.Mode.Audit
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: r.nodeName(),
@@ -68,7 +68,6 @@ func (r *runner) seccompRefusal(ref workload.Refusal) bool {
 	if r.refusals.record(rec.Action + " " + rec.Target()) {
 		r.present(rec)
 	}
-	return auditMode
 }
 
 // stopSupervisor ends the seccomp supervisor once the workload is gone, so

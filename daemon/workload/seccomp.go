@@ -34,6 +34,11 @@ import (
 //     through it needs CAP_NET_ADMIN). Everything else — AF_VSOCK to the
 //     hypervisor, AF_TIPC, AF_RDS, AF_ALG, AF_XDP, AF_BLUETOOTH, AF_SMC... —
 //     is a way out or kernel attack surface no connect hook sees.
+//   - io_uring. Its requests are made by the kernel on the ring's behalf,
+//     without the system calls a filter sees: IORING_OP_SOCKET (5.19+)
+//     makes a socket of any family. io_uring_setup, io_uring_enter and
+//     io_uring_register answer ENOSYS, as if the kernel had no io_uring;
+//     its users (libuv, liburing with a fallback) then use plain calls.
 //   - Foreign system call ABIs. The filter knows this architecture's call
 //     numbers only; a 64-bit process can still enter the kernel through the
 //     32-bit ABIs (int 0x80 on x86, x32), whose numbers differ. Calls
@@ -79,7 +84,7 @@ func sandboxPolicy(refuse seccomp.Action) seccomp.Policy {
 	return seccomp.Policy{
 		DefaultAction: seccomp.ActionAllow,
 		Syscalls: []seccomp.SyscallGroup{
-			{Names: []string{"clone3"}, Action: errnoAction(unix.ENOSYS)},
+			{Names: []string{"clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"}, Action: errnoAction(unix.ENOSYS)},
 			{Names: []string{"setns"}, Action: refuse},
 			{
 				NamesWithCondtions: []seccomp.NameWithConditions{

@@ -29,9 +29,9 @@ type Refusal struct {
 
 // Supervisor answers the refusals of one workload's seccomp filter. The
 // shim hands it the filter's listener over a socket pair; every refused call
-// then waits until Serve has reported it and answered (EPERM, or "go on" in
-// audit mode). If the supervisor dies, the kernel answers ENOSYS: the calls
-// stay refused, unrecorded.
+// then waits until Serve has answered it (EPERM, or "go on" in audit mode),
+// and Serve reports each call it answered. If the supervisor dies, the
+// kernel answers ENOSYS: the calls stay refused, unrecorded.
 type Supervisor struct {
 	conn  *net.UnixConn // our end of the pair
 	child *os.File      // the shim's end, until it is started
@@ -86,18 +86,18 @@ func (s *Supervisor) Started() {
 }
 
 // Serve receives the listener and answers every refusal, in a goroutine of
-// its own, until Stop or until no process uses the filter any more. report
-// is called for each refusal before its caller is answered; it returns true
-// to let the call go on (audit mode) and false to refuse it with EPERM.
-func (s *Supervisor) Serve(report func(Refusal) (allow bool)) {
+// its own, until Stop or until no process uses the filter any more: EPERM,
+// or in audit mode (allow) "go on". report is called for each call once it
+// is answered; Stop returns only after the last report.
+func (s *Supervisor) Serve(allow bool, report func(Refusal)) {
 	s.serving = true
 	go func() {
 		defer close(s.done)
-		s.err = s.serve(report)
+		s.err = s.serve(allow, report)
 	}()
 }
 
-func (s *Supervisor) serve(report func(Refusal) bool) error {
+func (s *Supervisor) serve(allow bool, report func(Refusal)) error {
 	listener, err := s.receive()
 	if err != nil || listener < 0 {
 		return err
@@ -125,7 +125,7 @@ func (s *Supervisor) serve(report func(Refusal) bool) error {
 			}
 			continue
 		}
-		if err := answer(listener, report); err != nil {
+		if err := answer(listener, allow, report); err != nil {
 			return err
 		}
 	}
@@ -201,12 +201,15 @@ type seccompNotifResp struct {
 	Flags uint32
 }
 
-// answer receives one pending notification, reports it and answers it.
-func answer(listener int, report func(Refusal) bool) error {
+// answer receives one pending notification, answers it and reports it.
+// A caller interrupted by a signal before the answer retries its call,
+// which comes back as a new notification: only answered calls are
+// reported, so each is recorded once.
+func answer(listener int, allow bool, report func(Refusal)) error {
 	var n seccompNotif // the kernel wants it zeroed
 	if err := ioctl(listener, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(&n)); err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINTR) {
-			return nil // the caller was killed before we got to it
+			return nil // the caller was interrupted before we got to it
 		}
 		return fmt.Errorf("workload: seccomp supervisor: receive: %w", err)
 	}
@@ -217,20 +220,26 @@ func answer(listener int, report func(Refusal) bool) error {
 		return nil
 	}
 	resp := seccompNotifResp{ID: n.ID, Error: -int32(unix.EPERM)}
-	if report(ref) {
+	if allow {
 		// Audit mode. Safe to continue here: the filter judged register
 		// arguments only, which the caller cannot change meanwhile.
 		resp = seccompNotifResp{ID: n.ID, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE}
 	}
-	if err := ioctl(listener, unix.SECCOMP_IOCTL_NOTIF_SEND, unsafe.Pointer(&resp)); err != nil && !errors.Is(err, unix.ENOENT) {
+	err := ioctl(listener, unix.SECCOMP_IOCTL_NOTIF_SEND, unsafe.Pointer(&resp))
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil // interrupted meanwhile: its retry is a new notification
+	case err != nil:
 		return fmt.Errorf("workload: seccomp supervisor: answer: %w", err)
 	}
+	report(ref)
 	return nil
 }
 
 // describe turns a notification into a Refusal.
 func describe(n seccompNotif) Refusal {
-	ref := Refusal{PID: n.PID, Comm: comm(n.PID)}
+	var ref Refusal
+	ref.PID, ref.Comm = process(n.PID)
 	switch int(n.Data.Nr) {
 	case unix.SYS_SOCKET, unix.SYS_SOCKETPAIR:
 		ref.Action = "socket"
@@ -269,12 +278,27 @@ func namespaceNames(flags uint64) string {
 	return strings.Join(names, ",")
 }
 
-func comm(pid uint32) string {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/comm")
+// process names the caller of a notification, which the kernel gives as a
+// thread id: its thread group (the pid records carry) and its command name.
+func process(tid uint32) (pid uint32, comm string) {
+	pid = tid
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/status")
 	if err != nil {
-		return ""
+		return pid, ""
 	}
-	return strings.TrimSuffix(string(b), "\n")
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "Name":
+			comm = v
+		case "Tgid":
+			if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+				pid = uint32(n)
+			}
+		}
+	}
+	return pid, comm
 }
 
 func ioctl(fd int, req uint, arg unsafe.Pointer) error {

@@ -115,6 +115,16 @@ func TestEscapeVsock(t *testing.T) {
 			}
 		})
 	}
+	// io_uring makes sockets without socket(2): a launched workload has none.
+	t.Run("io_uring vsock", func(t *testing.T) {
+		r := probe(t, nil, "iouring-socket", "vsock")
+		if r.status == 0 {
+			t.Fatalf("escaped: an AF_VSOCK socket made through io_uring")
+		}
+		if r.probeLine() != "error ENOSYS" {
+			t.Fatalf("io_uring in a workload: %q, want error ENOSYS", r.probeLine())
+		}
+	})
 	t.Run("socketpair vsock", func(t *testing.T) {
 		wantRefused(t, probe(t, nil, "socketpair", "vsock"), "socket", "other")
 	})

@@ -122,6 +122,7 @@ func init() {
 		"setns":           actSetns,
 		"socket":          actSocket,
 		"socketpair":      actSocketpair,
+		"iouring-socket":  actIOUringSocket,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,
