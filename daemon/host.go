@@ -105,6 +105,8 @@ func (h *embeddedHost) describe() []string {
 	} else {
 		out = append(out, fmt.Sprintf("unix sockets: NOT enforced (%s)", f.UnixReason))
 	}
+	ns, fam := f.GuardLines()
+	out = append(out, "namespaces: "+ns, "socket families: "+fam)
 	out = append(out, "BTF: "+f.BTF,
 		fmt.Sprintf("open connections at task end: %s (%s)", f.SocketDestroy.Method, f.SocketDestroy.Reason),
 		"pinned at "+h.enf.PinDir())

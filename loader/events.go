@@ -29,13 +29,15 @@ type Event struct {
 	Port        uint16
 	Path        string // unix socket name, or the name an exec was called by
 	Dev, Ino    uint64 // the binary of an exec
+	Family      uint16 // the address family of a socket refused for it
 }
 
 var actionNames = map[uint8]string{
-	uint8(netBridleActionBRIDLE_ACTION_CONNECT): "connect",
-	uint8(netBridleActionBRIDLE_ACTION_SENDMSG): "sendmsg",
-	uint8(netBridleActionBRIDLE_ACTION_EXEC):    "exec",
-	uint8(netBridleActionBRIDLE_ACTION_SOCKET):  "socket",
+	uint8(netBridleActionBRIDLE_ACTION_CONNECT):   "connect",
+	uint8(netBridleActionBRIDLE_ACTION_SENDMSG):   "sendmsg",
+	uint8(netBridleActionBRIDLE_ACTION_EXEC):      "exec",
+	uint8(netBridleActionBRIDLE_ACTION_SOCKET):    "socket",
+	uint8(netBridleActionBRIDLE_ACTION_NAMESPACE): "namespace",
 }
 
 var protoNames = map[uint8]string{
@@ -63,6 +65,8 @@ var reasonNames = map[uint8]string{
 	uint8(netBridleReasonBRIDLE_REASON_TASK_EXPIRED): "task expired",
 	uint8(netBridleReasonBRIDLE_REASON_SOCKET_TYPE):  "socket type not allowed",
 	uint8(netBridleReasonBRIDLE_REASON_PROTOCOL):     "protocol not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_FAMILY):       "address family not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_NAMESPACE):    "namespaces not allowed",
 }
 
 var enforcementNames = map[uint8]string{
@@ -181,11 +185,14 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		Dev:         k.Dev,
 		Ino:         k.Ino,
 	}
-	switch k.Family {
-	case 4:
+	switch {
+	case k.Reason == uint8(netBridleReasonBRIDLE_REASON_FAMILY):
+		// No address: the family field holds the refused AF_* number.
+		ev.Family = uint16(k.Family)
+	case k.Family == 4:
 		ev.Addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
 		ev.Port = k.Port
-	case 6:
+	case k.Family == 6:
 		ev.Addr = netip.AddrFrom16(k.Addr)
 		ev.Port = k.Port
 	}

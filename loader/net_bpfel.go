@@ -16,10 +16,11 @@ import (
 type netBridleAction uint32
 
 const (
-	netBridleActionBRIDLE_ACTION_CONNECT netBridleAction = 1
-	netBridleActionBRIDLE_ACTION_SENDMSG netBridleAction = 2
-	netBridleActionBRIDLE_ACTION_EXEC    netBridleAction = 3
-	netBridleActionBRIDLE_ACTION_SOCKET  netBridleAction = 4
+	netBridleActionBRIDLE_ACTION_CONNECT   netBridleAction = 1
+	netBridleActionBRIDLE_ACTION_SENDMSG   netBridleAction = 2
+	netBridleActionBRIDLE_ACTION_EXEC      netBridleAction = 3
+	netBridleActionBRIDLE_ACTION_SOCKET    netBridleAction = 4
+	netBridleActionBRIDLE_ACTION_NAMESPACE netBridleAction = 8
 )
 
 type netBridleEnforcement uint32
@@ -110,6 +111,8 @@ const (
 	netBridleReasonBRIDLE_REASON_TASK_EXPIRED netBridleReason = 5
 	netBridleReasonBRIDLE_REASON_SOCKET_TYPE  netBridleReason = 6
 	netBridleReasonBRIDLE_REASON_PROTOCOL     netBridleReason = 7
+	netBridleReasonBRIDLE_REASON_FAMILY       netBridleReason = 11
+	netBridleReasonBRIDLE_REASON_NAMESPACE    netBridleReason = 12
 )
 
 type netBridleTask struct {

@@ -26,6 +26,7 @@ enum bridle_action {
 	BRIDLE_ACTION_SENDMSG = 2,
 	BRIDLE_ACTION_EXEC = 3,
 	BRIDLE_ACTION_SOCKET = 4,
+	BRIDLE_ACTION_NAMESPACE = 8, /* creating a namespace (bpf/guard_lsm.c) */
 };
 
 /* Protocol as reported in events; rule keys use IANA protocol numbers. */
@@ -47,6 +48,10 @@ enum bridle_reason {
 	BRIDLE_REASON_TASK_EXPIRED = 5,  /* the task's lifetime has passed */
 	BRIDLE_REASON_SOCKET_TYPE = 6,   /* raw, packet and other socket kinds */
 	BRIDLE_REASON_PROTOCOL = 7,      /* a transport no rule can name */
+	/* An address family outside unix, inet, inet6, netlink; the event's
+	 * family field then holds the AF_* number, not 4 or 6. */
+	BRIDLE_REASON_FAMILY = 11,
+	BRIDLE_REASON_NAMESPACE = 12,    /* workloads may not create namespaces */
 };
 
 enum bridle_enforcement {

@@ -46,6 +46,9 @@ func newStatusCommand() *cobra.Command {
 					"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "active_lsms": f.ActiveLSMs,
 					"btf": f.BTF, "pinned_runs": len(pinned),
 					"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+					"seccomp_guard": f.SeccompGuard,
+					"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
+					"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
 				}
 				if daemonErr == nil {
 					out["daemon"] = daemon
@@ -61,6 +64,9 @@ func newStatusCommand() *cobra.Command {
 			} else {
 				fmt.Printf("unix sockets:  NOT enforced — %s\n", f.UnixReason)
 			}
+			ns, fam := f.GuardLines()
+			fmt.Printf("namespaces:    %s\n", ns)
+			fmt.Printf("families:      %s\n", fam)
 			fmt.Printf("active LSMs:   %v\n", f.ActiveLSMs)
 			fmt.Printf("BTF:           %s\n", f.BTF)
 			fmt.Printf("open sockets:  %s — %s\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)

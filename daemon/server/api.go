@@ -280,6 +280,9 @@ func (d *Daemon) Status() api.Status {
 			"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
 			"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
 			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+			"seccomp_guard": f.SeccompGuard,
+			"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
+			"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
 		},
 		Roots: d.rootStates(),
 		Policy: api.PolicyStatus{
@@ -318,6 +321,14 @@ func (d *Daemon) Status() api.Status {
 	}
 	if !f.UnixHooks {
 		st.Degraded = append(st.Degraded, "unix sockets not enforced: "+f.UnixReason)
+	}
+	// What bridled governs it did not launch: without the LSM guards
+	// nothing of Bridle's refuses these to its workloads.
+	if !f.FamilyGuard {
+		st.Degraded = append(st.Degraded, "address families not restricted for adopted workloads: "+f.FamilyGuardReason)
+	}
+	if !f.UsernsGuard {
+		st.Degraded = append(st.Degraded, "user namespaces not refused to adopted workloads: "+f.UsernsGuardReason)
 	}
 	return st
 }
