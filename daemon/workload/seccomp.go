@@ -1,7 +1,6 @@
 package workload
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -195,6 +194,3 @@ func Sandbox() error {
 	}
 	return nil
 }
-
-// errNoListener: the shim ended before it handed over its listener.
-var errNoListener = errors.New("workload: the shim sent no seccomp listener")

@@ -147,6 +147,9 @@ func (s *Supervisor) Stop() error {
 	return s.err
 }
 
+// errNoListener: the shim ended before it handed over its listener.
+var errNoListener = errors.New("workload: the shim sent no seccomp listener")
+
 // receive waits for the listener the shim sends (Sandbox).
 func (s *Supervisor) receive() (int, error) {
 	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
