@@ -138,6 +138,17 @@ func TestEscapeVsock(t *testing.T) {
 	t.Run("socketpair unix allowed", func(t *testing.T) {
 		wantAllowed(t, probe(t, nil, "socketpair", "unix"))
 	})
+	// Through bridled the run's own supervisor records the refusal, with
+	// the daemon's task and node.
+	t.Run("through bridled", func(t *testing.T) {
+		e := newDaemonEnv(t)
+		e.start()
+		r := e.runVia([]string{"--intent", "vsock via daemon"}, probeBin, "socket", "vsock")
+		rec := wantRefused(t, r, "socket", "other")
+		if rec.Task == "" || rec.Node != "e2e.test" || rec.Enforcement != "seccomp" || !strings.HasPrefix(rec.Workload, e.root+"/run-t-") {
+			t.Fatalf("record of a run through bridled: %+v", rec)
+		}
+	})
 	// Audit mode refuses nothing and records would-deny.
 	t.Run("audit mode", func(t *testing.T) {
 		r := probe(t, []string{"--mode", "audit"}, "socket", "vsock")
