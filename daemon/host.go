@@ -115,6 +115,8 @@ func (h *embeddedHost) describe() []string {
 	} else {
 		out = append(out, fmt.Sprintf("source routing options: not refused at setsockopt (%s)", f.SockoptReason))
 	}
+	ns, fam := f.GuardLines()
+	out = append(out, "namespaces: "+ns, "socket families: "+fam)
 	out = append(out, "BTF: "+f.BTF,
 		fmt.Sprintf("open connections at task end: %s (%s)", f.SocketDestroy.Method, f.SocketDestroy.Reason),
 		fmt.Sprintf("unix connections at task end: %s (%s)", f.UnixShutdown.Method, f.UnixShutdown.Reason),

@@ -107,6 +107,10 @@ type runner struct {
 	writer  *audit.Writer
 	shown   sync.WaitGroup
 	ending  atomic.Bool // the run is ending its own task
+
+	// sup answers the workload's seccomp refusals and records them.
+	sup      *workload.Supervisor
+	refusals refusalLimit
 }
 
 func prepare(spec RunSpec) (*runner, error) {
@@ -224,13 +228,21 @@ func (r *runner) enforce(ctx context.Context) error {
 }
 
 func (r *runner) run(ctx context.Context, sigs <-chan os.Signal) (int, error) {
+	var err error
+	if r.sup, err = workload.NewSupervisor(); err != nil {
+		r.finish()
+		return 0, err
+	}
 	proc, err := workload.Start(workload.Spec{
 		Self: r.spec.Self, Cgroup: r.cg, Creds: r.creds, Path: r.path, Argv: r.spec.Command, Stdio: r.stdio,
+		Supervisor: r.sup,
 	})
 	if err != nil {
 		r.finish()
 		return 0, fmt.Errorf("start %s: %w", r.path, err)
 	}
+	r.sup.Started()
+	r.sup.Serve(r.task.Mode.Audit, r.seccompRefusal)
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- proc.Wait() }()
@@ -274,6 +286,7 @@ func (r *runner) finish() uint64 {
 			r.say("%v", err)
 		}
 	}
+	r.stopSupervisor()
 	r.ending.Store(true)
 	if err := r.host.end(r.task.ID); err != nil {
 		r.say("%v", err)
@@ -321,14 +334,20 @@ func (r *runner) show() {
 			}
 			continue
 		}
-		r.stats.add(rec)
-		if rec.Verdict != "allow" {
-			r.say("%s", rec.Line())
-		}
-		if r.writer != nil {
-			if err := r.writer.Write(rec); err != nil {
-				r.say("%v", err)
-			}
+		r.present(rec)
+	}
+}
+
+// present counts a decision, prints it if it is a refusal and writes its
+// record: the kernel's decisions and the seccomp supervisor's alike.
+func (r *runner) present(rec audit.Record) {
+	r.stats.add(rec)
+	if rec.Verdict != "allow" {
+		r.say("%s", rec.Line())
+	}
+	if r.writer != nil {
+		if err := r.writer.Write(rec); err != nil {
+			r.say("%v", err)
 		}
 	}
 }

@@ -44,6 +44,9 @@ type Enforcer struct {
 
 	execLink link.Link
 	cgLinks  []link.Link
+
+	guard      *ebpf.Collection // the LSM guards (guard.go), where they load
+	guardLinks []link.Link
 }
 
 // Load probes the kernel, loads Bridle's programs and maps, pins the maps
@@ -106,6 +109,7 @@ func Load(opts Options) (*Enforcer, error) {
 		e.Close()
 		return nil, err
 	}
+	e.loadGuards(collOpts, opts.WakeupBytes, lsms, lsmErr)
 	e.features.SocketDestroy = ProbeSocketDestroy()
 	if e.features.UnixHooks {
 		e.features.UnixShutdown = ProbeUnixShutdown()
@@ -458,6 +462,7 @@ func (e *Enforcer) Close() error {
 		errs = append(errs, l.Close())
 	}
 	e.cgLinks = nil
+	errs = append(errs, e.closeGuards())
 	if e.execLink != nil {
 		errs = append(errs, e.execLink.Close())
 		e.execLink = nil

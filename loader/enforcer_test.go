@@ -158,6 +158,14 @@ func TestConnectAllowedAndRefused(t *testing.T) {
 	if err != nil || !strings.HasPrefix(out, "ok") {
 		t.Fatalf("allowed connect: %v %s", err, out)
 	}
+	// io_uring's connect reaches the same hook.
+	out, err = runIn(t, cg, probe, "iouring-connect", fmt.Sprintf("127.0.0.1:%d", port+1))
+	if err == nil || !strings.Contains(out, "EPERM IORING_OP_CONNECT") {
+		t.Fatalf("refused io_uring connect: %v %s", err, out)
+	}
+	if ev := readUntil(t, rd, func(ev Event) bool { return ev.Action == "connect" }); ev.Verdict != "deny" {
+		t.Fatalf("io_uring connect event %+v", ev)
+	}
 	out, err = runIn(t, cg, probe, "tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
 	if err == nil || !strings.Contains(out, "EPERM connect") {
 		t.Fatalf("refused connect: %v %s", err, out)

@@ -29,6 +29,7 @@ type Event struct {
 	Port        uint16
 	Path        string // unix socket name, the name an exec was called by, or a socket option (IPV6_RTHDR)
 	Dev, Ino    uint64 // the binary of an exec
+	Family      uint16 // the address family of a socket refused for it
 }
 
 var actionNames = map[uint8]string{
@@ -39,6 +40,7 @@ var actionNames = map[uint8]string{
 	uint8(netBridleActionBRIDLE_ACTION_BIND):       "bind",
 	uint8(netBridleActionBRIDLE_ACTION_ACCEPT):     "accept",
 	uint8(netBridleActionBRIDLE_ACTION_SETSOCKOPT): "setsockopt",
+	uint8(netBridleActionBRIDLE_ACTION_NAMESPACE):  "namespace",
 }
 
 var protoNames = map[uint8]string{
@@ -68,6 +70,8 @@ var reasonNames = map[uint8]string{
 	uint8(netBridleReasonBRIDLE_REASON_PROTOCOL):     "protocol not allowed",
 	uint8(netBridleReasonBRIDLE_REASON_SOCKOPT):      "option can send packets elsewhere",
 	uint8(netBridleReasonBRIDLE_REASON_EXT_HEADER):   "packet has routing or extension headers or IP options",
+	uint8(netBridleReasonBRIDLE_REASON_FAMILY):       "address family not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_NAMESPACE):    "namespaces not allowed",
 }
 
 // sockoptNames names the socket options the setsockopt check refuses, by
@@ -214,11 +218,14 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		Dev:         k.Dev,
 		Ino:         k.Ino,
 	}
-	switch k.Family {
-	case 4:
+	switch {
+	case k.Reason == uint8(netBridleReasonBRIDLE_REASON_FAMILY):
+		// No address: the family field holds the refused AF_* number.
+		ev.Family = uint16(k.Family)
+	case k.Family == 4:
 		ev.Addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
 		ev.Port = k.Port
-	case 6:
+	case k.Family == 6:
 		ev.Addr = netip.AddrFrom16(k.Addr)
 		ev.Port = k.Port
 	}

@@ -37,6 +37,18 @@ type Features struct {
 	BTF            string               // where kernel type information came from
 	SocketDestroy  SocketDestroyFeature // how a revoked workload's open sockets are aborted
 	UnixShutdown   UnixShutdownFeature  // how a revoked workload's unix connections are ended
+
+	// SeccompGuard says what the launch filter of `bridle run` refuses; it
+	// is in force on every kernel, for the workloads it launches.
+	SeccompGuard string
+	// FamilyGuard: the BPF LSM guard refuses, for every workload, sockets
+	// of address families Bridle's hooks do not judge (lsm mode only).
+	FamilyGuard       bool
+	FamilyGuardReason string
+	// UsernsGuard: the BPF LSM guard refuses user namespaces to every
+	// workload (lsm mode, kernel 6.1+).
+	UsernsGuard       bool
+	UsernsGuardReason string
 }
 
 // UnsupportedError says that a kernel feature Bridle wanted is missing, and why.

@@ -23,6 +23,7 @@ const (
 	netBridleActionBRIDLE_ACTION_BIND       netBridleAction = 5
 	netBridleActionBRIDLE_ACTION_ACCEPT     netBridleAction = 6
 	netBridleActionBRIDLE_ACTION_SETSOCKOPT netBridleAction = 7
+	netBridleActionBRIDLE_ACTION_NAMESPACE  netBridleAction = 8
 )
 
 type netBridleEnforcement uint32
@@ -121,6 +122,8 @@ const (
 	netBridleReasonBRIDLE_REASON_PROTOCOL     netBridleReason = 7
 	netBridleReasonBRIDLE_REASON_SOCKOPT      netBridleReason = 8
 	netBridleReasonBRIDLE_REASON_EXT_HEADER   netBridleReason = 9
+	netBridleReasonBRIDLE_REASON_FAMILY       netBridleReason = 11
+	netBridleReasonBRIDLE_REASON_NAMESPACE    netBridleReason = 12
 )
 
 type netBridleTask struct {

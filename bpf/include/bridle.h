@@ -29,6 +29,7 @@ enum bridle_action {
 	BRIDLE_ACTION_BIND = 5,       /* bind(2) to a port */
 	BRIDLE_ACTION_ACCEPT = 6,     /* an inbound connection to a listening socket */
 	BRIDLE_ACTION_SETSOCKOPT = 7, /* port: optname; family: 4 for SOL_IP, 6 for SOL_IPV6 */
+	BRIDLE_ACTION_NAMESPACE = 8, /* creating a namespace (bpf/guard_lsm.c) */
 };
 
 /* Protocol as reported in events; rule keys use IANA protocol numbers. */
@@ -52,6 +53,10 @@ enum bridle_reason {
 	BRIDLE_REASON_PROTOCOL = 7,      /* a transport no rule can name */
 	BRIDLE_REASON_SOCKOPT = 8,       /* an option that changes where packets go */
 	BRIDLE_REASON_EXT_HEADER = 9,    /* packet carries routing/extension headers or IP options */
+	/* An address family outside unix, inet, inet6, netlink; the event's
+	 * family field then holds the AF_* number, not 4 or 6. */
+	BRIDLE_REASON_FAMILY = 11,
+	BRIDLE_REASON_NAMESPACE = 12,    /* workloads may not create namespaces */
 };
 
 enum bridle_enforcement {

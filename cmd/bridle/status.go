@@ -59,6 +59,9 @@ func newStatusCommand() *cobra.Command {
 					"listen_hooks":    f.ListenHooks, "listen_reason": f.ListenReason,
 					"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
 					"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
+					"seccomp_guard": f.SeccompGuard,
+					"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
+					"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
 				}
 				if daemonErr == nil {
 					out["daemon"] = daemon
@@ -84,6 +87,9 @@ func newStatusCommand() *cobra.Command {
 			} else {
 				fmt.Printf("sockopts:      NOT checked — %s\n", f.SockoptReason)
 			}
+			ns, fam := f.GuardLines()
+			fmt.Printf("namespaces:    %s\n", ns)
+			fmt.Printf("families:      %s\n", fam)
 			fmt.Printf("active LSMs:   %v\n", f.ActiveLSMs)
 			fmt.Printf("BTF:           %s\n", f.BTF)
 			fmt.Printf("open sockets:  %s — %s\n", f.SocketDestroy.Method, f.SocketDestroy.Reason)

@@ -19,6 +19,10 @@ func (r Record) target() string {
 		return "unix:" + r.Path
 	case r.Action == "exec":
 		return r.Path
+	case r.Action == "namespace":
+		return r.Path // the kinds asked for: "user,mnt"
+	case r.Action == "socket" && r.Family != 0:
+		return FamilyName(r.Family)
 	case r.Action == "socket":
 		return r.Protocol + " socket"
 	case r.Action == "setsockopt":
@@ -57,7 +61,7 @@ func (r Record) AllowFlag() string {
 
 func (r Record) allowFlag() string {
 	switch {
-	case r.Action == "socket", r.Action == "setsockopt", r.Reason == ReasonExtHeader:
+	case r.Action == "socket", r.Action == "setsockopt", r.Action == "namespace", r.Reason == ReasonExtHeader:
 		return ""
 	case r.Action == "bind" || r.Action == "accept":
 		if r.Protocol != "tcp" && r.Protocol != "udp" {
@@ -102,7 +106,7 @@ func (r Record) line() string {
 	if r.Verdict != "allow" {
 		if f := r.allowFlag(); f != "" {
 			b.WriteString("; allow with " + f)
-		} else if r.Action == "socket" || r.Action == "setsockopt" || r.Reason == ReasonExtHeader {
+		} else if r.Action == "socket" || r.Action == "setsockopt" || r.Action == "namespace" || r.Reason == ReasonExtHeader {
 			b.WriteString("; no flag allows this")
 		} else if r.Action == "exec" {
 			b.WriteString("; run by descriptor, so no path names it: allow the binary's file with --allow-exec")
@@ -115,4 +119,22 @@ func (r Record) line() string {
 // than a descriptor (/dev/fd/N, /proc/self/fd/N) or a relative name.
 func fileOnDisk(p string) bool {
 	return strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "/dev/fd/") && !strings.HasPrefix(p, "/proc/")
+}
+
+// familyNames names the address families a workload is most likely to try;
+// others are shown by number.
+var familyNames = map[uint16]string{
+	1: "AF_UNIX", 2: "AF_INET", 3: "AF_AX25", 4: "AF_IPX", 5: "AF_APPLETALK", 9: "AF_X25",
+	10: "AF_INET6", 15: "AF_KEY", 16: "AF_NETLINK", 17: "AF_PACKET", 21: "AF_RDS", 24: "AF_PPPOX",
+	29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLUETOOTH", 38: "AF_ALG", 39: "AF_NFC", 40: "AF_VSOCK",
+	41: "AF_KCM", 42: "AF_QIPCRTR", 43: "AF_SMC", 44: "AF_XDP", 45: "AF_MCTP",
+}
+
+// FamilyName names an address family for people: "AF_VSOCK", or
+// "family 46" for one without a name here.
+func FamilyName(f uint16) string {
+	if n, ok := familyNames[f]; ok {
+		return n
+	}
+	return "family " + strconv.Itoa(int(f))
 }

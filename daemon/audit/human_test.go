@@ -30,6 +30,12 @@ func TestLine(t *testing.T) {
 			"denied setsockopt IPV6_RTHDR on a udp socket by a[14]: option can send packets elsewhere; no flag allows this"},
 		{"extension header", Record{Verdict: "deny", Action: "sendmsg", Protocol: "udp", Address: "fd99::3", Port: 53, Reason: ReasonExtHeader},
 			"denied sendmsg udp:[fd99::3]:53 by the workload (packet check): packet has routing or extension headers or IP options; no flag allows this"},
+		{"address family", Record{Verdict: "deny", Action: "socket", Protocol: "other", Family: 40, Comm: "agent", PID: 13, Reason: "address family not allowed", Enforcement: "seccomp"},
+			"denied socket AF_VSOCK by agent[13]: address family not allowed; no flag allows this"},
+		{"unnamed address family", Record{Verdict: "would-deny", Action: "socket", Protocol: "other", Family: 46, Comm: "agent", PID: 13, Reason: "address family not allowed", Enforcement: "lsm"},
+			"would deny socket family 46 by agent[13]: address family not allowed; no flag allows this"},
+		{"namespace", Record{Verdict: "deny", Action: "namespace", Path: "user,mnt", Comm: "unshare", PID: 14, Reason: "namespaces not allowed", Enforcement: "seccomp"},
+			"denied namespace user,mnt by unshare[14]: namespaces not allowed; no flag allows this"},
 		{"allowed", Record{Verdict: "allow", Action: "connect", Protocol: "tcp", Address: "127.0.0.1", Port: 80, Comm: "c", PID: 1, Reason: "allowed by rule"},
 			"allowed connect tcp:127.0.0.1:80 by c[1]: allowed by rule"},
 	}

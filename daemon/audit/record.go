@@ -15,19 +15,22 @@ import (
 // Record is one decision event. The JSON field names are a contract users
 // script against (docs/EVENTS.md); add fields, never rename them.
 type Record struct {
-	Time        string `json:"time"`     // RFC 3339, UTC
-	Node        string `json:"node"`     // host name
-	Workload    string `json:"workload"` // cgroup path below the cgroup v2 root
-	Identity    string `json:"identity"` // SPIFFE ID
-	Task        string `json:"task"`
-	Intent      string `json:"intent"`
-	PID         uint32 `json:"pid"`
-	Comm        string `json:"comm"`
-	Action      string `json:"action"`   // connect | sendmsg | exec | socket
-	Protocol    string `json:"protocol"` // tcp | udp | icmp | unix | raw | packet
-	Address     string `json:"address"`  // IP address, "" when none
-	Port        uint16 `json:"port"`
-	Path        string `json:"path"`    // binary or unix socket
+	Time     string `json:"time"`     // RFC 3339, UTC
+	Node     string `json:"node"`     // host name
+	Workload string `json:"workload"` // cgroup path below the cgroup v2 root
+	Identity string `json:"identity"` // SPIFFE ID
+	Task     string `json:"task"`
+	Intent   string `json:"intent"`
+	PID      uint32 `json:"pid"`
+	Comm     string `json:"comm"`
+	Action   string `json:"action"`   // connect | sendmsg | exec | socket
+	Protocol string `json:"protocol"` // tcp | udp | icmp | unix | raw | packet
+	Address  string `json:"address"`  // IP address, "" when none
+	Port     uint16 `json:"port"`
+	Path     string `json:"path"` // binary or unix socket
+	// Family is the address family (AF_*) of a socket refused for its
+	// family; absent otherwise.
+	Family      uint16 `json:"family,omitempty"`
 	Verdict     string `json:"verdict"` // allow | deny | would-deny
 	Reason      string `json:"reason"`
 	Enforcement string `json:"enforcement"` // cgroup | lsm | kill | daemon

@@ -42,7 +42,7 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 	rec := audit.Record{
 		Time: audit.Timestamp(ev.Time), Node: n.opt.NodeName,
 		PID: ev.PID, Comm: ev.Comm, Action: ev.Action, Protocol: ev.Protocol,
-		Address: audit.Addr(ev.Addr), Port: ev.Port, Path: ev.Path,
+		Address: audit.Addr(ev.Addr), Port: ev.Port, Path: ev.Path, Family: ev.Family,
 		Verdict: ev.Verdict, Reason: ev.Reason, Enforcement: ev.Enforcement,
 	}
 	if ev.Slot != loader.BaselineSlot {

@@ -333,6 +333,9 @@ func (d *Daemon) Status() api.Status {
 			"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
 			"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
 			"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
+			"seccomp_guard": f.SeccompGuard,
+			"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
+			"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
 		},
 		Roots: d.rootStates(),
 		Policy: api.PolicyStatus{
@@ -396,6 +399,14 @@ func (d *Daemon) Status() api.Status {
 		st.Degraded = append(st.Degraded, d.fdErr.Error())
 	}
 	d.mu.Unlock()
+	// What bridled governs it did not launch: without the LSM guards
+	// nothing of Bridle's refuses these to its workloads.
+	if !f.FamilyGuard {
+		st.Degraded = append(st.Degraded, "address families not restricted for adopted workloads: "+f.FamilyGuardReason)
+	}
+	if !f.UsernsGuard {
+		st.Degraded = append(st.Degraded, "user namespaces not refused to adopted workloads: "+f.UsernsGuardReason)
+	}
 	return st
 }
 

@@ -52,7 +52,11 @@ func runInit(args []string, ctl *os.File) (int, error) {
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, forwarded...)
 
-	attr := &os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}, Sys: &syscall.SysProcAttr{}}
+	files, err := shimFiles()
+	if err != nil {
+		return 0, err
+	}
+	attr := &os.ProcAttr{Files: files, Sys: &syscall.SysProcAttr{}}
 	if tty {
 		// COMMAND's process group is the pty's foreground: the line
 		// discipline sends Ctrl-C, Ctrl-\ and Ctrl-Z to it, and not to
@@ -71,6 +75,14 @@ func runInit(args []string, ctl *os.File) (int, error) {
 	cmd, err := os.StartProcess("/proc/self/exe", args[1:], attr)
 	if err != nil {
 		return 0, fmt.Errorf("workload: start the shim: %w", err)
+	}
+	// The shim holds its own copy of the supervisor's socket now; this
+	// init keeps none, so bridle sees the socket close if the shim dies
+	// before handing its listener over.
+	for _, f := range files[3:] {
+		if f != nil {
+			_ = f.Close()
+		}
 	}
 
 	exits := make(chan exited, 16)
@@ -118,6 +130,27 @@ func runInit(args []string, ctl *os.File) (int, error) {
 			return status, nil
 		}
 	}
+}
+
+// shimFiles are the descriptors the shim inherits: stdio and, when bridle
+// supervises the seccomp filter, the descriptor SupervisorEnv names, at the
+// same number. The control channel (fd 3) is never passed on.
+func shimFiles() ([]*os.File, error) {
+	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
+	text, ok := os.LookupEnv(SupervisorEnv)
+	if !ok {
+		return files, nil
+	}
+	fd, err := strconv.Atoi(text)
+	if err != nil || fd <= 3 || fd > 64 {
+		return nil, fmt.Errorf("workload: init: %s=%q: not a descriptor bridle passes", SupervisorEnv, text)
+	}
+	// Not inherited by anything this init starts but the shim.
+	syscall.CloseOnExec(fd)
+	for len(files) < fd {
+		files = append(files, nil)
+	}
+	return append(files, os.NewFile(uintptr(fd), "seccomp supervisor")), nil
 }
 
 type exited struct {

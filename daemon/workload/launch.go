@@ -69,6 +69,9 @@ type Spec struct {
 	Path   string   // COMMAND, resolved
 	Argv   []string // COMMAND's arguments, argv[0] included
 	Stdio  *Stdio
+	// Supervisor, if set, receives the seccomp filter's listener from the
+	// shim and records what the filter refuses (see Sandbox).
+	Supervisor *Supervisor
 }
 
 // Namespaces and Isolation say what every workload Start launches is kept
@@ -136,6 +139,9 @@ func Start(s Spec) (*Process, error) {
 	cmd.Args[0] = "bridle-init"
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = s.Stdio.files[0], s.Stdio.files[1], s.Stdio.files[2]
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3
+	if s.Supervisor != nil {
+		s.Supervisor.Attach(cmd) // fd 4, named in the environment for the shim
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWIPC,
 		// Never the invoker's session: no way back to its terminal.
@@ -290,6 +296,9 @@ func Shim(args []string) error {
 	}
 	// The seccomp filter is installed here, and nowhere else: after the
 	// last step that needs privilege, right before the exec it confines.
+	if err := Sandbox(); err != nil {
+		return err
+	}
 	if err := unix.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("workload: exec %s: %w", path, err)
 	}

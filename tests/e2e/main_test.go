@@ -48,6 +48,12 @@ type status struct {
 	SocketDestroyReason string `json:"socket_destroy_reason"`
 	UnixShutdown        string `json:"unix_shutdown"`
 	UnixShutdownReason  string `json:"unix_shutdown_reason"`
+
+	SeccompGuard      string `json:"seccomp_guard"`
+	FamilyGuard       bool   `json:"family_guard"`
+	FamilyGuardReason string `json:"family_guard_reason"`
+	UsernsGuard       bool   `json:"userns_guard"`
+	UsernsGuardReason string `json:"userns_guard_reason"`
 }
 
 // workloadUser is the unprivileged user workloads run as.

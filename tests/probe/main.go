@@ -146,10 +146,18 @@ func init() {
 		"connect-flood":   actConnectFlood,
 		"listen-tcp":      actListenTCP,
 		"http-get":        actHTTPGet,
+		"unshare":         actUnshare,
+		"clone-ns":        actCloneNS,
+		"userns-bind":     actUsernsBind,
+		"setns":           actSetns,
+		"socket":          actSocket,
+		"socketpair":      actSocketpair,
+		"iouring-socket":  actIOUringSocket,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,
 		"__compat-check": actCompatCheck,
+		"__bind-connect": actBindConnect,
 	}
 }
 
