@@ -12,7 +12,8 @@
 #define BRIDLE_MAX_PORT_RANGES 16
 #define BRIDLE_UNIX_PATH_MAX 108
 #define BRIDLE_EVENT_PATH_MAX 128
-/* How many cgroup levels above the current one are searched for a workload. */
+/* Workloads are looked up at absolute cgroup levels 0 to this - 1 (and the
+ * process's own cgroup); Bridle refuses to register one any deeper. */
 #define BRIDLE_MAX_CGROUP_DEPTH 16
 
 enum bridle_verdict {

@@ -215,6 +215,11 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	if err != nil {
 		return Task{}, badRequest("workload %s: %w", req.Workload, err)
 	}
+	// A workload deeper than the programs look would leave the processes
+	// of its subtree unconfined for exec: refused rather than half kept.
+	if err := loader.CheckWorkloadLevel(req.Workload); err != nil {
+		return Task{}, badRequest("workload: %w", err)
+	}
 	identity := n.identity(req)
 	id := req.ID
 	if id == "" {
