@@ -192,7 +192,7 @@ int bridle_sock_create(struct bpf_sock *sk)
 	bridle_find_workload(&c);
 	__u8 verdict;
 	int refuse = bridle_decide(&c, 0, &verdict);
-	struct bridle_event *e = bridle_event_reserve();
+	struct bridle_event *e = bridle_should_emit(&c, verdict) ? bridle_event_reserve() : 0;
 	if (e) {
 		bridle_event_fill(e, &c, BRIDLE_ACTION_SOCKET, verdict, BRIDLE_REASON_SOCKET_TYPE,
 				  BRIDLE_ENFORCEMENT_CGROUP);

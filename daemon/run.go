@@ -52,6 +52,9 @@ type RunSpec struct {
 	Out        io.Writer // what a person reads: denials as they happen, summary
 	Verbose    bool
 	Self       string // the bridle binary, started as the launch shim
+	// AllowWritableExec (--allow-writable-exec) accepts exec rules whose
+	// file the workload's user can write.
+	AllowWritableExec bool
 }
 
 // pinParent is where standalone runs pin their programs and maps, one
@@ -134,6 +137,7 @@ func prepare(spec RunSpec) (*runner, error) {
 		g = *spec.Grants
 	}
 	g.Exec = append(slices.Clone(g.Exec), execStrings(commandExecRules(r.path))...)
+	g.AllowWritableExec = spec.AllowWritableExec
 	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
 	if err != nil {
 		return nil, err
@@ -187,7 +191,8 @@ func (r *runner) enforce(ctx context.Context) error {
 	r.task, err = r.host.start(ctx, taskRequest{
 		ID: r.runID, Workload: r.cg, Intent: r.spec.Intent, TTL: r.spec.TTL,
 		Grants: r.grants, Identity: r.identity,
-		Mode: loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
+		Mode:  loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
+		RunAs: policy.Principal{UID: r.creds.UID, GIDs: append([]uint32{r.creds.GID}, r.creds.Groups...)},
 	})
 	if err != nil {
 		return err

@@ -29,6 +29,11 @@ type Event struct {
 	Port        uint16
 	Path        string // unix socket name, or the name an exec was called by
 	Dev, Ino    uint64 // the binary of an exec
+	// SuppressedTotal is how many events of this task (CgroupID and
+	// Generation) the kernel has left out so far, over the per-workload
+	// budget, modulo 2^32: the difference from the previous event's is
+	// how many were left out in between.
+	SuppressedTotal uint32
 }
 
 var actionNames = map[uint8]string{
@@ -63,6 +68,7 @@ var reasonNames = map[uint8]string{
 	uint8(netBridleReasonBRIDLE_REASON_TASK_EXPIRED): "task expired",
 	uint8(netBridleReasonBRIDLE_REASON_SOCKET_TYPE):  "socket type not allowed",
 	uint8(netBridleReasonBRIDLE_REASON_PROTOCOL):     "protocol not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_SCRIPT_ONLY):  "allowed only as a #! script, and it is not one now",
 }
 
 var enforcementNames = map[uint8]string{
@@ -180,6 +186,8 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		Path:        cString(k.Path[:]),
 		Dev:         k.Dev,
 		Ino:         k.Ino,
+
+		SuppressedTotal: k.Suppressed,
 	}
 	switch k.Family {
 	case 4:

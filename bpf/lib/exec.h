@@ -79,8 +79,23 @@ static __always_inline int check_exec(struct linux_binprm *bprm, __u8 enforcemen
 		.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev),
 		.ino = BPF_CORE_READ(file, f_inode, i_ino),
 	};
-	int allowed = bpf_map_lookup_elem(&bridle_exec, &k) != 0;
+	__u8 *rule = bpf_map_lookup_elem(&bridle_exec, &k);
+	int allowed = rule != 0;
 	__u8 reason = allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched;
+	if (rule && (*rule & BRIDLE_EXEC_SCRIPT_ONLY)) {
+		/* bprm->buf holds the first bytes of bprm->file, read by the
+		 * kernel before this hook, and the binary handler is chosen by
+		 * those same bytes: "#!" here is what makes the kernel treat the
+		 * file as a script. In kill mode bprm->file is the image that
+		 * will run (the interpreter, for a script), so a script-only
+		 * file seen there was loaded as a binary and is refused. */
+		char head[2] = {};
+		bpf_core_read(head, sizeof(head), &bprm->buf);
+		if (head[0] != '#' || head[1] != '!') {
+			allowed = 0;
+			reason = BRIDLE_REASON_SCRIPT_ONLY;
+		}
+	}
 
 	__u8 verdict;
 	int refuse = bridle_decide(&c, allowed, &verdict);

@@ -42,6 +42,8 @@ func (r Record) AllowFlag() string {
 		return ""
 	case r.Protocol == "unix":
 		return "--allow-unix " + r.Path
+	case r.Action == "exec" && r.scriptOnly():
+		return "" // allowed as a script already; no flag makes it a program
 	case r.Action == "exec":
 		if !fileOnDisk(r.Path) {
 			return "" // a memfd or a descriptor: no path names it
@@ -69,7 +71,10 @@ func (r Record) Line() string {
 		b.WriteString(" (killed)")
 	}
 	if r.Verdict != "allow" {
-		if f := r.AllowFlag(); f != "" {
+		if r.Action == "exec" && r.scriptOnly() {
+			// The file is allowed, as a script; what ran was not one.
+			b.WriteString("; the workload can rewrite this file, so it may run only as a script, never as a program")
+		} else if f := r.AllowFlag(); f != "" {
 			b.WriteString("; allow with " + f)
 		} else if r.Action == "socket" {
 			b.WriteString("; no flag allows this")
@@ -84,4 +89,10 @@ func (r Record) Line() string {
 // than a descriptor (/dev/fd/N, /proc/self/fd/N) or a relative name.
 func fileOnDisk(p string) bool {
 	return strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "/dev/fd/") && !strings.HasPrefix(p, "/proc/")
+}
+
+// scriptOnly reports a refused exec of a file allowed only as a #! script
+// (the kernel's SCRIPT_ONLY reason).
+func (r Record) scriptOnly() bool {
+	return strings.Contains(r.Reason, "only as a #! script")
 }

@@ -65,6 +65,10 @@ type Request struct {
 	Requester engine.Requester
 	// Identity overrides Options.Identity (for `bridle run --identity`).
 	Identity string
+	// RunAs are users the workload's processes will run as, besides those
+	// of the processes in it at start: exec rules whose file one of them
+	// can write are refused (see checkWritableExec).
+	RunAs []policy.Principal
 }
 
 // Task is a task in force with the policy revision that decided it.
@@ -246,7 +250,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		parent, parentRules = &p, rules
 	}
 
-	rs, ttl, revision, err := n.decide(ctx, id, identity, req, parent)
+	rs, ttl, revision, writableOK, err := n.decide(ctx, id, identity, req, parent)
 	if err != nil {
 		return Task{}, err
 	}
@@ -256,6 +260,11 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		}
 		if !parent.Expires.IsZero() && !time.Now().Before(parent.Expires) {
 			return Task{}, badRequest("parent task %s has expired", parent.ID)
+		}
+	}
+	if !writableOK {
+		if err := n.checkWritableExec(req, rs); err != nil {
+			return Task{}, err
 		}
 	}
 	if len(rs.Unix) > 0 && !n.opt.Kernel.Features().UnixHooks {
@@ -311,16 +320,19 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 
 // decide computes a task's rules: the policy's envelope (or the request's
 // grants when there is no policy), capped by the grants when both exist.
-func (n *Node) decide(ctx context.Context, id, identity string, req Request, parent *tasks.Task) (policy.RuleSet, time.Duration, string, error) {
+// writableOK says whether exec rules the workload can write are accepted:
+// by the grants without a policy; with one, by the policy and the grants
+// (when given) both.
+func (n *Node) decide(ctx context.Context, id, identity string, req Request, parent *tasks.Task) (rs policy.RuleSet, ttl time.Duration, revision string, writableOK bool, err error) {
 	if n.opt.Engine == nil {
 		if req.Grants == nil {
-			return policy.RuleSet{}, 0, "", badRequest("no policy is loaded and the request names no grants")
+			return policy.RuleSet{}, 0, "", false, badRequest("no policy is loaded and the request names no grants")
 		}
 		rs, err := policy.Compile(*req.Grants)
 		if err != nil {
-			return policy.RuleSet{}, 0, "", &RequestError{err}
+			return policy.RuleSet{}, 0, "", false, &RequestError{err}
 		}
-		return rs, req.TTL, GrantsRevision, nil
+		return rs, req.TTL, GrantsRevision, req.Grants.AllowWritableExec, nil
 	}
 	in := engine.Input{
 		Identity:  identity,
@@ -335,22 +347,24 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 	dec, err := n.opt.Engine.Evaluate(ctx, in)
 	n.opt.Metrics.ObservePolicyEval(time.Since(began))
 	if err != nil {
-		return policy.RuleSet{}, 0, "", err
+		return policy.RuleSet{}, 0, "", false, err
 	}
-	rs, err := policy.Compile(dec.Envelope)
+	rs, err = policy.Compile(dec.Envelope)
 	if err != nil {
-		return policy.RuleSet{}, 0, "", &EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)}
+		return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)}
 	}
+	writableOK = dec.Envelope.AllowWritableExec
 	if req.Grants != nil {
 		g, err := policy.Compile(*req.Grants)
 		if err != nil {
-			return policy.RuleSet{}, 0, "", &RequestError{err}
+			return policy.RuleSet{}, 0, "", false, &RequestError{err}
 		}
 		if rs, err = policy.Intersect(rs, g); err != nil {
-			return policy.RuleSet{}, 0, "", &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
+			return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
 		}
+		writableOK = writableOK && req.Grants.AllowWritableExec
 	}
-	return rs, dec.Envelope.TTL, dec.Revision, nil
+	return rs, dec.Envelope.TTL, dec.Revision, writableOK, nil
 }
 
 func failureKind(err error) string {

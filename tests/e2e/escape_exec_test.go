@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -101,4 +102,100 @@ func TestDaemonRefusesDeepWorkload(t *testing.T) {
 		t.Fatalf("task start on a level %d cgroup: %v: %s", loader.MaxWorkloadLevel+1, err, out)
 	}
 	e.startTask(filepath.Dir(cg)) // one level up is accepted
+}
+
+// nobodyOwned writes body to a new file owned by the workload user, so the
+// workload can rewrite it.
+func nobodyOwned(t *testing.T, name string, body []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	chmodAll(t, dir)
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, body, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	u, err := user.Lookup(workloadUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	if err := os.Chown(p, uid, -1); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The everyday `bridle run -- ./agent.sh` names a script its user can write.
+// The agent rewrites the script's inode with a program's bytes and runs it:
+// the rule that allows the script must not allow what it became.
+func TestEscapeRewriteCommand(t *testing.T) {
+	script := nobodyOwned(t, "agent.sh", []byte(fmt.Sprintf(
+		"#!/bin/sh\n%[1]s overwrite %[1]s \"$0\" >/dev/null || exit 9\nexec %[1]s exec \"$0\" creds\n", probeBin)))
+	r := bridleRun(t, []string{"--allow-exec", probeBin}, script)
+	if r.status == 9 {
+		t.Fatalf("the workload could not rewrite its script: %s", r.stderr)
+	}
+	wantExecRefused(t, r, script)
+	rec := wantRecord(t, r, "deny", "exec", "")
+	if !strings.Contains(rec.Reason, "#! script") {
+		t.Fatalf("reason %q does not say the file may run only as a script", rec.Reason)
+	}
+
+	// Unrewritten, the script runs as before.
+	ok := nobodyOwned(t, "ok.sh", []byte(fmt.Sprintf("#!/bin/sh\nexec %s creds\n", probeBin)))
+	wantAllowed(t, bridleRun(t, []string{"--allow-exec", probeBin}, ok))
+}
+
+// An --allow-exec rule for a file the workload's user can write allows
+// every program (the workload writes one into it): refused at start with
+// the reason and the fix, accepted only when asked for.
+func TestEscapeWritableExecRule(t *testing.T) {
+	tool := nobodyOwned(t, "tool", mustRead(t, probeBin))
+	r := probe(t, []string{"--allow-exec", tool}, "exec", tool, "creds")
+	if r.status == 0 || strings.HasPrefix(r.probeLine(), "ok") {
+		t.Fatalf("a task with a writable exec rule started: status %d, stdout %q", r.status, r.stdout)
+	}
+	for _, want := range []string{tool, "can rewrite", "owned by uid", "--allow-writable-exec"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Fatalf("the refusal does not say %q:\n%s", want, r.stderr)
+		}
+	}
+	wantAllowed(t, probe(t, []string{"--allow-exec", tool, "--allow-writable-exec"}, "exec", tool, "creds"))
+
+	t.Run("directory rule", func(t *testing.T) {
+		r := probe(t, []string{"--allow-exec", filepath.Dir(tool) + "/"}, "exec", tool, "creds")
+		if r.status == 0 || !strings.Contains(r.stderr, "--allow-writable-exec") {
+			t.Fatalf("a directory rule covering a writable file was accepted: status %d\n%s", r.status, r.stderr)
+		}
+	})
+	t.Run("group-writable", func(t *testing.T) {
+		g := copyExecutable(t, probeBin, "group-tool")
+		u, err := user.Lookup(workloadUser)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(g, 0, gid); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(g, 0o775); err != nil {
+			t.Fatal(err)
+		}
+		r := probe(t, []string{"--allow-exec", g}, "exec", g, "creds")
+		if r.status == 0 || !strings.Contains(r.stderr, "group") {
+			t.Fatalf("a group-writable exec rule was accepted: status %d\n%s", r.status, r.stderr)
+		}
+	})
+	t.Run("root-owned is accepted", func(t *testing.T) {
+		wantAllowed(t, probe(t, []string{"--allow-exec", allowedTool}, "exec", allowedTool, "creds"))
+	})
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

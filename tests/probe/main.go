@@ -114,6 +114,7 @@ func init() {
 		"after":           actAfter,
 		"wait-file":       actWaitFile,
 		"touch":           actTouch,
+		"overwrite":       actOverwrite,
 		"creds":           actCreds,
 		"run-script":      actRunScript,
 		// Internal steps of daemonize, not meant to be called by tests.
