@@ -296,11 +296,18 @@ func exitStatus(err error) (int, error) {
 // summary and writes the records to --audit.
 func (r *runner) show() {
 	for rec := range r.records {
+		r.stats.addSuppressed(rec)
 		if rec.Action == "task_end" {
 			// The run's own end is no news; an expiry, or an end by
 			// someone else, is.
 			if strings.HasPrefix(rec.Reason, "expired") || !r.ending.Load() {
 				fmt.Fprintf(r.spec.Out, "bridle: task %s ended: %s\n", rec.Task, rec.Reason)
+			}
+			if r.writer != nil && rec.Suppressed > 0 {
+				// The only record of the last suppressed decisions.
+				if err := r.writer.Write(rec); err != nil {
+					fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+				}
 			}
 			continue
 		}

@@ -70,6 +70,9 @@ func (r Record) Line() string {
 	if r.Enforcement == "kill" && r.Verdict == "deny" {
 		b.WriteString(" (killed)")
 	}
+	if r.Suppressed > 0 {
+		fmt.Fprintf(&b, " (%d more suppressed before it: over the workload's event budget)", r.Suppressed)
+	}
 	if r.Verdict != "allow" {
 		if r.Action == "exec" && r.scriptOnly() {
 			// The file is allowed, as a script; what ran was not one.

@@ -111,6 +111,14 @@ type Node struct {
 	baseline  string                    // revision of the baseline in force
 	paths     map[uint64]string         // cgroup id -> path, for baseline records
 	subs      map[*Subscription]struct{}
+	// suppressed is the kernel's running total of suppressed events last
+	// reported per task (cgroup id and generation); see Enrich.
+	suppressed map[budgetKey]uint32
+}
+
+type budgetKey struct {
+	cgroupID   uint64
+	generation uint32
 }
 
 // knownTask names the task of a slot generation. It is kept for a while
@@ -138,6 +146,7 @@ func New(opt Options) *Node {
 		revisions: map[string]string{}, rules: map[string]policy.RuleSet{},
 		parents: map[string]string{}, workloads: map[uint64]string{}, known: map[uint32]knownTask{},
 		paths: map[uint64]string{}, subs: map[*Subscription]struct{}{},
+		suppressed: map[budgetKey]uint32{},
 	}
 	n.tasks = tasks.NewManager(opt.Kernel, n.taskEnded)
 	return n
@@ -468,6 +477,10 @@ func (n *Node) taskEnded(e tasks.End) {
 	}
 	n.opt.Metrics.TaskEnded(kind)
 	reason := e.Reason
+	suppressed := n.finalSuppressed(e.Task.CgroupID, e.Task.Generation)
+	if suppressed > 0 {
+		reason += fmt.Sprintf("; %d more decisions suppressed (over the workload's event budget)", suppressed)
+	}
 	if n := e.Sockets.TCP + e.Sockets.UDP; n > 0 {
 		reason += fmt.Sprintf("; aborted %d open connection(s) (%d tcp, %d udp)", n, e.Sockets.TCP, e.Sockets.UDP)
 	}
@@ -478,6 +491,7 @@ func (n *Node) taskEnded(e tasks.End) {
 		Time: audit.Timestamp(time.Now()), Node: n.opt.NodeName, Workload: e.Task.Workload,
 		Identity: e.Task.Identity, Task: e.Task.ID, Intent: e.Task.Intent, Action: "task_end",
 		Verdict: "allow", Reason: reason, Enforcement: "daemon", PolicyRevision: rev,
+		Suppressed: suppressed,
 	}
 	n.record(rec)
 	// Delivered before the workload counts as task-less, so a
