@@ -44,6 +44,9 @@ type Options struct {
 	// second; 0 takes DefaultEventBudget. Past it events are counted, not
 	// emitted.
 	EventBudget uint64
+	// NoEventBudget lets every workload emit without limit (tests of the
+	// ring itself); one flooding workload can then crowd out the others.
+	NoEventBudget bool
 }
 
 // Enforcer is one loaded set of Bridle programs and maps.
@@ -87,7 +90,7 @@ func Load(opts Options) (*Enforcer, error) {
 	if err := setWakeup(netSpec, opts.WakeupBytes); err != nil {
 		return nil, err
 	}
-	if err := setBudget(netSpec, opts.EventBudget); err != nil {
+	if err := setBudget(netSpec, opts); err != nil {
 		return nil, err
 	}
 	netColl, err := ebpf.NewCollectionWithOptions(netSpec, *collOpts)
@@ -130,8 +133,12 @@ func sharedMaps(c *ebpf.Collection) map[string]*ebpf.Map {
 }
 
 // setBudget sets the per-workload event budget of an object.
-func setBudget(spec *ebpf.CollectionSpec, perSecond uint64) error {
-	if perSecond == 0 {
+func setBudget(spec *ebpf.CollectionSpec, o Options) error {
+	perSecond := o.EventBudget
+	switch {
+	case o.NoEventBudget:
+		perSecond = 0 // the programs' "no limit"
+	case perSecond == 0:
 		perSecond = DefaultEventBudget
 	}
 	v, ok := spec.Variables["bridle_event_budget"]
@@ -176,7 +183,7 @@ func (e *Enforcer) loadUnix(opts *ebpf.CollectionOptions, o Options) error {
 	if err := setWakeup(spec, o.WakeupBytes); err != nil {
 		return err
 	}
-	if err := setBudget(spec, o.EventBudget); err != nil {
+	if err := setBudget(spec, o); err != nil {
 		return err
 	}
 	var objs unixObjects
@@ -201,7 +208,7 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 		if err := setWakeup(spec, o.WakeupBytes); err != nil {
 			return err
 		}
-		if err := setBudget(spec, o.EventBudget); err != nil {
+		if err := setBudget(spec, o); err != nil {
 			return err
 		}
 		var objs execlsmObjects
@@ -229,7 +236,7 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 	if err := setWakeup(spec, o.WakeupBytes); err != nil {
 		return err
 	}
-	if err := setBudget(spec, o.EventBudget); err != nil {
+	if err := setBudget(spec, o); err != nil {
 		return err
 	}
 	var objs execkillObjects
