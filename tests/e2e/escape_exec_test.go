@@ -186,6 +186,13 @@ func TestEscapeWritableExecRule(t *testing.T) {
 			t.Fatalf("a group-writable exec rule was accepted: status %d\n%s", r.status, r.stderr)
 		}
 	})
+	t.Run("root workload and a root-owned file", func(t *testing.T) {
+		// uid 0 without capabilities is still the owner of root's files.
+		r := probe(t, []string{"--user", "root"}, "creds")
+		if r.status == 0 || !strings.Contains(r.stderr, "owned by uid 0") {
+			t.Fatalf("a root workload's exec rule for a root-owned file was accepted: status %d\n%s", r.status, r.stderr)
+		}
+	})
 	t.Run("root-owned is accepted", func(t *testing.T) {
 		wantAllowed(t, probe(t, []string{"--allow-exec", allowedTool}, "exec", allowedTool, "creds"))
 	})

@@ -232,7 +232,9 @@ func TestRawSocketsRefused(t *testing.T) {
 	for _, kind := range []string{"raw4", "raw6", "packet"} {
 		t.Run(kind, func(t *testing.T) {
 			for _, user := range []string{workloadUser, "root"} {
-				r := bridleRun(t, []string{"--user", user, "--allow-exec", probeBin}, probeBin, kind)
+				// A root workload owns the root-owned probe: accepted
+				// explicitly (see TestEscapeWritableExecRule).
+				r := bridleRun(t, []string{"--user", user, "--allow-exec", probeBin, "--allow-writable-exec"}, probeBin, kind)
 				if r.status != 2 || !strings.HasPrefix(r.probeLine(), "EPERM socket") {
 					t.Fatalf("as %s: want EPERM socket, got status %d line %q", user, r.status, r.probeLine())
 				}

@@ -217,7 +217,9 @@ func TestBadFlags(t *testing.T) {
 // The workload runs without privilege: no capabilities, no_new_privs, the
 // requested user.
 func TestWorkloadPrivileges(t *testing.T) {
-	r := probe(t, []string{"--user", "root"}, "creds")
+	// Root, even without capabilities, owns and so can rewrite the
+	// root-owned probe: its exec rule must be accepted explicitly.
+	r := probe(t, []string{"--user", "root", "--allow-writable-exec"}, "creds")
 	if r.status != 0 {
 		t.Fatalf("status %d: %s", r.status, r.stderr)
 	}
