@@ -28,7 +28,8 @@ static __always_inline int guard(struct bridle_ctx *c, __u8 action, __u8 reason,
 {
 	__u8 verdict;
 	int refuse = bridle_decide(c, 0, &verdict);
-	struct bridle_event *e = bridle_event_reserve();
+	/* Within the workload's event budget, like every record. */
+	struct bridle_event *e = bridle_should_emit(c, verdict) ? bridle_event_reserve() : 0;
 	if (e) {
 		bridle_event_fill(e, c, action, verdict, reason, BRIDLE_ENFORCEMENT_LSM);
 		if (action == BRIDLE_ACTION_SOCKET) {

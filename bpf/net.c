@@ -182,7 +182,7 @@ int bridle_sock_create(struct bpf_sock *sk)
 	bridle_find_workload(&c);
 	__u8 verdict;
 	int refuse = bridle_decide(&c, 0, &verdict);
-	struct bridle_event *e = bridle_event_reserve();
+	struct bridle_event *e = bridle_should_emit(&c, verdict) ? bridle_event_reserve() : 0;
 	if (e) {
 		bridle_event_fill(e, &c, BRIDLE_ACTION_SOCKET, verdict, BRIDLE_REASON_SOCKET_TYPE,
 				  BRIDLE_ENFORCEMENT_CGROUP);
@@ -272,6 +272,9 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
 	bridle_find_workload_skb(&c, skb);
 	__u8 verdict;
 	int refuse = bridle_decide(&c, 0, &verdict);
+	/* Over the workload's event budget: refused all the same, counted. */
+	if (!bridle_should_emit(&c, verdict))
+		return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 
 	struct dest d = {.family = 4};
 	__u16 port = 0;

@@ -122,8 +122,10 @@ static __always_inline int judge(struct bpf_sockopt *ctx, __s32 level, __s32 nam
 	}
 	__u8 verdict;
 	int refuse = bridle_decide(&c, 0, &verdict);
-	struct bridle_event *e;
-	if (bridle_sockopt_ancestors)
+	struct bridle_event *e = 0;
+	if (!bridle_should_emit(&c, verdict))
+		e = 0; /* over the workload's event budget: counted, not recorded */
+	else if (bridle_sockopt_ancestors)
 		e = bridle_event_reserve();
 	else
 		e = bridle_event_reserve_bare();

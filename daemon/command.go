@@ -12,13 +12,17 @@ import (
 
 // commandExecRules allows COMMAND itself and, for a script, the interpreter
 // its #! line names (through /usr/bin/env too): running COMMAND is the one
-// exec every task is granted.
+// exec every task is granted. A script is allowed only as a script: the
+// everyday `bridle run -- ./agent.sh` names a file its user can write, and
+// the kernel then refuses it once it is rewritten into anything that is not
+// a #! script (which runs only through an interpreter that is checked too).
 func commandExecRules(path string) []policy.ExecRule {
 	rules := []policy.ExecRule{{Path: path}}
 	interp := scriptInterpreter(path)
 	if len(interp) == 0 {
 		return rules
 	}
+	rules[0].ScriptOnly = true
 	rules = append(rules, policy.ExecRule{Path: interp[0]})
 	if filepath.Base(interp[0]) == "env" {
 		for _, arg := range interp[1:] {

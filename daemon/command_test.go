@@ -25,7 +25,7 @@ func TestCommandExecRules(t *testing.T) {
 		t.Fatalf("binary: %v", got)
 	}
 	got := commandExecRules(script)
-	if len(got) != 2 || got[1] != (policy.ExecRule{Path: "/bin/sh"}) {
+	if len(got) != 2 || got[0] != (policy.ExecRule{Path: script, ScriptOnly: true}) || got[1] != (policy.ExecRule{Path: "/bin/sh"}) {
 		t.Fatalf("script: %v", got)
 	}
 	got = commandExecRules(envScript)

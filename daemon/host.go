@@ -16,6 +16,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
+	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
 )
 
@@ -50,6 +51,7 @@ type taskRequest struct {
 	Grants   *api.Grants // nil: what the policy allows
 	Identity string      // embedded only; bridled maps identities itself
 	Mode     loader.WorkloadMode
+	RunAs    policy.Principal // who COMMAND runs as, for the exec rules' check
 }
 
 // embeddedHost runs a node in this process with its own pinned programs,
@@ -174,6 +176,7 @@ func (h *embeddedHost) start(ctx context.Context, req taskRequest) (node.Task, e
 	return h.node.Start(ctx, node.Request{
 		ID: req.ID, Workload: req.Workload.Rel(), Intent: req.Intent, TTL: req.TTL,
 		Grants: grants, Mode: req.Mode, Identity: req.Identity,
+		RunAs: []policy.Principal{req.RunAs},
 	})
 }
 
@@ -261,6 +264,7 @@ func (h *remoteHost) start(ctx context.Context, req taskRequest) (node.Task, err
 	r := api.StartRequest{
 		Workload: req.Workload.Rel(), Intent: req.Intent, Grants: req.Grants,
 		Mode: mode, LogAllowed: req.Mode.EmitAllow,
+		RunAs: []api.RunAs{{UID: req.RunAs.UID, GIDs: req.RunAs.GIDs}},
 	}
 	if req.TTL > 0 {
 		r.TTL = req.TTL.String()

@@ -52,6 +52,9 @@ type RunSpec struct {
 	Out        io.Writer // what a person reads: denials as they happen, summary
 	Verbose    bool
 	Self       string // the bridle binary, started as the launch shim
+	// AllowWritableExec (--allow-writable-exec) accepts exec rules whose
+	// file the workload's user can write.
+	AllowWritableExec bool
 }
 
 // pinParent is where standalone runs pin their programs and maps, one
@@ -145,6 +148,7 @@ func prepare(spec RunSpec) (*runner, error) {
 		g = *spec.Grants
 	}
 	g.Exec = append(slices.Clone(g.Exec), execStrings(commandExecRules(r.path))...)
+	g.AllowWritableExec = spec.AllowWritableExec
 	env, err := g.Envelope()
 	if err != nil {
 		return nil, err
@@ -206,7 +210,8 @@ func (r *runner) enforce(ctx context.Context) error {
 	r.task, err = r.host.start(ctx, taskRequest{
 		ID: r.runID, Workload: r.cg, Intent: r.spec.Intent, TTL: r.spec.TTL,
 		Grants: r.grants, Identity: r.identity,
-		Mode: loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
+		Mode:  loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
+		RunAs: policy.Principal{UID: r.creds.UID, GIDs: append([]uint32{r.creds.GID}, r.creds.Groups...)},
 	})
 	if err != nil {
 		return err
@@ -326,11 +331,18 @@ func exitStatus(err error) (int, error) {
 // summary and writes the records to --audit.
 func (r *runner) show() {
 	for rec := range r.records {
+		r.stats.addSuppressed(rec)
 		if rec.Action == "task_end" {
 			// The run's own end is no news; an expiry, or an end by
 			// someone else, is.
 			if strings.HasPrefix(rec.Reason, "expired") || !r.ending.Load() {
 				r.say("task %s ended: %s", rec.Task, rec.Reason)
+			}
+			if r.writer != nil && rec.Suppressed > 0 {
+				// The only record of the last suppressed decisions.
+				if err := r.writer.Write(rec); err != nil {
+					fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
+				}
 			}
 			continue
 		}

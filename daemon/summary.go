@@ -14,6 +14,10 @@ type summary struct {
 	mu       sync.Mutex
 	verdicts map[string]int
 	refused  map[string]*refusal // by target
+	// suppressed counts decisions the kernel left out over the workload's
+	// event budget: known from the records that follow them and the
+	// task's end.
+	suppressed uint64
 }
 
 type refusal struct {
@@ -23,6 +27,13 @@ type refusal struct {
 
 func newSummary() *summary {
 	return &summary{verdicts: map[string]int{}, refused: map[string]*refusal{}}
+}
+
+// addSuppressed counts the decisions a record says were left out.
+func (s *summary) addSuppressed(r audit.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.suppressed += r.Suppressed
 }
 
 func (s *summary) add(r audit.Record) {
@@ -51,6 +62,9 @@ func (s *summary) print(w io.Writer, command string, status int, drops uint64) {
 	// the workload chose, and a newline in one must not forge a line.
 	head := fmt.Sprintf("bridle: %s exited with status %d; %d denied, %d would-deny, %d allowed (logged)",
 		command, status, s.verdicts["deny"], s.verdicts["would-deny"], s.verdicts["allow"])
+	if s.suppressed > 0 {
+		fmt.Fprintf(w, "; %d more suppressed (over the workload's event budget: counted, not recorded one by one)", s.suppressed)
+	}
 	if drops > 0 {
 		head += fmt.Sprintf("; %d EVENTS LOST (ring buffer full)", drops)
 	}

@@ -97,6 +97,7 @@ func loadRingProducer(tb testing.TB, e *Enforcer) *ringProducer {
 		"bridle_unix":    e.net.BridleUnix,
 		"bridle_events":  e.net.BridleEvents,
 		"bridle_drops":   e.net.BridleDrops,
+		"bridle_budgets": e.net.BridleBudgets,
 	}
 	opts := replacementsFor(spec, &ebpf.CollectionOptions{MapReplacements: shared})
 	for name := range spec.Maps {

@@ -17,6 +17,17 @@ import (
 // much is pending, and polls for the rest (loader.pollInterval).
 const DefaultWakeupBytes = 64 << 10
 
+// DefaultEventBudget is how many decision events one workload's task may
+// emit per second before the kernel only counts them (Options.EventBudget).
+// The ring holds about 74,000 events (16 MiB of 224-byte records): at this
+// budget it takes 37 workloads flooding at once for a whole second, with the
+// reader stopped, to fill it, and the reader (500k+ events/s) keeps up with
+// 250 flooding at once. One workload's flood is thus at most a small share
+// of the ring and of the reader, and no workload's records are crowded out
+// by another's. A workload past its budget loses no count: its next record
+// says how many were left out, and its task's end reports the rest.
+const DefaultEventBudget = 2000
+
 // Options configure Load.
 type Options struct {
 	// PinDir holds the pinned maps and links of this enforcer, on a BPF
@@ -29,6 +40,13 @@ type Options struct {
 	// ForceKillMode uses kill-mode exec enforcement even where BPF LSM is
 	// active (for tests and comparison).
 	ForceKillMode bool
+	// EventBudget is how many events one workload's task may emit per
+	// second; 0 takes DefaultEventBudget. Past it events are counted, not
+	// emitted.
+	EventBudget uint64
+	// NoEventBudget lets every workload emit without limit (tests of the
+	// ring itself); one flooding workload can then crowd out the others.
+	NoEventBudget bool
 }
 
 // Enforcer is one loaded set of Bridle programs and maps.
@@ -77,6 +95,9 @@ func Load(opts Options) (*Enforcer, error) {
 	if err := setWakeup(netSpec, opts.WakeupBytes); err != nil {
 		return nil, err
 	}
+	if err := setBudget(netSpec, opts); err != nil {
+		return nil, err
+	}
 	netColl, err := ebpf.NewCollectionWithOptions(netSpec, *collOpts)
 	if err != nil {
 		return nil, fmt.Errorf("load: net programs: %s", verifierError(err))
@@ -89,7 +110,7 @@ func Load(opts Options) (*Enforcer, error) {
 	netColl.Close()
 	collOpts.MapReplacements = shared
 
-	if err := e.loadUnix(collOpts, opts.WakeupBytes); err != nil {
+	if err := e.loadUnix(collOpts, opts); err != nil {
 		e.features.UnixReason = err.Error()
 	} else {
 		e.features.UnixHooks = true
@@ -132,6 +153,25 @@ func sharedMaps(c *ebpf.Collection) map[string]*ebpf.Map {
 	return out
 }
 
+// setBudget sets the per-workload event budget of an object.
+func setBudget(spec *ebpf.CollectionSpec, o Options) error {
+	perSecond := o.EventBudget
+	switch {
+	case o.NoEventBudget:
+		perSecond = 0 // the programs' "no limit"
+	case perSecond == 0:
+		perSecond = DefaultEventBudget
+	}
+	v, ok := spec.Variables["bridle_event_budget"]
+	if !ok {
+		return errors.New("load: object has no bridle_event_budget")
+	}
+	if err := v.Set(perSecond); err != nil {
+		return fmt.Errorf("load: set event budget: %w", err)
+	}
+	return nil
+}
+
 func setWakeup(spec *ebpf.CollectionSpec, bytes uint64) error {
 	v, ok := spec.Variables["bridle_wakeup_bytes"]
 	if !ok {
@@ -156,17 +196,20 @@ func replacementsFor(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) eb
 	return o
 }
 
-func (e *Enforcer) loadUnix(opts *ebpf.CollectionOptions, wakeup uint64) error {
+func (e *Enforcer) loadUnix(opts *ebpf.CollectionOptions, o Options) error {
 	spec, err := loadUnix()
 	if err != nil {
 		return err
 	}
-	if err := setWakeup(spec, wakeup); err != nil {
+	if err := setWakeup(spec, o.WakeupBytes); err != nil {
+		return err
+	}
+	if err := setBudget(spec, o); err != nil {
 		return err
 	}
 	var objs unixObjects
-	o := replacementsFor(spec, opts)
-	if err := spec.LoadAndAssign(&objs, &o); err != nil {
+	co := replacementsFor(spec, opts)
+	if err := spec.LoadAndAssign(&objs, &co); err != nil {
 		return &UnsupportedError{Feature: "unix socket hooks (kernel 6.7+)", Err: errors.New(firstLine(verifierError(err)))}
 	}
 	e.unix = &objs
@@ -254,6 +297,9 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 		if err := setWakeup(spec, o.WakeupBytes); err != nil {
 			return err
 		}
+		if err := setBudget(spec, o); err != nil {
+			return err
+		}
 		var objs execlsmObjects
 		co := replacementsFor(spec, opts)
 		if err := spec.LoadAndAssign(&objs, &co); err != nil {
@@ -277,6 +323,9 @@ func (e *Enforcer) loadExec(opts *ebpf.CollectionOptions, o Options, lsms []stri
 		return fmt.Errorf("load: exec kill spec: %w", err)
 	}
 	if err := setWakeup(spec, o.WakeupBytes); err != nil {
+		return err
+	}
+	if err := setBudget(spec, o); err != nil {
 		return err
 	}
 	var objs execkillObjects

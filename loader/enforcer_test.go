@@ -64,9 +64,15 @@ func sanitize(s string) string {
 // testEnforcer loads a private enforcer pinned under a test directory.
 func testEnforcer(t testing.TB) *Enforcer {
 	t.Helper()
+	return testEnforcerWith(t, Options{})
+}
+
+// testEnforcerWith is testEnforcer with options (PinDir is set here).
+func testEnforcerWith(t testing.TB, opts Options) *Enforcer {
+	t.Helper()
 	requireRoot(t)
-	dir := filepath.Join(DefaultPinRoot, "test", fmt.Sprintf("%s-%d", sanitize(t.Name()), time.Now().UnixNano()))
-	e, err := Load(Options{PinDir: dir})
+	opts.PinDir = filepath.Join(DefaultPinRoot, "test", fmt.Sprintf("%s-%d", sanitize(t.Name()), time.Now().UnixNano()))
+	e, err := Load(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

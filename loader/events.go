@@ -30,6 +30,11 @@ type Event struct {
 	Path        string // unix socket name, the name an exec was called by, or a socket option (IPV6_RTHDR)
 	Dev, Ino    uint64 // the binary of an exec
 	Family      uint16 // the address family of a socket refused for it
+	// SuppressedTotal is how many events of this task (CgroupID and
+	// Generation) the kernel has left out so far, over the per-workload
+	// budget, modulo 2^32: the difference from the previous event's is
+	// how many were left out in between.
+	SuppressedTotal uint32
 }
 
 var actionNames = map[uint8]string{
@@ -72,6 +77,7 @@ var reasonNames = map[uint8]string{
 	uint8(netBridleReasonBRIDLE_REASON_EXT_HEADER):   "packet has routing or extension headers or IP options",
 	uint8(netBridleReasonBRIDLE_REASON_FAMILY):       "address family not allowed",
 	uint8(netBridleReasonBRIDLE_REASON_NAMESPACE):    "namespaces not allowed",
+	uint8(netBridleReasonBRIDLE_REASON_SCRIPT_ONLY):  "allowed only as a #! script, and it is not one now",
 }
 
 // sockoptNames names the socket options the setsockopt check refuses, by
@@ -217,6 +223,8 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		Path:        cString(k.Path[:]),
 		Dev:         k.Dev,
 		Ino:         k.Ino,
+
+		SuppressedTotal: k.Suppressed,
 	}
 	switch {
 	case k.Reason == uint8(netBridleReasonBRIDLE_REASON_FAMILY):

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type execkillBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type execkillBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type execkillBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -79,17 +93,20 @@ type execkillBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	execkillMapBridleCgroups     = "bridle_cgroups"
-	execkillMapBridleDrops       = "bridle_drops"
-	execkillMapBridleEvents      = "bridle_events"
-	execkillMapBridleExec        = "bridle_exec"
-	execkillMapBridleListen      = "bridle_listen"
-	execkillMapBridleNet4        = "bridle_net4"
-	execkillMapBridleNet6        = "bridle_net6"
-	execkillMapBridleTasks       = "bridle_tasks"
-	execkillMapBridleUnix        = "bridle_unix"
-	execkillProgBridleExecKill   = "bridle_exec_kill"
-	execkillVarBridleWakeupBytes = "bridle_wakeup_bytes"
+	execkillMapBridleBudgets        = "bridle_budgets"
+	execkillMapBridleCgroups        = "bridle_cgroups"
+	execkillMapBridleDrops          = "bridle_drops"
+	execkillMapBridleEvents         = "bridle_events"
+	execkillMapBridleExec           = "bridle_exec"
+	execkillMapBridleListen         = "bridle_listen"
+	execkillMapBridleNet4           = "bridle_net4"
+	execkillMapBridleNet6           = "bridle_net6"
+	execkillMapBridleTasks          = "bridle_tasks"
+	execkillMapBridleUnix           = "bridle_unix"
+	execkillProgBridleExecKill      = "bridle_exec_kill"
+	execkillVarBridleBudgetWindowNs = "bridle_budget_window_ns"
+	execkillVarBridleEventBudget    = "bridle_event_budget"
+	execkillVarBridleWakeupBytes    = "bridle_wakeup_bytes"
 )
 
 // loadExeckill returns the embedded CollectionSpec for execkill.
@@ -141,6 +158,7 @@ type execkillProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execkillMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -156,7 +174,9 @@ type execkillMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execkillVariableSpecs struct {
-	BridleWakeupBytes *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // execkillObjects contains all objects after they have been loaded into the kernel.
@@ -179,6 +199,7 @@ func (o *execkillObjects) Close() error {
 //
 // It can be passed to loadExeckillObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execkillMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -192,6 +213,7 @@ type execkillMaps struct {
 
 func (m *execkillMaps) Close() error {
 	return _ExeckillClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -208,7 +230,9 @@ func (m *execkillMaps) Close() error {
 //
 // It can be passed to loadExeckillObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execkillVariables struct {
-	BridleWakeupBytes *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // execkillPrograms contains all programs after they have been loaded into the kernel.

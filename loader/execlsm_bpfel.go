@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type execlsmBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type execlsmBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type execlsmBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -79,17 +93,20 @@ type execlsmBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	execlsmMapBridleCgroups     = "bridle_cgroups"
-	execlsmMapBridleDrops       = "bridle_drops"
-	execlsmMapBridleEvents      = "bridle_events"
-	execlsmMapBridleExec        = "bridle_exec"
-	execlsmMapBridleListen      = "bridle_listen"
-	execlsmMapBridleNet4        = "bridle_net4"
-	execlsmMapBridleNet6        = "bridle_net6"
-	execlsmMapBridleTasks       = "bridle_tasks"
-	execlsmMapBridleUnix        = "bridle_unix"
-	execlsmProgBridleExecLsm    = "bridle_exec_lsm"
-	execlsmVarBridleWakeupBytes = "bridle_wakeup_bytes"
+	execlsmMapBridleBudgets        = "bridle_budgets"
+	execlsmMapBridleCgroups        = "bridle_cgroups"
+	execlsmMapBridleDrops          = "bridle_drops"
+	execlsmMapBridleEvents         = "bridle_events"
+	execlsmMapBridleExec           = "bridle_exec"
+	execlsmMapBridleListen         = "bridle_listen"
+	execlsmMapBridleNet4           = "bridle_net4"
+	execlsmMapBridleNet6           = "bridle_net6"
+	execlsmMapBridleTasks          = "bridle_tasks"
+	execlsmMapBridleUnix           = "bridle_unix"
+	execlsmProgBridleExecLsm       = "bridle_exec_lsm"
+	execlsmVarBridleBudgetWindowNs = "bridle_budget_window_ns"
+	execlsmVarBridleEventBudget    = "bridle_event_budget"
+	execlsmVarBridleWakeupBytes    = "bridle_wakeup_bytes"
 )
 
 // loadExeclsm returns the embedded CollectionSpec for execlsm.
@@ -141,6 +158,7 @@ type execlsmProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execlsmMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -156,7 +174,9 @@ type execlsmMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execlsmVariableSpecs struct {
-	BridleWakeupBytes *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // execlsmObjects contains all objects after they have been loaded into the kernel.
@@ -179,6 +199,7 @@ func (o *execlsmObjects) Close() error {
 //
 // It can be passed to loadExeclsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execlsmMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -192,6 +213,7 @@ type execlsmMaps struct {
 
 func (m *execlsmMaps) Close() error {
 	return _ExeclsmClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -208,7 +230,9 @@ func (m *execlsmMaps) Close() error {
 //
 // It can be passed to loadExeclsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execlsmVariables struct {
-	BridleWakeupBytes *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // execlsmPrograms contains all programs after they have been loaded into the kernel.

@@ -87,6 +87,28 @@ func CgroupID(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
+// MaxWorkloadLevel is the deepest cgroup level (the v2 root is level 0) at
+// which a workload may be registered. The programs find a process's workload
+// by looking up its cgroup and then its ancestors at levels 0 to
+// BRIDLE_MAX_CGROUP_DEPTH-1 (bpf/include/bridle.h), so a workload any
+// deeper would govern only the processes directly in it, not its subtree.
+const MaxWorkloadLevel = 15
+
+// CheckWorkloadLevel refuses a workload cgroup, given by its path below the
+// cgroup v2 mount, that is deeper than the programs look.
+func CheckWorkloadLevel(rel string) error {
+	level := 0
+	for _, part := range strings.Split(rel, "/") {
+		if part != "" && part != "." {
+			level++
+		}
+	}
+	if level > MaxWorkloadLevel {
+		return fmt.Errorf("cgroup %s is %d levels below the cgroup v2 root; Bridle finds workloads only at levels 1 to %d, so it cannot confine processes below this one: use a cgroup nearer the root", rel, level, MaxWorkloadLevel)
+	}
+	return nil
+}
+
 // ensureBPFFS mounts a BPF filesystem at /sys/fs/bpf when none is there, so
 // pins have a home.
 func ensureBPFFS(pinRoot string) error {

@@ -5,7 +5,7 @@ package loader
 // generate` runs these; CI regenerates them and fails on any difference.
 // Shared Go types are generated once, from the net object.
 
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -strip llvm-strip-19 -type bridle_event -type bridle_workload -type bridle_task -type bridle_net4_key -type bridle_net6_key -type bridle_listen_key -type bridle_ports -type bridle_port_range -type bridle_exec_key -type bridle_unix_key -type bridle_verdict -type bridle_action -type bridle_proto -type bridle_reason -type bridle_enforcement -type bridle_workload_flags net ../bpf/net.c -- -I../bpf/include -I../bpf
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -strip llvm-strip-19 -type bridle_event -type bridle_workload -type bridle_task -type bridle_net4_key -type bridle_net6_key -type bridle_ports -type bridle_port_range -type bridle_exec_key -type bridle_unix_key -type bridle_verdict -type bridle_action -type bridle_proto -type bridle_reason -type bridle_enforcement -type bridle_workload_flags -type bridle_listen_key -type bridle_exec_flags -type bridle_budget_key -type bridle_budget net ../bpf/net.c -- -I../bpf/include -I../bpf
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -strip llvm-strip-19 unix ../bpf/unix.c -- -I../bpf/include -I../bpf
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -strip llvm-strip-19 listen ../bpf/listen.c -- -I../bpf/include -I../bpf
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -strip llvm-strip-19 sockopt ../bpf/sockopt.c -- -I../bpf/include -I../bpf

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type guardlsmBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type guardlsmBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type guardlsmBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -79,18 +93,21 @@ type guardlsmBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	guardlsmMapBridleCgroups     = "bridle_cgroups"
-	guardlsmMapBridleDrops       = "bridle_drops"
-	guardlsmMapBridleEvents      = "bridle_events"
-	guardlsmMapBridleExec        = "bridle_exec"
-	guardlsmMapBridleListen      = "bridle_listen"
-	guardlsmMapBridleNet4        = "bridle_net4"
-	guardlsmMapBridleNet6        = "bridle_net6"
-	guardlsmMapBridleTasks       = "bridle_tasks"
-	guardlsmMapBridleUnix        = "bridle_unix"
-	guardlsmProgBridleFamily     = "bridle_family"
-	guardlsmProgBridleUserns     = "bridle_userns"
-	guardlsmVarBridleWakeupBytes = "bridle_wakeup_bytes"
+	guardlsmMapBridleBudgets        = "bridle_budgets"
+	guardlsmMapBridleCgroups        = "bridle_cgroups"
+	guardlsmMapBridleDrops          = "bridle_drops"
+	guardlsmMapBridleEvents         = "bridle_events"
+	guardlsmMapBridleExec           = "bridle_exec"
+	guardlsmMapBridleListen         = "bridle_listen"
+	guardlsmMapBridleNet4           = "bridle_net4"
+	guardlsmMapBridleNet6           = "bridle_net6"
+	guardlsmMapBridleTasks          = "bridle_tasks"
+	guardlsmMapBridleUnix           = "bridle_unix"
+	guardlsmProgBridleFamily        = "bridle_family"
+	guardlsmProgBridleUserns        = "bridle_userns"
+	guardlsmVarBridleBudgetWindowNs = "bridle_budget_window_ns"
+	guardlsmVarBridleEventBudget    = "bridle_event_budget"
+	guardlsmVarBridleWakeupBytes    = "bridle_wakeup_bytes"
 )
 
 // loadGuardlsm returns the embedded CollectionSpec for guardlsm.
@@ -143,6 +160,7 @@ type guardlsmProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type guardlsmMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -158,7 +176,9 @@ type guardlsmMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type guardlsmVariableSpecs struct {
-	BridleWakeupBytes *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // guardlsmObjects contains all objects after they have been loaded into the kernel.
@@ -181,6 +201,7 @@ func (o *guardlsmObjects) Close() error {
 //
 // It can be passed to loadGuardlsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type guardlsmMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -194,6 +215,7 @@ type guardlsmMaps struct {
 
 func (m *guardlsmMaps) Close() error {
 	return _GuardlsmClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -210,7 +232,9 @@ func (m *guardlsmMaps) Close() error {
 //
 // It can be passed to loadGuardlsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type guardlsmVariables struct {
-	BridleWakeupBytes *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // guardlsmPrograms contains all programs after they have been loaded into the kernel.

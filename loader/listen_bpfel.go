@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type listenBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type listenBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type listenBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -79,6 +93,7 @@ type listenBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	listenMapBridleBudgets           = "bridle_budgets"
 	listenMapBridleCgroups           = "bridle_cgroups"
 	listenMapBridleDrops             = "bridle_drops"
 	listenMapBridleEvents            = "bridle_events"
@@ -91,10 +106,15 @@ const (
 	listenProgBridleAccept           = "bridle_accept"
 	listenProgBridleBind4            = "bridle_bind4"
 	listenProgBridleBind6            = "bridle_bind6"
+	listenVarBridleBudgetWindowNs    = "bridle_budget_window_ns"
+	listenVarBridleEventBudget       = "bridle_event_budget"
 	listenVarBridleUnusedAction      = "bridle_unused_action"
+	listenVarBridleUnusedBudget      = "bridle_unused_budget"
+	listenVarBridleUnusedBudgetKey   = "bridle_unused_budget_key"
 	listenVarBridleUnusedEnforcement = "bridle_unused_enforcement"
 	listenVarBridleUnusedEvent       = "bridle_unused_event"
 	listenVarBridleUnusedExec        = "bridle_unused_exec"
+	listenVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
 	listenVarBridleUnusedFlags       = "bridle_unused_flags"
 	listenVarBridleUnusedListen      = "bridle_unused_listen"
 	listenVarBridleUnusedNet4        = "bridle_unused_net4"
@@ -159,6 +179,7 @@ type listenProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -174,10 +195,15 @@ type listenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenVariableSpecs struct {
+	BridleBudgetWindowNs    *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget       *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
 	BridleUnusedAction      *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget      *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey   *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
 	BridleUnusedEnforcement *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
 	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
 	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
@@ -211,6 +237,7 @@ func (o *listenObjects) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -224,6 +251,7 @@ type listenMaps struct {
 
 func (m *listenMaps) Close() error {
 	return _ListenClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -240,10 +268,15 @@ func (m *listenMaps) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenVariables struct {
+	BridleBudgetWindowNs    *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget       *ebpf.Variable `ebpf:"bridle_event_budget"`
 	BridleUnusedAction      *ebpf.Variable `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget      *ebpf.Variable `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey   *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
 	BridleUnusedEnforcement *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
 	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
 	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`

@@ -26,6 +26,20 @@ const (
 	netBridleActionBRIDLE_ACTION_NAMESPACE  netBridleAction = 8
 )
 
+type netBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type netBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type netBridleEnforcement uint32
 
 const (
@@ -53,8 +67,15 @@ type netBridleEvent struct {
 	Addr        [16]uint8
 	Comm        [16]int8
 	Path        [128]int8
-	_           [4]byte
+	Suppressed  uint32
 }
+
+type netBridleExecFlags uint32
+
+const (
+	netBridleExecFlagsBRIDLE_EXEC_ALLOW       netBridleExecFlags = 1
+	netBridleExecFlagsBRIDLE_EXEC_SCRIPT_ONLY netBridleExecFlags = 2
+)
 
 type netBridleExecKey struct {
 	_    structs.HostLayout
@@ -122,6 +143,7 @@ const (
 	netBridleReasonBRIDLE_REASON_PROTOCOL     netBridleReason = 7
 	netBridleReasonBRIDLE_REASON_SOCKOPT      netBridleReason = 8
 	netBridleReasonBRIDLE_REASON_EXT_HEADER   netBridleReason = 9
+	netBridleReasonBRIDLE_REASON_SCRIPT_ONLY  netBridleReason = 10
 	netBridleReasonBRIDLE_REASON_FAMILY       netBridleReason = 11
 	netBridleReasonBRIDLE_REASON_NAMESPACE    netBridleReason = 12
 )
@@ -167,6 +189,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	netMapBridleBudgets           = "bridle_budgets"
 	netMapBridleCgroups           = "bridle_cgroups"
 	netMapBridleDrops             = "bridle_drops"
 	netMapBridleEvents            = "bridle_events"
@@ -182,10 +205,15 @@ const (
 	netProgBridleSendmsg4         = "bridle_sendmsg4"
 	netProgBridleSendmsg6         = "bridle_sendmsg6"
 	netProgBridleSockCreate       = "bridle_sock_create"
+	netVarBridleBudgetWindowNs    = "bridle_budget_window_ns"
+	netVarBridleEventBudget       = "bridle_event_budget"
 	netVarBridleUnusedAction      = "bridle_unused_action"
+	netVarBridleUnusedBudget      = "bridle_unused_budget"
+	netVarBridleUnusedBudgetKey   = "bridle_unused_budget_key"
 	netVarBridleUnusedEnforcement = "bridle_unused_enforcement"
 	netVarBridleUnusedEvent       = "bridle_unused_event"
 	netVarBridleUnusedExec        = "bridle_unused_exec"
+	netVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
 	netVarBridleUnusedFlags       = "bridle_unused_flags"
 	netVarBridleUnusedListen      = "bridle_unused_listen"
 	netVarBridleUnusedNet4        = "bridle_unused_net4"
@@ -253,6 +281,7 @@ type netProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type netMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -268,10 +297,15 @@ type netMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type netVariableSpecs struct {
+	BridleBudgetWindowNs    *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget       *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
 	BridleUnusedAction      *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget      *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey   *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
 	BridleUnusedEnforcement *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
 	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
 	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
@@ -305,6 +339,7 @@ func (o *netObjects) Close() error {
 //
 // It can be passed to loadNetObjects or ebpf.CollectionSpec.LoadAndAssign.
 type netMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -318,6 +353,7 @@ type netMaps struct {
 
 func (m *netMaps) Close() error {
 	return _NetClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -334,10 +370,15 @@ func (m *netMaps) Close() error {
 //
 // It can be passed to loadNetObjects or ebpf.CollectionSpec.LoadAndAssign.
 type netVariables struct {
+	BridleBudgetWindowNs    *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget       *ebpf.Variable `ebpf:"bridle_event_budget"`
 	BridleUnusedAction      *ebpf.Variable `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget      *ebpf.Variable `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey   *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
 	BridleUnusedEnforcement *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
 	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
 	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`

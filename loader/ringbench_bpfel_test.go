@@ -16,17 +16,20 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ringbenchMapBridleCgroups     = "bridle_cgroups"
-	ringbenchMapBridleDrops       = "bridle_drops"
-	ringbenchMapBridleEvents      = "bridle_events"
-	ringbenchMapBridleExec        = "bridle_exec"
-	ringbenchMapBridleListen      = "bridle_listen"
-	ringbenchMapBridleNet4        = "bridle_net4"
-	ringbenchMapBridleNet6        = "bridle_net6"
-	ringbenchMapBridleTasks       = "bridle_tasks"
-	ringbenchMapBridleUnix        = "bridle_unix"
-	ringbenchProgBridleRingbench  = "bridle_ringbench"
-	ringbenchVarBridleWakeupBytes = "bridle_wakeup_bytes"
+	ringbenchMapBridleBudgets        = "bridle_budgets"
+	ringbenchMapBridleCgroups        = "bridle_cgroups"
+	ringbenchMapBridleDrops          = "bridle_drops"
+	ringbenchMapBridleEvents         = "bridle_events"
+	ringbenchMapBridleExec           = "bridle_exec"
+	ringbenchMapBridleListen         = "bridle_listen"
+	ringbenchMapBridleNet4           = "bridle_net4"
+	ringbenchMapBridleNet6           = "bridle_net6"
+	ringbenchMapBridleTasks          = "bridle_tasks"
+	ringbenchMapBridleUnix           = "bridle_unix"
+	ringbenchProgBridleRingbench     = "bridle_ringbench"
+	ringbenchVarBridleBudgetWindowNs = "bridle_budget_window_ns"
+	ringbenchVarBridleEventBudget    = "bridle_event_budget"
+	ringbenchVarBridleWakeupBytes    = "bridle_wakeup_bytes"
 )
 
 // loadRingbench returns the embedded CollectionSpec for ringbench.
@@ -78,6 +81,7 @@ type ringbenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ringbenchMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -93,7 +97,9 @@ type ringbenchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ringbenchVariableSpecs struct {
-	BridleWakeupBytes *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // ringbenchObjects contains all objects after they have been loaded into the kernel.
@@ -116,6 +122,7 @@ func (o *ringbenchObjects) Close() error {
 //
 // It can be passed to loadRingbenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ringbenchMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -129,6 +136,7 @@ type ringbenchMaps struct {
 
 func (m *ringbenchMaps) Close() error {
 	return _RingbenchClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -145,7 +153,9 @@ func (m *ringbenchMaps) Close() error {
 //
 // It can be passed to loadRingbenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ringbenchVariables struct {
-	BridleWakeupBytes *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // ringbenchPrograms contains all programs after they have been loaded into the kernel.

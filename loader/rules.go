@@ -159,7 +159,11 @@ func (e *Enforcer) writeExec(slot uint32, ids []policy.FileID) error {
 	vals := make([]uint8, 0, len(ids))
 	for _, id := range ids {
 		keys = append(keys, netBridleExecKey{Slot: slot, Dev: id.Dev, Ino: id.Ino})
-		vals = append(vals, 1)
+		v := uint8(netBridleExecFlagsBRIDLE_EXEC_ALLOW)
+		if id.ScriptOnly {
+			v |= uint8(netBridleExecFlagsBRIDLE_EXEC_SCRIPT_ONLY)
+		}
+		vals = append(vals, v)
 	}
 	return batchUpdate(e.net.BridleExec, keys, vals)
 }
@@ -332,4 +336,23 @@ func (e *Enforcer) Drops() (uint64, error) {
 		n += v
 	}
 	return n, nil
+}
+
+// TakeSuppressed returns how many events the kernel left out, over the
+// event budget, for the task of generation in cgroup cgroupID, and forgets
+// the count. Records carry the running total as they go; this is for what
+// no record carried, once the task has ended.
+func (e *Enforcer) TakeSuppressed(cgroupID uint64, generation uint32) (uint64, error) {
+	k := netBridleBudgetKey{CgroupId: cgroupID, Generation: generation}
+	var v netBridleBudget
+	if err := e.net.BridleBudgets.Lookup(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("read event budget of cgroup %d: %w", cgroupID, err)
+	}
+	if err := e.net.BridleBudgets.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, fmt.Errorf("forget event budget of cgroup %d: %w", cgroupID, err)
+	}
+	return v.Suppressed, nil
 }

@@ -98,9 +98,10 @@ func readUntil(t testing.TB, rd *EventReader, match func(Event) bool) Event {
 }
 
 // A full ring buffer loses records, never silently: every refusal is either
-// read or counted as dropped.
+// read or counted as dropped. (Without the event budget, which would keep
+// one workload from filling the ring: see TestEventBudget.)
 func TestEventLossIsCounted(t *testing.T) {
-	e := testEnforcer(t)
+	e := testEnforcerWith(t, Options{NoEventBudget: true})
 	cg, id := testCgroup(t)
 	if err := e.AttachCgroup(cg); err != nil {
 		t.Fatal(err)
@@ -142,5 +143,71 @@ func TestEventLossIsCounted(t *testing.T) {
 	}
 	if read+drops != n {
 		t.Fatalf("read %d + dropped %d != %d refusals: records lost silently", read, drops, n)
+	}
+}
+
+// One workload's flood takes only its budget of the ring: every refusal
+// past it is counted in the kernel, carried by the events that follow and
+// readable at the task's end, and nothing is dropped.
+func TestEventBudget(t *testing.T) {
+	const budget = 500
+	e := testEnforcerWith(t, Options{EventBudget: budget})
+	cg, id := testCgroup(t)
+	if err := e.AttachCgroup(cg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.BindWorkload(id, BaselineSlot, WorkloadMode{}); err != nil {
+		t.Fatal(err)
+	}
+	probe := allowProbe(t, e)
+	const n = 150000
+	out, err := runIn(t, cg, probe, "udp-flood", "127.0.0.1:9", fmt.Sprint(n))
+	if err != nil || !strings.Contains(out, fmt.Sprintf("refused=%d", n)) {
+		t.Fatalf("flood: %v %q", err, out)
+	}
+	rd, err := e.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	var read uint64
+	var lastTotal uint32
+	for {
+		ev, ok, err := rd.TryRead()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		if ev.CgroupID == id && ev.Action == "connect" {
+			read++
+			lastTotal = max(lastTotal, ev.SuppressedTotal)
+		}
+	}
+	drops, err := e.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, err := e.TakeSuppressed(id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d refusals: %d records, %d suppressed (last record said %d), %d dropped", n, read, total, lastTotal, drops)
+	if drops != 0 {
+		t.Fatalf("%d events dropped: the budget should have kept the ring from filling", drops)
+	}
+	if read+total != n {
+		t.Fatalf("%d records + %d suppressed != %d refusals", read, total, n)
+	}
+	// The flood took a few seconds at most: a few windows' budget.
+	if read > 10*budget {
+		t.Fatalf("%d records: the budget of %d a second did not hold", read, budget)
+	}
+	if uint64(lastTotal) > total {
+		t.Fatalf("records said %d suppressed, the kernel counted %d", lastTotal, total)
+	}
+	if again, _ := e.TakeSuppressed(id, 0); again != 0 {
+		t.Fatalf("the count was not forgotten: %d", again)
 	}
 }

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sockoptBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type sockoptBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type sockoptBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -79,6 +93,7 @@ type sockoptBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockoptMapBridleBudgets           = "bridle_budgets"
 	sockoptMapBridleCgroups           = "bridle_cgroups"
 	sockoptMapBridleDrops             = "bridle_drops"
 	sockoptMapBridleEvents            = "bridle_events"
@@ -89,12 +104,17 @@ const (
 	sockoptMapBridleTasks             = "bridle_tasks"
 	sockoptMapBridleUnix              = "bridle_unix"
 	sockoptProgBridleSockopt          = "bridle_sockopt"
+	sockoptVarBridleBudgetWindowNs    = "bridle_budget_window_ns"
+	sockoptVarBridleEventBudget       = "bridle_event_budget"
 	sockoptVarBridlePageSize          = "bridle_page_size"
 	sockoptVarBridleSockoptAncestors  = "bridle_sockopt_ancestors"
 	sockoptVarBridleUnusedAction      = "bridle_unused_action"
+	sockoptVarBridleUnusedBudget      = "bridle_unused_budget"
+	sockoptVarBridleUnusedBudgetKey   = "bridle_unused_budget_key"
 	sockoptVarBridleUnusedEnforcement = "bridle_unused_enforcement"
 	sockoptVarBridleUnusedEvent       = "bridle_unused_event"
 	sockoptVarBridleUnusedExec        = "bridle_unused_exec"
+	sockoptVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
 	sockoptVarBridleUnusedFlags       = "bridle_unused_flags"
 	sockoptVarBridleUnusedListen      = "bridle_unused_listen"
 	sockoptVarBridleUnusedNet4        = "bridle_unused_net4"
@@ -157,6 +177,7 @@ type sockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -172,12 +193,17 @@ type sockoptMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptVariableSpecs struct {
+	BridleBudgetWindowNs    *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget       *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
 	BridlePageSize          *ebpf.VariableSpec `ebpf:"bridle_page_size"`
 	BridleSockoptAncestors  *ebpf.VariableSpec `ebpf:"bridle_sockopt_ancestors"`
 	BridleUnusedAction      *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget      *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey   *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
 	BridleUnusedEnforcement *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
 	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
 	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
@@ -211,6 +237,7 @@ func (o *sockoptObjects) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -224,6 +251,7 @@ type sockoptMaps struct {
 
 func (m *sockoptMaps) Close() error {
 	return _SockoptClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -240,12 +268,17 @@ func (m *sockoptMaps) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptVariables struct {
+	BridleBudgetWindowNs    *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget       *ebpf.Variable `ebpf:"bridle_event_budget"`
 	BridlePageSize          *ebpf.Variable `ebpf:"bridle_page_size"`
 	BridleSockoptAncestors  *ebpf.Variable `ebpf:"bridle_sockopt_ancestors"`
 	BridleUnusedAction      *ebpf.Variable `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget      *ebpf.Variable `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey   *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
 	BridleUnusedEnforcement *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
 	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
 	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type unixBridleBudget struct {
+	_             structs.HostLayout
+	WindowStartNs uint64
+	Emitted       uint64
+	Suppressed    uint64
+}
+
+type unixBridleBudgetKey struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type unixBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -79,18 +93,21 @@ type unixBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	unixMapBridleCgroups     = "bridle_cgroups"
-	unixMapBridleDrops       = "bridle_drops"
-	unixMapBridleEvents      = "bridle_events"
-	unixMapBridleExec        = "bridle_exec"
-	unixMapBridleListen      = "bridle_listen"
-	unixMapBridleNet4        = "bridle_net4"
-	unixMapBridleNet6        = "bridle_net6"
-	unixMapBridleTasks       = "bridle_tasks"
-	unixMapBridleUnix        = "bridle_unix"
-	unixProgBridleConnUnix   = "bridle_conn_unix"
-	unixProgBridleSendUnix   = "bridle_send_unix"
-	unixVarBridleWakeupBytes = "bridle_wakeup_bytes"
+	unixMapBridleBudgets        = "bridle_budgets"
+	unixMapBridleCgroups        = "bridle_cgroups"
+	unixMapBridleDrops          = "bridle_drops"
+	unixMapBridleEvents         = "bridle_events"
+	unixMapBridleExec           = "bridle_exec"
+	unixMapBridleListen         = "bridle_listen"
+	unixMapBridleNet4           = "bridle_net4"
+	unixMapBridleNet6           = "bridle_net6"
+	unixMapBridleTasks          = "bridle_tasks"
+	unixMapBridleUnix           = "bridle_unix"
+	unixProgBridleConnUnix      = "bridle_conn_unix"
+	unixProgBridleSendUnix      = "bridle_send_unix"
+	unixVarBridleBudgetWindowNs = "bridle_budget_window_ns"
+	unixVarBridleEventBudget    = "bridle_event_budget"
+	unixVarBridleWakeupBytes    = "bridle_wakeup_bytes"
 )
 
 // loadUnix returns the embedded CollectionSpec for unix.
@@ -143,6 +160,7 @@ type unixProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type unixMapSpecs struct {
+	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
@@ -158,7 +176,9 @@ type unixMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type unixVariableSpecs struct {
-	BridleWakeupBytes *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // unixObjects contains all objects after they have been loaded into the kernel.
@@ -181,6 +201,7 @@ func (o *unixObjects) Close() error {
 //
 // It can be passed to loadUnixObjects or ebpf.CollectionSpec.LoadAndAssign.
 type unixMaps struct {
+	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
 	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
 	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
@@ -194,6 +215,7 @@ type unixMaps struct {
 
 func (m *unixMaps) Close() error {
 	return _UnixClose(
+		m.BridleBudgets,
 		m.BridleCgroups,
 		m.BridleDrops,
 		m.BridleEvents,
@@ -210,7 +232,9 @@ func (m *unixMaps) Close() error {
 //
 // It can be passed to loadUnixObjects or ebpf.CollectionSpec.LoadAndAssign.
 type unixVariables struct {
-	BridleWakeupBytes *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget    *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleWakeupBytes    *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // unixPrograms contains all programs after they have been loaded into the kernel.

@@ -73,6 +73,9 @@ type FileID struct {
 	Dev  uint64
 	Ino  uint64
 	Path string // the name it was found under, for people reading events
+	// ScriptOnly: the kernel runs the file only while it is a #! script
+	// (see ExecRule.ScriptOnly).
+	ScriptOnly bool
 }
 
 // Compile turns env into the rule set the kernel enforces. Executables are
@@ -349,20 +352,26 @@ func compileUnix(paths []string) ([]string, error) {
 
 func compileExec(rules []ExecRule) ([]FileID, error) {
 	var out []FileID
-	seen := make(map[[2]uint64]bool)
+	seen := make(map[[2]uint64]int) // index in out
 	add := func(id FileID) {
 		k := [2]uint64{id.Dev, id.Ino}
-		if !seen[k] {
-			seen[k] = true
+		i, ok := seen[k]
+		if !ok {
+			seen[k] = len(out)
 			out = append(out, id)
+			return
 		}
+		// Rules add up: a file any rule allows without condition is
+		// allowed without condition.
+		out[i].ScriptOnly = out[i].ScriptOnly && id.ScriptOnly
 	}
 	for _, r := range rules {
 		if !filepath.IsAbs(r.Path) {
 			return nil, fmt.Errorf("policy: exec rule %q: path must be absolute", r)
 		}
 		if r.Dir {
-			if err := walkExecutables(r.Path, add); err != nil {
+			walkAdd := func(id FileID) { id.ScriptOnly = r.ScriptOnly; add(id) }
+			if err := walkExecutables(r.Path, walkAdd); err != nil {
 				return nil, err
 			}
 			continue
@@ -377,6 +386,7 @@ func compileExec(rules []ExecRule) ([]FileID, error) {
 		if mode&0o111 == 0 {
 			return nil, fmt.Errorf("policy: exec rule %q: file is not executable", r)
 		}
+		id.ScriptOnly = r.ScriptOnly
 		add(id)
 	}
 	return out, nil

@@ -419,29 +419,29 @@ func TestCompileExec(t *testing.T) {
 		rules []ExecRule
 		want  []FileID
 	}{
-		{"dir", []ExecRule{{tree, true}}, wantIDs(
+		{"dir", []ExecRule{{Path: tree, Dir: true}}, wantIDs(
 			filepath.Join(tree, "a"),
 			filepath.Join(tree, "sub", "c"),
 			filepath.Join(tree, "sub", "deep", "b"),
 			filepath.Join(tree, "to-d"),
 		)},
-		{"symlinked dir keeps the name given", []ExecRule{{filepath.Join(dir, "tree-link"), true}}, wantIDs(
+		{"symlinked dir keeps the name given", []ExecRule{{Path: filepath.Join(dir, "tree-link"), Dir: true}}, wantIDs(
 			filepath.Join(dir, "tree-link", "a"),
 			filepath.Join(dir, "tree-link", "sub", "c"),
 			filepath.Join(dir, "tree-link", "sub", "deep", "b"),
 			filepath.Join(dir, "tree-link", "to-d"),
 		)},
 		{"files and dirs deduplicate", []ExecRule{
-			{filepath.Join(outside, "d"), false},
-			{filepath.Join(tree, "sub", "hard-a"), false},
-			{tree, true},
+			{Path: filepath.Join(outside, "d"), Dir: false},
+			{Path: filepath.Join(tree, "sub", "hard-a"), Dir: false},
+			{Path: tree, Dir: true},
 		}, wantIDs(
 			filepath.Join(outside, "d"),
 			filepath.Join(tree, "sub", "hard-a"),
 			filepath.Join(tree, "sub", "c"),
 			filepath.Join(tree, "sub", "deep", "b"),
 		)},
-		{"file symlink", []ExecRule{{filepath.Join(tree, "to-d"), false}}, wantIDs(filepath.Join(tree, "to-d"))},
+		{"file symlink", []ExecRule{{Path: filepath.Join(tree, "to-d"), Dir: false}}, wantIDs(filepath.Join(tree, "to-d"))},
 	}
 	for _, tt := range tests {
 		rs, err := Compile(Envelope{Exec: tt.rules})
@@ -458,15 +458,15 @@ func TestCompileExec(t *testing.T) {
 		rule ExecRule
 		why  string
 	}{
-		{ExecRule{filepath.Join(dir, "missing"), false}, "no such file"},
-		{ExecRule{filepath.Join(dir, "missing"), true}, "no such file"},
-		{ExecRule{filepath.Join(tree, "data"), false}, "not executable"},
-		{ExecRule{filepath.Join(tree, "to-data"), false}, "not executable"},
-		{ExecRule{filepath.Join(tree, "broken"), false}, "no such file"},
-		{ExecRule{tree, false}, "not a regular file"},
-		{ExecRule{filepath.Join(tree, "fifo"), false}, "not a regular file"},
-		{ExecRule{filepath.Join(tree, "a"), true}, "not a directory"},
-		{ExecRule{"relative/x", false}, "absolute"},
+		{ExecRule{Path: filepath.Join(dir, "missing"), Dir: false}, "no such file"},
+		{ExecRule{Path: filepath.Join(dir, "missing"), Dir: true}, "no such file"},
+		{ExecRule{Path: filepath.Join(tree, "data"), Dir: false}, "not executable"},
+		{ExecRule{Path: filepath.Join(tree, "to-data"), Dir: false}, "not executable"},
+		{ExecRule{Path: filepath.Join(tree, "broken"), Dir: false}, "no such file"},
+		{ExecRule{Path: tree, Dir: false}, "not a regular file"},
+		{ExecRule{Path: filepath.Join(tree, "fifo"), Dir: false}, "not a regular file"},
+		{ExecRule{Path: filepath.Join(tree, "a"), Dir: true}, "not a directory"},
+		{ExecRule{Path: "relative/x", Dir: false}, "absolute"},
 	}
 	for _, tt := range errs {
 		_, err := Compile(Envelope{Exec: []ExecRule{tt.rule}})

@@ -86,6 +86,12 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 				}
 				env.Listen = append(env.Listen, r)
 			}
+		case k == "allow_writable_exec" && withTTL:
+			b, ok := val.(bool)
+			if !ok {
+				return fail("allow_writable_exec: want true or false, got %s", describe(val))
+			}
+			env.AllowWritableExec = b
 		case k == "ttl" && withTTL:
 			d, err := decodeTTL(val)
 			if err != nil {
@@ -95,7 +101,7 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 		case k == "ttl":
 			return fail("a baseline has no ttl: it is what a workload gets while it has no task, for as long as it has none")
 		default:
-			want := "egress, exec, listen or ttl"
+			want := "egress, exec, listen, ttl or allow_writable_exec"
 			if !withTTL {
 				want = "egress, exec or listen"
 			}
@@ -232,7 +238,7 @@ func decodeExec(v any) (ExecRule, error) {
 		return ExecRule{}, fmt.Errorf("want an object {path} or {dir}, got %s", describe(v))
 	}
 	if len(obj) != 1 {
-		return ExecRule{}, fmt.Errorf("want exactly one of the keys path, dir, sha256; got %s", strings.Join(sortedKeys(obj), ", "))
+		return ExecRule{}, fmt.Errorf("want exactly one of the keys path, dir, script, sha256; got %s", strings.Join(sortedKeys(obj), ", "))
 	}
 	k := sortedKeys(obj)[0]
 	val := obj[k]
@@ -240,14 +246,14 @@ func decodeExec(v any) (ExecRule, error) {
 	switch k {
 	case "sha256":
 		return ExecRule{}, errSHA256Unsupported
-	case "path", "dir":
+	case "path", "dir", "script":
 		if !isString {
 			return ExecRule{}, fmt.Errorf("%s: want an absolute path string, got %s", k, describe(val))
 		}
 	default:
-		return ExecRule{}, fmt.Errorf("unknown key %q (want path, dir or sha256)", k)
+		return ExecRule{}, fmt.Errorf("unknown key %q (want path, dir, script or sha256)", k)
 	}
-	if k == "path" && strings.HasSuffix(s, "/") {
+	if k != "dir" && strings.HasSuffix(s, "/") {
 		return ExecRule{}, fmt.Errorf("path %q ends in /; write {dir: %q} to allow the programs below a directory", s, s)
 	}
 	if k == "dir" && !strings.HasSuffix(s, "/") {
@@ -257,6 +263,7 @@ func decodeExec(v any) (ExecRule, error) {
 	if err != nil {
 		return ExecRule{}, fmt.Errorf("%s: %w", k, err)
 	}
+	r.ScriptOnly = k == "script" // a file run only as a #! script
 	return r, nil
 }
 

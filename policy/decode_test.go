@@ -113,7 +113,7 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 		{"entry not object", `{"egress": ["tcp:192.0.2.1:443"]}`, false, []string{"egress[0]", "want an object", "got a string"}},
 		{"exec relative", `{"exec": [{"path": "bin/git"}]}`, false, []string{`exec[0] {"path":"bin/git"}`, "path must be absolute"}},
 		{"exec path with slash", `{"exec": [{"path": "/usr/bin/"}]}`, false, []string{`write {dir: "/usr/bin/"}`}},
-		{"exec two keys", `{"exec": [{"path": "/usr/bin/git", "dir": "/usr/bin"}]}`, false, []string{"exactly one of the keys path, dir, sha256; got dir, path"}},
+		{"exec two keys", `{"exec": [{"path": "/usr/bin/git", "dir": "/usr/bin"}]}`, false, []string{"exactly one of the keys path, dir, script, sha256; got dir, path"}},
 		{"exec unknown key", `{"exec": [{"file": "/usr/bin/git"}]}`, false, []string{`unknown key "file"`}},
 		{"exec sha256", `{"exec": [{"sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}]}`, false, []string{"not supported yet", "device and inode"}},
 		{"exec dir not string", `{"exec": [{"dir": ["/usr/bin"]}]}`, false, []string{"dir: want an absolute path string, got an array"}},

@@ -16,6 +16,10 @@ type Envelope struct {
 	Exec   []ExecRule    // programs the task may run
 	Listen []ListenRule  // ports the task may bind and accept connections on
 	TTL    time.Duration // how long the task's grants live; 0 means no expiry
+	// AllowWritableExec accepts exec rules whose file the workload's
+	// user can write. Such a rule allows whatever the workload writes
+	// into the file, so it is refused unless asked for here.
+	AllowWritableExec bool
 }
 
 // Protocol is an IP protocol, numbered as IANA numbers it so the value can
@@ -92,15 +96,26 @@ func (pr PortRange) String() string {
 type ExecRule struct {
 	Path string
 	Dir  bool
+	// ScriptOnly allows the file only as a #! script: the kernel refuses
+	// to run it when its first bytes are anything else (an ELF binary
+	// written over it), and its interpreter needs a rule of its own.
+	ScriptOnly bool
 }
+
+// ScriptPrefix marks an --allow-exec value as a script-only rule.
+const ScriptPrefix = "script:"
 
 // String renders r in --allow-exec syntax: a directory keeps its trailing
 // slash, which is what marks it as one on the command line.
 func (r ExecRule) String() string {
+	s := r.Path
 	if r.Dir && !strings.HasSuffix(r.Path, "/") {
-		return r.Path + "/"
+		s += "/"
 	}
-	return r.Path
+	if r.ScriptOnly {
+		s = ScriptPrefix + s
+	}
+	return s
 }
 
 // formatPrefix writes a single address without its length and brackets IPv6,

@@ -255,12 +255,15 @@ func checkUnix(s string) (string, error) {
 }
 
 // ParseExec parses the value of --allow-exec PATH. PATH must be absolute; a
-// trailing slash makes it a directory rule covering every executable below.
+// trailing slash makes it a directory rule covering every executable below;
+// "script:PATH" allows PATH only as a #! script.
 func ParseExec(s string) (ExecRule, error) {
-	r, err := checkExec(s)
+	path, script := strings.CutPrefix(s, ScriptPrefix)
+	r, err := checkExec(path)
 	if err != nil {
 		return ExecRule{}, fmt.Errorf("policy: bad exec rule %q: %w", s, err)
 	}
+	r.ScriptOnly = script
 	return r, nil
 }
 

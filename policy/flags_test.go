@@ -161,11 +161,11 @@ func TestParseExec(t *testing.T) {
 		want ExecRule
 		str  string
 	}{
-		{"/usr/bin/git", ExecRule{"/usr/bin/git", false}, "/usr/bin/git"},
-		{"/usr/bin/", ExecRule{"/usr/bin", true}, "/usr/bin/"},
-		{"/usr//lib/../bin/", ExecRule{"/usr/bin", true}, "/usr/bin/"},
-		{"/opt/tool/./bin/x", ExecRule{"/opt/tool/bin/x", false}, "/opt/tool/bin/x"},
-		{"/", ExecRule{"/", true}, "/"},
+		{"/usr/bin/git", ExecRule{Path: "/usr/bin/git", Dir: false}, "/usr/bin/git"},
+		{"/usr/bin/", ExecRule{Path: "/usr/bin", Dir: true}, "/usr/bin/"},
+		{"/usr//lib/../bin/", ExecRule{Path: "/usr/bin", Dir: true}, "/usr/bin/"},
+		{"/opt/tool/./bin/x", ExecRule{Path: "/opt/tool/bin/x", Dir: false}, "/opt/tool/bin/x"},
+		{"/", ExecRule{Path: "/", Dir: true}, "/"},
 	}
 	for _, tt := range tests {
 		got, err := ParseExec(tt.in)

@@ -335,16 +335,24 @@ func intersectExec(a, b []FileID) []FileID {
 	if len(a) == 0 || len(b) == 0 {
 		return nil
 	}
-	inB := make(map[[2]uint64]bool, len(b))
+	// scriptOnly[k]: whether b allows the file only as a script.
+	scriptOnly := make(map[[2]uint64]bool, len(b))
 	for _, id := range b {
-		inB[[2]uint64{id.Dev, id.Ino}] = true
+		k := [2]uint64{id.Dev, id.Ino}
+		if so, ok := scriptOnly[k]; ok {
+			scriptOnly[k] = so && id.ScriptOnly
+		} else {
+			scriptOnly[k] = id.ScriptOnly
+		}
 	}
 	var out []FileID
 	for _, id := range a {
 		k := [2]uint64{id.Dev, id.Ino}
-		if inB[k] {
+		if so, ok := scriptOnly[k]; ok {
+			// Allowed by both: only as a script if either says so.
+			id.ScriptOnly = id.ScriptOnly || so
 			out = append(out, id)
-			delete(inB, k) // keep the first of duplicates only
+			delete(scriptOnly, k) // keep the first of duplicates only
 		}
 	}
 	return out

@@ -142,11 +142,11 @@ func TestIntersectTooManyPortRanges(t *testing.T) {
 func TestIntersectUnixExec(t *testing.T) {
 	a := RuleSet{
 		Unix: []string{"/run/a.sock", "/run/b.sock", "@x"},
-		Exec: []FileID{{1, 10, "/usr/bin/a"}, {1, 11, "/usr/bin/b"}, {2, 10, "/opt/c"}, {1, 11, "/bin/b"}},
+		Exec: []FileID{{Dev: 1, Ino: 10, Path: "/usr/bin/a"}, {Dev: 1, Ino: 11, Path: "/usr/bin/b"}, {Dev: 2, Ino: 10, Path: "/opt/c"}, {Dev: 1, Ino: 11, Path: "/bin/b"}},
 	}
 	b := RuleSet{
 		Unix: []string{"@x", "/run/c.sock", "/run/b.sock", "@a.sock"},
-		Exec: []FileID{{3, 3, "/x"}, {2, 10, "/elsewhere/c"}, {1, 11, "/link/to/b"}, {1, 12, "/usr/bin/a"}},
+		Exec: []FileID{{Dev: 3, Ino: 3, Path: "/x"}, {Dev: 2, Ino: 10, Path: "/elsewhere/c"}, {Dev: 1, Ino: 11, Path: "/link/to/b"}, {Dev: 1, Ino: 12, Path: "/usr/bin/a"}},
 	}
 	got, err := Intersect(a, b)
 	if err != nil {
@@ -156,7 +156,7 @@ func TestIntersectUnixExec(t *testing.T) {
 		t.Errorf("Unix = %q, want %q", got.Unix, want)
 	}
 	// Matched by (Dev, Ino), not by name; a's names and order, each once.
-	if want := []FileID{{1, 11, "/usr/bin/b"}, {2, 10, "/opt/c"}}; !slices.Equal(got.Exec, want) {
+	if want := []FileID{{Dev: 1, Ino: 11, Path: "/usr/bin/b"}, {Dev: 2, Ino: 10, Path: "/opt/c"}}; !slices.Equal(got.Exec, want) {
 		t.Errorf("Exec = %v, want %v", got.Exec, want)
 	}
 	if got, err := Intersect(a, RuleSet{}); err != nil || got.Count() != 0 {

@@ -12,7 +12,8 @@
 #define BRIDLE_MAX_PORT_RANGES 16
 #define BRIDLE_UNIX_PATH_MAX 108
 #define BRIDLE_EVENT_PATH_MAX 128
-/* How many cgroup levels above the current one are searched for a workload. */
+/* Workloads are looked up at absolute cgroup levels 0 to this - 1 (and the
+ * process's own cgroup); Bridle refuses to register one any deeper. */
 #define BRIDLE_MAX_CGROUP_DEPTH 16
 
 enum bridle_verdict {
@@ -53,6 +54,7 @@ enum bridle_reason {
 	BRIDLE_REASON_PROTOCOL = 7,      /* a transport no rule can name */
 	BRIDLE_REASON_SOCKOPT = 8,       /* an option that changes where packets go */
 	BRIDLE_REASON_EXT_HEADER = 9,    /* packet carries routing/extension headers or IP options */
+	BRIDLE_REASON_SCRIPT_ONLY = 10,  /* a script-only rule's file is not a #! script */
 	/* An address family outside unix, inet, inet6, netlink; the event's
 	 * family field then holds the AF_* number, not 4 or 6. */
 	BRIDLE_REASON_FAMILY = 11,
@@ -68,6 +70,15 @@ enum bridle_enforcement {
 enum bridle_workload_flags {
 	BRIDLE_WORKLOAD_AUDIT = 1,      /* record refusals as would-deny, refuse nothing */
 	BRIDLE_WORKLOAD_EMIT_ALLOW = 2, /* also emit an event for every allowed action */
+};
+
+/* Value of the exec map: how a rule allows its binary. */
+enum bridle_exec_flags {
+	BRIDLE_EXEC_ALLOW = 1,
+	/* Only as a #! script: the first bytes the kernel read from the file
+	 * must be "#!", so a file the workload may rewrite cannot become a
+	 * binary of its choice; the interpreter is checked on its own. */
+	BRIDLE_EXEC_SCRIPT_ONLY = 2,
 };
 
 /* Value of the cgroup map: which task slot governs a workload cgroup. */
@@ -149,4 +160,21 @@ struct bridle_event {
 	__u8 addr[16];
 	char comm[16];
 	char path[BRIDLE_EVENT_PATH_MAX];
+	/* Events of this workload's task (cgroup id and slot generation) the
+	 * kernel left out so far, over the per-workload budget: a running
+	 * total, modulo 2^32, so that readers add up differences. */
+	__u32 suppressed;
+};
+
+/* Key and value of the per-workload event budget (bridle_budgets). */
+struct bridle_budget_key {
+	__u64 cgroup_id;
+	__u32 generation;
+	__u32 _pad;
+};
+
+struct bridle_budget {
+	__u64 window_start_ns; /* CLOCK_BOOTTIME */
+	__u64 emitted;         /* events emitted in the window */
+	__u64 suppressed;      /* events left out, in total */
 };

@@ -89,3 +89,17 @@ struct {
 	__type(value, struct bridle_ports);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bridle_listen SEC(".maps");
+
+/*
+ * Per-workload event budget: how many events a workload's task (cgroup id
+ * and slot generation) emitted in the current window, and how many it was
+ * refused. LRU, so a flood of new cgroups evicts old entries instead of
+ * failing; sized like bridle_cgroups.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bridle_budget_key);
+	__type(value, struct bridle_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_budgets SEC(".maps");

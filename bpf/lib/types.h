@@ -21,3 +21,6 @@ const enum bridle_proto *bridle_unused_proto __attribute__((unused));
 const enum bridle_reason *bridle_unused_reason __attribute__((unused));
 const enum bridle_enforcement *bridle_unused_enforcement __attribute__((unused));
 const enum bridle_workload_flags *bridle_unused_flags __attribute__((unused));
+const enum bridle_exec_flags *bridle_unused_exec_flags __attribute__((unused));
+const struct bridle_budget_key *bridle_unused_budget_key __attribute__((unused));
+const struct bridle_budget *bridle_unused_budget __attribute__((unused));

@@ -14,6 +14,16 @@
  */
 const volatile __u64 bridle_wakeup_bytes = 0;
 
+/*
+ * How many events one workload's task may emit per window; the rest are
+ * counted in bridle_budgets and reported by its next event (and read by the
+ * daemon at task end), so one workload cannot fill the ring that every
+ * workload shares. 0: no limit. Set by the loader (loader.DefaultEventBudget
+ * says why its default is what it is).
+ */
+const volatile __u64 bridle_event_budget = 0;
+const volatile __u64 bridle_budget_window_ns = 1000000000;
+
 struct bridle_ctx {
 	__u64 cgroup_id;
 	__u32 slot;
@@ -21,6 +31,7 @@ struct bridle_ctx {
 	__u32 generation;
 	__u8 reason_if_unmatched; /* NO_RULE, NO_TASK or TASK_EXPIRED */
 	__u8 found;
+	__u32 suppressed; /* the budget's running total, for the next event */
 };
 
 /*
@@ -34,6 +45,7 @@ static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct
 	c->slot = BRIDLE_BASELINE_SLOT;
 	c->flags = 0;
 	c->generation = 0;
+	c->suppressed = 0;
 	c->reason_if_unmatched = BRIDLE_REASON_NO_TASK;
 	if (!w)
 		return 0;
@@ -144,6 +156,7 @@ static __always_inline void bridle_event_fill(struct bridle_event *e, const stru
 	e->verdict = verdict;
 	e->reason = reason;
 	e->enforcement = enforcement;
+	e->suppressed = c->suppressed;
 }
 
 /*
@@ -164,8 +177,44 @@ static __always_inline int bridle_decide(const struct bridle_ctx *c, int allowed
 	return 1;
 }
 
-/* Refusals are always reported; allows only when the workload asks. */
-static __always_inline int bridle_should_emit(const struct bridle_ctx *c, __u8 verdict)
+/*
+ * Takes one event from the workload's budget. Returns 0 when the budget of
+ * the window is spent: the event is then only counted. Counters are shared
+ * by all CPUs; the window's reset is not atomic, so a few events more than
+ * the budget may pass at a window's turn, never fewer, and no suppressed
+ * event goes uncounted (the adds are atomic, BPF_XADD on 5.10 too). The
+ * running total goes into c for the event to carry.
+ */
+static __always_inline int bridle_budget_take(struct bridle_ctx *c)
 {
-	return verdict != BRIDLE_VERDICT_ALLOW || (c->flags & BRIDLE_WORKLOAD_EMIT_ALLOW);
+	if (!bridle_event_budget)
+		return 1;
+	struct bridle_budget_key k = {.cgroup_id = c->cgroup_id, .generation = c->generation};
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct bridle_budget *b = bpf_map_lookup_elem(&bridle_budgets, &k);
+	if (!b) {
+		struct bridle_budget fresh = {.window_start_ns = now, .emitted = 1};
+		bpf_map_update_elem(&bridle_budgets, &k, &fresh, BPF_NOEXIST);
+		return 1;
+	}
+	if (now - b->window_start_ns >= bridle_budget_window_ns) {
+		b->window_start_ns = now;
+		b->emitted = 0;
+	}
+	if (b->emitted >= bridle_event_budget) {
+		__sync_fetch_and_add(&b->suppressed, 1);
+		return 0;
+	}
+	__sync_fetch_and_add(&b->emitted, 1);
+	c->suppressed = (__u32)b->suppressed;
+	return 1;
+}
+
+/* Refusals are reported, allows only when the workload asks; either way
+ * within the workload's event budget. */
+static __always_inline int bridle_should_emit(struct bridle_ctx *c, __u8 verdict)
+{
+	if (verdict == BRIDLE_VERDICT_ALLOW && !(c->flags & BRIDLE_WORKLOAD_EMIT_ALLOW))
+		return 0;
+	return bridle_budget_take(c);
 }

@@ -26,6 +26,7 @@ type runFlags struct {
 	policy, socket      string
 	standalone          bool
 	logAllowed, verbose bool
+	writableExec        bool
 }
 
 func newRunCommand() *cobra.Command {
@@ -69,7 +70,8 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 	fl.StringArrayVar(&f.connect, "allow-connect", nil, "allow PROTO:ADDR[:PORTS] (PROTO tcp|udp|icmp|any; ADDR IPv4 or [IPv6], address or CIDR; PORTS N, N-M or a list); repeatable")
 	fl.StringArrayVar(&f.unix, "allow-unix", nil, "allow connecting to the unix socket PATH (@NAME for an abstract name); repeatable")
 	fl.StringArrayVar(&f.listen, "allow-listen", nil, "allow binding and accepting connections on PROTO:PORTS (PROTO tcp|udp|any; PORTS N, N-M or a list); repeatable")
-	fl.StringArrayVar(&f.exec, "allow-exec", nil, "allow running PATH; a directory ending in / allows the executables below it; repeatable")
+	fl.StringArrayVar(&f.exec, "allow-exec", nil, "allow running PATH; a directory ending in / allows the executables below it; script:PATH allows PATH only as a #! script; repeatable")
+	fl.BoolVar(&f.writableExec, "allow-writable-exec", false, "accept --allow-exec files the workload's user can write (each is then an allow-all: the workload can write any program into it)")
 	fl.StringVar(&f.user, "user", "", "run COMMAND as USER (default: $SUDO_USER; never root)")
 	fl.StringVar(&f.mode, "mode", "enforce", "enforce: refuse what is not allowed; audit: report it as would-deny and let it through")
 	fl.StringVar(&f.identity, "identity", "", "SPIFFE ID of the workload (default spiffe://bridle.local/run/USER)")
@@ -97,7 +99,9 @@ func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 		Standalone: f.standalone,
 		LogAllow:   f.logAllowed,
 		Verbose:    f.verbose,
-		Out:        os.Stderr,
+
+		AllowWritableExec: f.writableExec,
+		Out:               os.Stderr,
 	}
 	grants := &api.Grants{Connect: f.connect, Unix: f.unix, Exec: f.exec, Listen: f.listen}
 	if _, err := grants.Envelope(); err != nil {

@@ -70,6 +70,8 @@ func (r Record) allowFlag() string {
 		return "--allow-listen " + r.Protocol + ":" + strconv.Itoa(int(r.Port))
 	case r.Protocol == "unix":
 		return "--allow-unix " + r.Path
+	case r.Action == "exec" && r.scriptOnly():
+		return "" // allowed as a script already; no flag makes it a program
 	case r.Action == "exec":
 		if !fileOnDisk(r.Path) {
 			return "" // a memfd or a descriptor: no path names it
@@ -103,8 +105,14 @@ func (r Record) line() string {
 	if r.Enforcement == "kill" && r.Verdict == "deny" {
 		b.WriteString(" (killed)")
 	}
+	if r.Suppressed > 0 {
+		fmt.Fprintf(&b, " (%d more suppressed before it: over the workload's event budget)", r.Suppressed)
+	}
 	if r.Verdict != "allow" {
-		if f := r.allowFlag(); f != "" {
+		if r.Action == "exec" && r.scriptOnly() {
+			// The file is allowed, as a script; what ran was not one.
+			b.WriteString("; the workload can rewrite this file, so it may run only as a script, never as a program")
+		} else if f := r.allowFlag(); f != "" {
 			b.WriteString("; allow with " + f)
 		} else if r.Action == "socket" || r.Action == "setsockopt" || r.Action == "namespace" || r.Reason == ReasonExtHeader {
 			b.WriteString("; no flag allows this")
@@ -137,4 +145,10 @@ func FamilyName(f uint16) string {
 		return n
 	}
 	return "family " + strconv.Itoa(int(f))
+}
+
+// scriptOnly reports a refused exec of a file allowed only as a #! script
+// (the kernel's SCRIPT_ONLY reason).
+func (r Record) scriptOnly() bool {
+	return strings.Contains(r.Reason, "only as a #! script")
 }

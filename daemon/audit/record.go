@@ -37,6 +37,12 @@ type Record struct {
 	// PolicyRevision names the policy that decided: the revision of the
 	// task's envelope, or of the baseline for a workload without a task.
 	PolicyRevision string `json:"policy_revision"`
+	// Suppressed is how many decisions of the same workload were left out
+	// before this record: by the kernel, past the workload's event budget
+	// (on a decision or on its task's task_end), or by bridled's audit
+	// file, past the workload's share of the file (on a "suppressed"
+	// record).
+	Suppressed uint64 `json:"suppressed"`
 }
 
 // Addr formats an address for a record: empty for none.

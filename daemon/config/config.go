@@ -117,6 +117,11 @@ type AuditRotate struct {
 	MaxFiles   int  `yaml:"max_files"`    // rotated files kept; default 10
 	MaxAgeDays int  `yaml:"max_age_days"` // 0: kept regardless of age
 	Compress   bool `yaml:"compress"`     // gzip rotated files
+	// WorkloadPercent is the largest share of one file that one
+	// workload's decision records may take (default 10; 100: no limit):
+	// the rest are counted, so no single workload can force the rotation
+	// that deletes the oldest file.
+	WorkloadPercent int `yaml:"workload_percent"`
 }
 
 // Admins names who may start and end tasks besides root.
@@ -221,6 +226,12 @@ func (c *Config) complete() error {
 	r := &c.AuditRotate
 	if r.MaxSizeMB < 0 || r.MaxFiles < 0 || r.MaxAgeDays < 0 {
 		return errors.New("audit_rotate: sizes, counts and ages must not be negative")
+	}
+	if r.WorkloadPercent < 0 || r.WorkloadPercent > 100 {
+		return errors.New("audit_rotate.workload_percent: want 1 to 100")
+	}
+	if r.WorkloadPercent == 0 {
+		r.WorkloadPercent = 10
 	}
 	if r.MaxSizeMB == 0 {
 		r.MaxSizeMB = 100

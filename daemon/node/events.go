@@ -44,6 +44,7 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 		PID: ev.PID, Comm: ev.Comm, Action: ev.Action, Protocol: ev.Protocol,
 		Address: audit.Addr(ev.Addr), Port: ev.Port, Path: ev.Path, Family: ev.Family,
 		Verdict: ev.Verdict, Reason: ev.Reason, Enforcement: ev.Enforcement,
+		Suppressed: n.newlySuppressed(ev.CgroupID, ev.Generation, ev.SuppressedTotal),
 	}
 	if ev.Slot != loader.BaselineSlot {
 		t, rev, ok := n.byGeneration(ev.Generation)
@@ -237,4 +238,58 @@ func (n *Node) closeAll() {
 	for s := range n.subs {
 		n.closeLocked(s)
 	}
+}
+
+// maxSuppressedKeys bounds the running totals kept, like the kernel's map.
+const maxSuppressedKeys = 65536
+
+// newlySuppressed turns the kernel's running total of a task's suppressed
+// events (modulo 2^32) into how many were left out since the last total
+// reported. Events may be read out of order across CPUs, so a total behind
+// the last one adds nothing: every suppressed event is reported once.
+func (n *Node) newlySuppressed(cgroupID uint64, generation, total uint32) uint64 {
+	if total == 0 {
+		return 0
+	}
+	k := budgetKey{cgroupID, generation}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	last, ok := n.suppressed[k]
+	d := int32(total - last)
+	if d <= 0 {
+		return 0
+	}
+	if !ok && len(n.suppressed) >= maxSuppressedKeys {
+		clear(n.suppressed)
+	}
+	n.suppressed[k] = total
+	return uint64(d)
+}
+
+// finalSuppressed reads, at a task's end, what the kernel suppressed of the
+// task's events that no event has reported yet (a workload that went quiet
+// after its flood), and forgets the kernel's count. Events of the task
+// still in the ring add nothing after this. The node's own total is kept a
+// while, for those late events.
+func (n *Node) finalSuppressed(cgroupID uint64, generation uint32) uint64 {
+	total, err := n.opt.Kernel.TakeSuppressed(cgroupID, generation)
+	if err != nil {
+		n.log.Warn("read suppressed event count", "cgroup_id", cgroupID, "err", err)
+		return 0
+	}
+	k := budgetKey{cgroupID, generation}
+	n.mu.Lock()
+	last := n.suppressed[k]
+	n.suppressed[k] = uint32(total)
+	n.mu.Unlock()
+	time.AfterFunc(endedRetention, func() {
+		n.mu.Lock()
+		delete(n.suppressed, k)
+		n.mu.Unlock()
+	})
+	d := int32(uint32(total) - last)
+	if d <= 0 {
+		return 0
+	}
+	return uint64(d)
 }

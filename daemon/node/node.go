@@ -65,6 +65,10 @@ type Request struct {
 	Requester engine.Requester
 	// Identity overrides Options.Identity (for `bridle run --identity`).
 	Identity string
+	// RunAs are users the workload's processes will run as, besides those
+	// of the processes in it at start: exec rules whose file one of them
+	// can write are refused (see checkWritableExec).
+	RunAs []policy.Principal
 }
 
 // Task is a task in force with the policy revision that decided it.
@@ -107,6 +111,14 @@ type Node struct {
 	baseline  string                    // revision of the baseline in force
 	paths     map[uint64]string         // cgroup id -> path, for baseline records
 	subs      map[*Subscription]struct{}
+	// suppressed is the kernel's running total of suppressed events last
+	// reported per task (cgroup id and generation); see Enrich.
+	suppressed map[budgetKey]uint32
+}
+
+type budgetKey struct {
+	cgroupID   uint64
+	generation uint32
 }
 
 // knownTask names the task of a slot generation. It is kept for a while
@@ -134,6 +146,7 @@ func New(opt Options) *Node {
 		revisions: map[string]string{}, rules: map[string]policy.RuleSet{},
 		parents: map[string]string{}, workloads: map[uint64]string{}, known: map[uint32]knownTask{},
 		paths: map[uint64]string{}, subs: map[*Subscription]struct{}{},
+		suppressed: map[budgetKey]uint32{},
 	}
 	n.tasks = tasks.NewManager(opt.Kernel, n.taskEnded)
 	return n
@@ -215,6 +228,11 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	if err != nil {
 		return Task{}, badRequest("workload %s: %w", req.Workload, err)
 	}
+	// A workload deeper than the programs look would leave the processes
+	// of its subtree unconfined for exec: refused rather than half kept.
+	if err := loader.CheckWorkloadLevel(req.Workload); err != nil {
+		return Task{}, badRequest("workload: %w", err)
+	}
 	identity := n.identity(req)
 	id := req.ID
 	if id == "" {
@@ -241,7 +259,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		parent, parentRules = &p, rules
 	}
 
-	rs, ttl, revision, err := n.decide(ctx, id, identity, req, parent)
+	rs, ttl, revision, writableOK, err := n.decide(ctx, id, identity, req, parent)
 	if err != nil {
 		return Task{}, err
 	}
@@ -251,6 +269,11 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		}
 		if !parent.Expires.IsZero() && !time.Now().Before(parent.Expires) {
 			return Task{}, badRequest("parent task %s has expired", parent.ID)
+		}
+	}
+	if !writableOK {
+		if err := n.checkWritableExec(req, rs); err != nil {
+			return Task{}, err
 		}
 	}
 	if len(rs.Unix) > 0 && !n.opt.Kernel.Features().UnixHooks {
@@ -314,16 +337,19 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 
 // decide computes a task's rules: the policy's envelope (or the request's
 // grants when there is no policy), capped by the grants when both exist.
-func (n *Node) decide(ctx context.Context, id, identity string, req Request, parent *tasks.Task) (policy.RuleSet, time.Duration, string, error) {
+// writableOK says whether exec rules the workload can write are accepted:
+// by the grants without a policy; with one, by the policy and the grants
+// (when given) both.
+func (n *Node) decide(ctx context.Context, id, identity string, req Request, parent *tasks.Task) (rs policy.RuleSet, ttl time.Duration, revision string, writableOK bool, err error) {
 	if n.opt.Engine == nil {
 		if req.Grants == nil {
-			return policy.RuleSet{}, 0, "", badRequest("no policy is loaded and the request names no grants")
+			return policy.RuleSet{}, 0, "", false, badRequest("no policy is loaded and the request names no grants")
 		}
 		rs, err := policy.Compile(*req.Grants)
 		if err != nil {
-			return policy.RuleSet{}, 0, "", &RequestError{err}
+			return policy.RuleSet{}, 0, "", false, &RequestError{err}
 		}
-		return rs, req.TTL, GrantsRevision, nil
+		return rs, req.TTL, GrantsRevision, req.Grants.AllowWritableExec, nil
 	}
 	in := engine.Input{
 		Identity:  identity,
@@ -338,22 +364,24 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 	dec, err := n.opt.Engine.Evaluate(ctx, in)
 	n.opt.Metrics.ObservePolicyEval(time.Since(began))
 	if err != nil {
-		return policy.RuleSet{}, 0, "", err
+		return policy.RuleSet{}, 0, "", false, err
 	}
-	rs, err := policy.Compile(dec.Envelope)
+	rs, err = policy.Compile(dec.Envelope)
 	if err != nil {
-		return policy.RuleSet{}, 0, "", &EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)}
+		return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)}
 	}
+	writableOK = dec.Envelope.AllowWritableExec
 	if req.Grants != nil {
 		g, err := policy.Compile(*req.Grants)
 		if err != nil {
-			return policy.RuleSet{}, 0, "", &RequestError{err}
+			return policy.RuleSet{}, 0, "", false, &RequestError{err}
 		}
 		if rs, err = policy.Intersect(rs, g); err != nil {
-			return policy.RuleSet{}, 0, "", &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
+			return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
 		}
+		writableOK = writableOK && req.Grants.AllowWritableExec
 	}
-	return rs, dec.Envelope.TTL, dec.Revision, nil
+	return rs, dec.Envelope.TTL, dec.Revision, writableOK, nil
 }
 
 func failureKind(err error) string {
@@ -461,6 +489,10 @@ func (n *Node) taskEnded(e tasks.End) {
 	}
 	n.opt.Metrics.TaskEnded(kind)
 	reason := e.Reason
+	suppressed := n.finalSuppressed(e.Task.CgroupID, e.Task.Generation)
+	if suppressed > 0 {
+		reason += fmt.Sprintf("; %d more decisions suppressed (over the workload's event budget)", suppressed)
+	}
 	if n := e.Sockets.TCP + e.Sockets.UDP; n > 0 {
 		reason += fmt.Sprintf("; aborted %d open connection(s) (%d tcp, %d udp)", n, e.Sockets.TCP, e.Sockets.UDP)
 	}
@@ -477,6 +509,7 @@ func (n *Node) taskEnded(e tasks.End) {
 		Time: audit.Timestamp(time.Now()), Node: n.opt.NodeName, Workload: e.Task.Workload,
 		Identity: e.Task.Identity, Task: e.Task.ID, Intent: e.Task.Intent, Action: "task_end",
 		Verdict: "allow", Reason: reason, Enforcement: "daemon", PolicyRevision: rev,
+		Suppressed: suppressed,
 	}
 	n.record(rec)
 	// Delivered before the workload counts as task-less, so a

@@ -15,6 +15,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
+	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
 )
 
@@ -192,9 +193,13 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 		return api.Task{}, badRequest("grants: %w", err)
 	}
 	p := peerFrom(r.Context())
+	var runAs []policy.Principal
+	for _, u := range req.RunAs {
+		runAs = append(runAs, policy.Principal{UID: u.UID, GIDs: u.GIDs})
+	}
 	return d.node.Start(r.Context(), node.Request{
 		Workload: cg, Intent: req.Intent, Labels: req.Labels, TTL: ttl,
-		Grants: grants, Parent: req.Parent, Mode: mode,
+		Grants: grants, Parent: req.Parent, Mode: mode, RunAs: runAs,
 		Requester: engine.Requester{UID: p.UID, GID: p.GID},
 	})
 }

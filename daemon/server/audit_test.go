@@ -2,6 +2,8 @@ package server
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,18 +13,19 @@ import (
 	"github.com/bridle-sh/bridle/daemon/config"
 )
 
-// The audit file is rotated by size, and rotation loses no record.
+// The audit file is rotated by size, and rotation loses no record of
+// workloads within their share.
 func TestAuditFileRotates(t *testing.T) {
 	dir := t.TempDir()
-	cfg := &config.Config{AuditFile: filepath.Join(dir, "audit.jsonl"), AuditRotate: config.AuditRotate{MaxSizeMB: 1, MaxFiles: 3}}
+	cfg := &config.Config{AuditFile: filepath.Join(dir, "audit.jsonl"), AuditRotate: config.AuditRotate{MaxSizeMB: 1, MaxFiles: 3, WorkloadPercent: 10}}
 	a, err := openAudit(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := audit.Record{Action: "connect", Verdict: "deny", Reason: strings.Repeat("x", 400)}
 	const n = 6000 // about 2.7 MB: at least two rotations
 	for i := 0; i < n; i++ {
-		a.Write(rec)
+		// 30 workloads, none past its 10% of a file.
+		a.Write(audit.Record{Workload: fmt.Sprintf("/w%02d", i%30), Action: "connect", Verdict: "deny", Reason: strings.Repeat("x", 400)})
 	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
@@ -71,5 +74,71 @@ func TestAuditCountsLostRecords(t *testing.T) {
 	a.Write(audit.Record{})
 	if a.Lost() != 2 || reported != 2 || errs != 1 {
 		t.Fatalf("lost %d, reported %d, errors logged %d; want 2, 2, 1", a.Lost(), reported, errs)
+	}
+}
+
+// readAudit returns the records of the audit file and its rotated copies.
+func readAudit(t *testing.T, dir string) []audit.Record {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "audit*.jsonl"))
+	var out []audit.Record
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var r audit.Record
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				t.Fatalf("%s: %q: %v", f, line, err)
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// One workload flooding the audit file cannot force the rotation that
+// deletes the oldest file: earlier records of others survive, and the
+// flood is accounted for by count.
+func TestAuditFloodKeepsEarlierRecords(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &config.Config{AuditFile: filepath.Join(dir, "audit.jsonl"), AuditRotate: config.AuditRotate{MaxSizeMB: 1, MaxFiles: 1, WorkloadPercent: 10}}
+	a, err := openAudit(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Write(audit.Record{Workload: "/quiet", Action: "exec", Verdict: "deny", Path: "/evidence"})
+	const flood = 50000 // about 20 MB of records
+	for i := 0; i < flood; i++ {
+		a.Write(audit.Record{Workload: "/flood", Action: "sendmsg", Verdict: "deny", Reason: strings.Repeat("x", 300)})
+	}
+	a.Write(audit.Record{Workload: "/quiet", Action: "exec", Verdict: "deny", Path: "/after"})
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs := readAudit(t, dir)
+	var evidence, after bool
+	var written, suppressed uint64
+	for _, r := range recs {
+		switch {
+		case r.Path == "/evidence":
+			evidence = true
+		case r.Path == "/after":
+			after = true
+		case r.Workload == "/flood" && r.Action == "sendmsg":
+			written++
+		case r.Workload == "/flood" && r.Action == "suppressed":
+			suppressed += r.Suppressed
+		}
+	}
+	if !evidence || !after {
+		t.Fatalf("the quiet workload's records: before the flood %v, after %v", evidence, after)
+	}
+	if written+suppressed != flood {
+		t.Fatalf("flood: %d written + %d counted as suppressed, want %d in all", written, suppressed, flood)
+	}
+	if written > 1<<20/10/300 {
+		t.Fatalf("flood: %d records written, past its share of the file", written)
 	}
 }

@@ -258,7 +258,11 @@ func (d *Daemon) attachRoots() error {
 	for _, r := range d.cfg.Roots {
 		st := api.Root{Path: r}
 		dir := filepath.Join(d.cgRoot, r)
-		err := os.MkdirAll(dir, 0o755)
+		// Below MaxWorkloadLevel, or the root's subtree would not be found.
+		err := loader.CheckWorkloadLevel(r)
+		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
 		if err == nil {
 			st.CgroupID, err = loader.CgroupID(dir)
 		}

@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -583,13 +585,33 @@ func TestDaemonTaskByPID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Close(fd)
+	// As root, the process owns the policy's root-owned binaries: the
+	// task is refused, as their rules would allow any program.
 	c := exec.Command(probeBin, "sleep", "30")
 	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = c.Process.Kill(); _ = c.Wait() }()
 	out, err := e.bridle("start", "--pid", fmt.Sprint(c.Process.Pid), "--intent", "by pid", "--json")
+	_ = c.Process.Kill()
+	_ = c.Wait()
+	if err == nil || !strings.Contains(out, "(uid 0) can rewrite") {
+		t.Fatalf("task start --pid of a root process: %v: %s", err, out)
+	}
+	u, err := user.Lookup(workloadUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	c = exec.Command(probeBin, "sleep", "30")
+	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd,
+		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Process.Kill(); _ = c.Wait() }()
+	out, err = e.bridle("start", "--pid", fmt.Sprint(c.Process.Pid), "--intent", "by pid", "--json")
 	if err != nil {
 		t.Fatalf("task start --pid: %v: %s", err, out)
 	}

@@ -119,7 +119,7 @@ func TestDecisionRecordSchema(t *testing.T) {
 		t.Fatalf("no deny record in %s", b)
 	}
 	want := []string{"time", "node", "workload", "identity", "task", "intent", "pid", "comm", "action",
-		"protocol", "address", "port", "path", "verdict", "reason", "enforcement", "policy_revision"}
+		"protocol", "address", "port", "path", "verdict", "reason", "enforcement", "policy_revision", "suppressed"}
 	var got []string
 	for k := range deny {
 		got = append(got, k)

@@ -117,6 +117,7 @@ func init() {
 		"after":           actAfter,
 		"wait-file":       actWaitFile,
 		"touch":           actTouch,
+		"overwrite":       actOverwrite,
 		"creds":           actCreds,
 		"run-script":      actRunScript,
 		"tiocsti":         actTIOCSTI,

@@ -130,3 +130,27 @@ func actSeq(args []string) outcome {
 	}
 	return last
 }
+
+// actOverwrite writes the bytes of SRC over DST in place (same inode, as
+// an agent rewriting its own script would), then reports ok.
+func actOverwrite(args []string) outcome {
+	if len(args) != 2 {
+		return usage("overwrite SRC DST")
+	}
+	b, err := os.ReadFile(args[0])
+	if err != nil {
+		return failure("read", err)
+	}
+	f, err := os.OpenFile(args[1], os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return failure("open", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return failure("write", err)
+	}
+	if err := f.Close(); err != nil {
+		return failure("close", err)
+	}
+	return ok("")
+}

@@ -31,13 +31,27 @@ type StartRequest struct {
 	Mode string `json:"mode,omitempty"`
 	// LogAllowed records allowed decisions too.
 	LogAllowed bool `json:"log_allowed,omitempty"`
+	// RunAs names the users the workload's processes will run as, for a
+	// workload started empty (bridle run starts its command after the
+	// task): exec rules are checked against them, and against the users
+	// of the processes already in the workload.
+	RunAs []RunAs `json:"run_as,omitempty"`
+}
+
+// RunAs is a user a workload runs as: its uid and every group it holds.
+type RunAs struct {
+	UID  uint32   `json:"uid"`
+	GIDs []uint32 `json:"gids,omitempty"`
 }
 
 // Grants are what a task may do at most, in `bridle run`'s flag syntax.
 type Grants struct {
 	Connect []string `json:"connect"` // PROTO:ADDR[:PORTS]
 	Unix    []string `json:"unix"`    // PATH or @NAME
-	Exec    []string `json:"exec"`    // PATH, or DIR/ for the executables below it
+	Exec    []string `json:"exec"`    // PATH, DIR/ for the executables below it, script:PATH
+	// AllowWritableExec (--allow-writable-exec) accepts exec rules whose
+	// file the workload's user can write; a policy must accept them too.
+	AllowWritableExec bool `json:"allow_writable_exec,omitempty"`
 	// Listen is left out when empty, so that a daemon that predates it
 	// (and refuses unknown fields) still takes requests that do not use it.
 	Listen []string `json:"listen,omitempty"` // PROTO:PORTS
@@ -50,6 +64,7 @@ func (g *Grants) Envelope() (*policy.Envelope, error) {
 		return nil, nil
 	}
 	env, err := policy.ParseGrants(g.Connect, g.Unix, g.Exec)
+	env.AllowWritableExec = g.AllowWritableExec
 	if err != nil {
 		return &env, err
 	}

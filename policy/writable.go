@@ -1,0 +1,217 @@
+package policy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"golang.org/x/sys/unix"
+)
+
+// Principal is a user a workload's processes run as: a uid and every group
+// it holds (primary and supplementary).
+type Principal struct {
+	UID  uint32
+	GIDs []uint32
+}
+
+// Writer says who can rewrite an executable, and how.
+type Writer struct {
+	Path string
+	Why  string // e.g. "owned by uid 1000", "writable by group 100"
+}
+
+// WritableExec returns the files among rs.Exec that one of who could
+// rewrite in place. An exec rule names an inode; whoever can write the inode
+// can make it any program, so such a rule allows everything. Script-only
+// files are left out: the kernel runs them only as #! scripts, which is
+// what their interpreter's own rule allows anyway.
+//
+// With who empty (the workload's users are not known), a file counts as
+// writable unless only root can write it.
+func WritableExec(rs RuleSet, who []Principal) ([]Writer, error) {
+	var out []Writer
+	for _, id := range rs.Exec {
+		if id.ScriptOnly {
+			continue
+		}
+		why, err := WritableBy(id.Path, who)
+		if err != nil {
+			return nil, err
+		}
+		if why != "" {
+			out = append(out, Writer{Path: id.Path, Why: why})
+		}
+	}
+	return out, nil
+}
+
+// WritableBy says why one of who could write the file at path (following
+// symlinks, as exec does), or "" when none can. It goes by the file's owner,
+// mode and POSIX ACL, as the kernel's permission check does for a process
+// without capabilities (Bridle's workloads have none):
+//   - the owner can always write: it may chmod the file first;
+//   - otherwise a named-user ACL entry, then the owning group and named-group
+//     entries, then "other", each limited by the ACL mask.
+//
+// It cannot see what the permission bits do not say: a read-only mount or
+// the immutable attribute make a file safer than reported, never less safe.
+func WritableBy(path string, who []Principal) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
+	}
+	acl, err := readACL(path)
+	if err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
+	}
+	if len(who) == 0 {
+		return writableByAnyoneButRoot(st, acl), nil
+	}
+	for _, p := range who {
+		if why := writableByPrincipal(st, acl, p); why != "" {
+			return why, nil
+		}
+	}
+	return "", nil
+}
+
+// aclEntry is one entry of a POSIX access ACL (system.posix_acl_access).
+type aclEntry struct {
+	tag  uint16
+	perm uint16
+	id   uint32
+}
+
+// Tags and the write bit of the kernel's ACL xattr format
+// (include/uapi/linux/posix_acl_xattr.h, posix_acl.h).
+const (
+	aclUserObj  = 0x01
+	aclUser     = 0x02
+	aclGroupObj = 0x04
+	aclGroup    = 0x08
+	aclMask     = 0x10
+	aclOther    = 0x20
+	aclWrite    = 0x02
+	aclVersion  = 2
+)
+
+// readACL returns the file's access ACL, or nil when it has none (or the
+// filesystem keeps none): then the mode bits are the whole answer.
+func readACL(path string) ([]aclEntry, error) {
+	buf := make([]byte, 4+8*32)
+	for {
+		n, err := unix.Getxattr(path, "system.posix_acl_access", buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, len(buf)*4)
+			continue
+		}
+		if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.EOPNOTSUPP) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read ACL: %w", err)
+		}
+		b := buf[:n]
+		if len(b) < 4 || binary.LittleEndian.Uint32(b) != aclVersion || (len(b)-4)%8 != 0 {
+			return nil, errors.New("read ACL: unknown format")
+		}
+		var out []aclEntry
+		for b = b[4:]; len(b) > 0; b = b[8:] {
+			out = append(out, aclEntry{
+				tag: binary.LittleEndian.Uint16(b), perm: binary.LittleEndian.Uint16(b[2:]),
+				id: binary.LittleEndian.Uint32(b[4:]),
+			})
+		}
+		return out, nil
+	}
+}
+
+// groupClass is what the owning group, named users and named groups get: the
+// ACL mask limits them; without an ACL it is the group bits.
+func groupClassMask(acl []aclEntry) uint16 {
+	for _, e := range acl {
+		if e.tag == aclMask {
+			return e.perm
+		}
+	}
+	return 7 // no mask entry: entries are not limited
+}
+
+func writableByPrincipal(st unix.Stat_t, acl []aclEntry, p Principal) string {
+	if p.UID == st.Uid {
+		return fmt.Sprintf("owned by uid %d, which may chmod it", st.Uid)
+	}
+	if acl == nil {
+		switch {
+		case slices.Contains(p.GIDs, st.Gid) && st.Mode&unix.S_IWGRP != 0:
+			return fmt.Sprintf("writable by its group %d, which uid %d is in", st.Gid, p.UID)
+		case !slices.Contains(p.GIDs, st.Gid) && st.Mode&unix.S_IWOTH != 0:
+			return "writable by anyone"
+		}
+		return ""
+	}
+	mask := groupClassMask(acl)
+	for _, e := range acl {
+		if e.tag == aclUser && e.id == p.UID {
+			if e.perm&mask&aclWrite != 0 {
+				return fmt.Sprintf("an ACL entry lets uid %d write it", p.UID)
+			}
+			return ""
+		}
+	}
+	inGroupClass := false
+	for _, e := range acl {
+		gid := e.id
+		if e.tag == aclGroupObj {
+			gid = st.Gid
+		} else if e.tag != aclGroup {
+			continue
+		}
+		if slices.Contains(p.GIDs, gid) {
+			inGroupClass = true
+			if e.perm&mask&aclWrite != 0 {
+				return fmt.Sprintf("an ACL entry lets group %d write it, which uid %d is in", gid, p.UID)
+			}
+		}
+	}
+	if inGroupClass {
+		return ""
+	}
+	for _, e := range acl {
+		if e.tag == aclOther && e.perm&aclWrite != 0 {
+			return "writable by anyone"
+		}
+	}
+	return ""
+}
+
+func writableByAnyoneButRoot(st unix.Stat_t, acl []aclEntry) string {
+	if st.Uid != 0 {
+		return fmt.Sprintf("owned by uid %d, which may chmod it", st.Uid)
+	}
+	if acl == nil {
+		switch {
+		case st.Mode&unix.S_IWGRP != 0:
+			return fmt.Sprintf("writable by its group %d", st.Gid)
+		case st.Mode&unix.S_IWOTH != 0:
+			return "writable by anyone"
+		}
+		return ""
+	}
+	mask := groupClassMask(acl)
+	for _, e := range acl {
+		switch {
+		case e.tag == aclUser && e.id != 0 && e.perm&mask&aclWrite != 0:
+			return fmt.Sprintf("an ACL entry lets uid %d write it", e.id)
+		case e.tag == aclGroupObj && e.perm&mask&aclWrite != 0:
+			return fmt.Sprintf("an ACL entry lets group %d write it", st.Gid)
+		case e.tag == aclGroup && e.perm&mask&aclWrite != 0:
+			return fmt.Sprintf("an ACL entry lets group %d write it", e.id)
+		case e.tag == aclOther && e.perm&aclWrite != 0:
+			return "writable by anyone"
+		}
+	}
+	return ""
+}
