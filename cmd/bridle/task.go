@@ -36,6 +36,7 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 		asJSON              bool
 		connect, unix, exec []string
 		listen              []string
+		writableExec        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "start --workload CGROUP|--pid PID --intent TEXT [--label k=v]... [--ttl D]",
@@ -64,7 +65,7 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 			if ttl > 0 {
 				req.TTL = ttl.String()
 			}
-			grants := &api.Grants{Connect: connect, Unix: unix, Exec: exec, Listen: listen}
+			grants := &api.Grants{Connect: connect, Unix: unix, Exec: exec, Listen: listen, AllowWritableExec: writableExec}
 			if _, err := grants.Envelope(); err != nil {
 				return usageError{err}
 			}
@@ -93,6 +94,7 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 	f.StringArrayVar(&unix, "allow-unix", nil, "cap the task's unix socket grants to PATH (repeatable)")
 	f.StringArrayVar(&exec, "allow-exec", nil, "cap the task's exec grants to PATH or DIR/ (repeatable)")
 	f.StringArrayVar(&listen, "allow-listen", nil, "cap the task's listen grants to PROTO:PORTS (repeatable)")
+	f.BoolVar(&writableExec, "allow-writable-exec", false, "accept exec rules whose file the workload's users can write (each is then an allow-all); the policy's envelope must say allow_writable_exec too")
 	f.BoolVar(&asJSON, "json", false, "print the task as JSON")
 	return cmd
 }

@@ -22,7 +22,8 @@ import (
 // A backslash is kept as it is, so Printable(Printable(s)) == Printable(s)
 // and output already escaped is never mangled; the price is that a literal
 // backslash sequence in a name reads like an escape. The JSON records keep
-// the exact bytes.
+// the text (encoding/json escapes control characters; invalid UTF-8 becomes
+// U+FFFD).
 func Printable(s string) string {
 	if isPrintable(s) {
 		return s

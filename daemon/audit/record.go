@@ -23,8 +23,8 @@ type Record struct {
 	Intent   string `json:"intent"`
 	PID      uint32 `json:"pid"`
 	Comm     string `json:"comm"`
-	Action   string `json:"action"`   // connect | sendmsg | exec | socket
-	Protocol string `json:"protocol"` // tcp | udp | icmp | unix | raw | packet
+	Action   string `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed
+	Protocol string `json:"protocol"` // tcp | udp | icmp | unix | raw | packet | other
 	Address  string `json:"address"`  // IP address, "" when none
 	Port     uint16 `json:"port"`
 	Path     string `json:"path"` // binary or unix socket
@@ -33,7 +33,7 @@ type Record struct {
 	Family      uint16 `json:"family,omitempty"`
 	Verdict     string `json:"verdict"` // allow | deny | would-deny
 	Reason      string `json:"reason"`
-	Enforcement string `json:"enforcement"` // cgroup | lsm | kill | daemon
+	Enforcement string `json:"enforcement"` // cgroup | lsm | kill | seccomp | daemon
 	// PolicyRevision names the policy that decided: the revision of the
 	// task's envelope, or of the baseline for a workload without a task.
 	PolicyRevision string `json:"policy_revision"`

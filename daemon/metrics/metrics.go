@@ -32,7 +32,7 @@ const other = "other"
 // Label value sets. Order matters only for readability.
 var (
 	// actions are the loader's event actions (loader.Event.Action).
-	actions = []string{"connect", "sendmsg", "exec", "socket", other}
+	actions = []string{"connect", "sendmsg", "exec", "socket", "bind", "accept", "setsockopt", "namespace", other}
 	// verdicts are the loader's event verdicts (loader.Event.Verdict).
 	verdicts         = []string{"allow", "deny", "would-deny", other}
 	startFailReasons = []string{"denied", "invalid", "busy", "unavailable", "error", other}

@@ -28,9 +28,9 @@ func TestDecisionClampsUnknownValues(t *testing.T) {
 	}
 	m.Decision("", "")
 
-	// 5 actions × 4 verdicts, all present from the start.
-	if n, err := testutil.GatherAndCount(m.registry, "bridle_decisions_total"); err != nil || n != 20 {
-		t.Fatalf("bridle_decisions_total series = %d, %v; want 20", n, err)
+	// 9 actions × 4 verdicts, all present from the start.
+	if n, err := testutil.GatherAndCount(m.registry, "bridle_decisions_total"); err != nil || n != 36 {
+		t.Fatalf("bridle_decisions_total series = %d, %v; want 36", n, err)
 	}
 	for _, c := range []struct {
 		action, verdict string

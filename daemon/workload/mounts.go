@@ -92,7 +92,7 @@ func privateProc() error {
 	if err := unmountAll("/proc"); err != nil {
 		return fmt.Errorf("workload: unmount the host's /proc: %w", err)
 	}
-	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "hidepid=invisible"); err != nil {
 		return fmt.Errorf("workload: mount a private /proc: %w", err)
 	}
 	// Other proc mounts (a chroot's, a container root's) name the host's
