@@ -154,6 +154,9 @@ func init() {
 		"socket":          actSocket,
 		"socketpair":      actSocketpair,
 		"iouring-socket":  actIOUringSocket,
+		"fd-connect":      actFDConnect,
+		"fd-write":        actFDWrite,
+		"reuse-inode":     actReuseInode,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,
