@@ -61,7 +61,7 @@ type RunSpec struct {
 // directory per run; cgroupParent likewise for their cgroups.
 const (
 	pinParent    = loader.DefaultPinRoot + "/run"
-	cgroupParent = "bridle.run"
+	cgroupParent = workload.StandaloneParent
 )
 
 // Run runs spec.Command confined and returns its exit status (128+N when a

@@ -21,16 +21,22 @@ const (
 )
 
 // refusalLimit bounds the seccomp records of one run: the first
-// maxRefusalRecords of each kind are recorded, the rest counted. Every
-// call is refused either way; the bound only keeps a workload looping on a
-// refused call from filling the audit file.
+// maxRefusalRecords of each kind are recorded, and at most
+// maxRefusalTotal in all (the workload picks the target, so a loop over
+// targets would otherwise make kinds without end); the rest are counted.
+// Every call is refused either way; the bound only keeps a workload
+// looping on refused calls from filling the audit file and the terminal.
 type refusalLimit struct {
 	mu         sync.Mutex
 	seen       map[string]int
+	total      int
 	suppressed int
 }
 
-const maxRefusalRecords = 100
+const (
+	maxRefusalRecords = 100
+	maxRefusalTotal   = 1000
+)
 
 func (l *refusalLimit) record(key string) bool {
 	l.mu.Lock()
@@ -38,11 +44,12 @@ func (l *refusalLimit) record(key string) bool {
 	if l.seen == nil {
 		l.seen = map[string]int{}
 	}
-	if l.seen[key] >= maxRefusalRecords {
+	if l.seen[key] >= maxRefusalRecords || l.total >= maxRefusalTotal {
 		l.suppressed++
 		return false
 	}
 	l.seen[key]++
+	l.total++
 	return true
 }
 
@@ -84,7 +91,7 @@ func (r *runner) stopSupervisor() {
 	n := r.refusals.suppressed
 	r.refusals.mu.Unlock()
 	if n > 0 {
-		fmt.Fprintf(r.spec.Out, "bridle: %d more seccomp refusals not recorded (each kind is recorded %d times at most)\n", n, maxRefusalRecords)
+		fmt.Fprintf(r.spec.Out, "bridle: %d more seccomp refusals not recorded (each kind is recorded %d times at most, %d in all)\n", n, maxRefusalRecords, maxRefusalTotal)
 	}
 }
 

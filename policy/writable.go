@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -67,12 +68,58 @@ func WritableBy(path string, who []Principal) (string, error) {
 		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
 	}
 	if len(who) == 0 {
-		return writableByAnyoneButRoot(st, acl), nil
-	}
-	for _, p := range who {
-		if why := writableByPrincipal(st, acl, p); why != "" {
+		if why := writableByAnyoneButRoot(st, acl); why != "" {
 			return why, nil
 		}
+	} else {
+		for _, p := range who {
+			if why := writableByPrincipal(st, acl, p); why != "" {
+				return why, nil
+			}
+		}
+	}
+	return removableBy(path, st, who)
+}
+
+// removableBy says why one of who could remove the file at path from its
+// directory, or "" when none can. A rule names an inode by its number, and
+// once the file's last name is gone the file system may give that number
+// to the next file created (ext4 and XFS do): the workload would remove
+// the file, create files until one has the number, and write any program
+// into it. Removing a name takes write permission on the directory and,
+// in a sticky directory (/tmp), owning the file or the directory. One name
+// that stays is enough: the inode lives while any name does.
+func removableBy(path string, file unix.Stat_t, who []Principal) (string, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
+	}
+	dir := filepath.Dir(real)
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: directory: %w", path, err)
+	}
+	acl, err := readACL(dir)
+	if err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: directory: %w", path, err)
+	}
+	sticky := st.Mode&unix.S_ISVTX != 0
+	removable := func(why string) string {
+		return fmt.Sprintf("its directory %s is %s, so the file can be removed and its inode number given to a new file", dir, why)
+	}
+	if len(who) == 0 {
+		why := writableByAnyoneButRoot(st, acl)
+		if why == "" || (sticky && st.Uid == 0 && file.Uid == 0) {
+			return "", nil
+		}
+		return removable(why), nil
+	}
+	for _, p := range who {
+		why := writableByPrincipal(st, acl, p)
+		if why == "" || (sticky && st.Uid != p.UID && file.Uid != p.UID) {
+			continue
+		}
+		return removable(why), nil
 	}
 	return "", nil
 }

@@ -22,6 +22,11 @@ const exitUsage = 2
 type usageError struct{ error }
 
 func main() {
+	// Nothing the invoker left open reaches a workload.
+	if err := workload.CloseInheritedOnExec(); err != nil {
+		fmt.Fprintln(os.Stderr, "bridle:", err)
+		os.Exit(1)
+	}
 	// The launch stages: this binary, started by `bridle run` as the init
 	// of the workload's namespaces, and by that as the shim that turns
 	// into the workload's command.

@@ -14,6 +14,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/tasks"
+	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
@@ -55,6 +56,11 @@ func (d *Daemon) guard(need access, h http.HandlerFunc) http.Handler {
 			reason = fmt.Sprintf("caller could not be identified: %v", p.Err)
 		case inRoot:
 			reason = fmt.Sprintf("caller is a workload (cgroup %s under root %s): workloads may not use the task API", p.Cgroup, root)
+		case config.Under(p.Cgroup, "/"+workload.StandaloneParent):
+			// A standalone run's workload is confined by its own bridle
+			// run, not by a root of this daemon, but it is a workload all
+			// the same, and usually runs as an admin's uid.
+			reason = fmt.Sprintf("caller is a workload (cgroup %s of a standalone bridle run): workloads may not use the task API", p.Cgroup)
 		case need == needAdmin && !d.cfg.IsAdmin(p.UID, p.Groups):
 			reason = fmt.Sprintf("uid %d is not an admin of this node", p.UID)
 		case need == needReader && !d.cfg.IsReader(p.UID, p.Groups):

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/workload"
 )
 
 // Any local user may connect to the API socket (it is 0666; calls are
@@ -75,7 +76,7 @@ func (l *peerListener) Accept() (net.Conn, error) {
 		// admins. A caller that cannot be identified counts as a
 		// non-admin (and every call of it is refused).
 		admin := p.Err == nil && l.cfg.IsAdmin(p.UID, p.Groups)
-		if _, inRoot := l.cfg.RootOf(p.Cgroup); inRoot {
+		if _, inRoot := l.cfg.RootOf(p.Cgroup); inRoot || config.Under(p.Cgroup, "/"+workload.StandaloneParent) {
 			admin = false
 		}
 		if reason := l.take(p.UID, admin); reason != "" {

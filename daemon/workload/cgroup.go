@@ -12,6 +12,11 @@ import (
 	"time"
 )
 
+// StandaloneParent is the cgroup, below the cgroup v2 root, that holds the
+// workloads of standalone `bridle run`s (one child per run). bridled
+// counts a caller in it as a workload too.
+const StandaloneParent = "bridle.run"
+
 // Cgroup is a cgroup v2 directory Bridle created for a workload.
 type Cgroup struct {
 	Root string // cgroup v2 mount point

@@ -238,6 +238,7 @@ func (s *Stdio) Close() {
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()
+		c.flushReplies()
 		c.restore()
 		c.closeFiles()
 	})
@@ -266,6 +267,19 @@ func (c *console) makeRaw() error {
 	c.saved = st
 	c.raw.Store(true)
 	return nil
+}
+
+// flushReplies drops what the invoker's terminal sent after the relay
+// stopped reading: a workload that ends with a query sequence (cursor
+// position, device attributes) gets its answer typed into the shell that
+// ran bridle otherwise. Answers come within a few milliseconds; the wait
+// is paid once, at exit, and only when the terminal was relayed.
+func (c *console) flushReplies() {
+	if !c.raw.Load() {
+		return
+	}
+	time.Sleep(50 * time.Millisecond)
+	_ = unix.IoctlSetInt(int(c.in.Fd()), unix.TCFLSH, unix.TCIFLUSH)
 }
 
 // restore gives the invoker's terminal its settings back.

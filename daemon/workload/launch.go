@@ -299,6 +299,10 @@ func Shim(args []string) error {
 	if err := Sandbox(); err != nil {
 		return err
 	}
+	// COMMAND starts with stdin, stdout and stderr only.
+	if err := CloseInheritedOnExec(); err != nil {
+		return err
+	}
 	if err := unix.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("workload: exec %s: %w", path, err)
 	}

@@ -15,9 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Escapes found by the second adversarial review (after the sixteen of
-// issue 8 were closed). Each test here reproduces one; they fail until the
-// product is fixed.
+// Escapes found by a second adversarial review, after the sixteen of
+// docs/SECURITY.md were closed. Each test reproduces one.
 
 // bridleRunWithFiles is bridleRun with descriptors the invoker holds open
 // (not close-on-exec) when it runs bridle: files[i] is fd 3+i. A root
@@ -98,12 +97,12 @@ func TestEscapeInheritedDescriptors(t *testing.T) {
 	})
 }
 
-// Exec rules name an inode by (device, inode number). The writability check
-// looks at the file only, so a root-owned, read-only file in a directory the
-// workload's user may write is accepted. The workload unlinks it, which
-// frees the inode number; ext4 (and XFS) hand a freed number to the next
-// file created nearby, so the workload creates files until one has it,
-// writes any program into it and runs it: the rule allows it.
+// Exec rules name an inode by (device, inode number). A root-owned,
+// read-only file in a directory the workload's user may write can be
+// removed, which frees the inode number; ext4 (and XFS) hand a freed number
+// to the next file created nearby, so the workload would create files until
+// one has it, write any program into it and run it. Such a rule is refused
+// at task start, like a file the workload can write.
 func TestEscapeExecInodeReuse(t *testing.T) {
 	u, err := user.Lookup(workloadUser)
 	if err != nil {
@@ -127,15 +126,43 @@ func TestEscapeExecInodeReuse(t *testing.T) {
 	if err := unix.Statfs(work, &sfs); err != nil {
 		t.Fatal(err)
 	}
-	if sfs.Type == unix.TMPFS_MAGIC {
-		t.Skip("tmpfs never reuses inode numbers; run with TMPDIR on ext4 or XFS")
-	}
 	// The payload: a program no rule allows (a copy of the probe).
 	r := probe(t, []string{"--allow-exec", tool}, "reuse-inode", tool, refusedTool, "creds")
-	if r.probeLine() == "error inode-not-reused" {
-		t.Skip("this file system did not reuse the inode number")
-	}
 	if strings.HasPrefix(r.probeLine(), "ok") {
 		t.Fatalf("a program no rule allows ran under the freed inode number of an allowed file: %q", r.probeLine())
+	}
+	if r.status == 0 || !strings.Contains(r.stderr, "can be removed and its inode number given to a new file") {
+		t.Fatalf("want the rule refused at start (its directory is the workload's), got status %d:\n%s", r.status, r.stderr)
+	}
+	if sfs.Type == unix.TMPFS_MAGIC {
+		t.Log("tmpfs does not reuse inode numbers, so only the refusal is checked here; ext4 and XFS do")
+	}
+}
+
+// A standalone run's workload sits in bridle.run/, under none of bridled's
+// roots, and runs as the invoking user, who is often one of bridled's
+// admins. Where it may reach bridled's socket (kernels without unix hooks,
+// or a rule that names it), it must still be refused as a workload.
+func TestEscapeStandaloneRunCallsAPI(t *testing.T) {
+	u, err := user.Lookup(workloadUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newDaemonEnv(t)
+	e.openToAll()
+	e.appendConfig("admins: {uids: [" + u.Uid + "]}")
+	e.start()
+	e.startTask(e.workload("w"))
+	// The same user outside any workload is an admin.
+	if got := runAsNobody(t, "http-get", e.socket, "/v1/tasks"); got != "ok 200" {
+		t.Fatalf("GET /v1/tasks by an admin outside any workload: %q, want ok 200", got)
+	}
+	flags := []string{"--standalone", "--allow-exec", probeBin}
+	if features.UnixHooks {
+		flags = append(flags, "--allow-unix", e.socket)
+	}
+	r := bridleRun(t, flags, probeBin, "http-get", e.socket, "/v1/tasks")
+	if r.probeLine() != "ok 403" || !strings.Contains(r.stdout+r.stderr, "standalone bridle run") {
+		t.Fatalf("a standalone run's workload called the task API as an admin: %q\n%s", r.probeLine(), r.stderr)
 	}
 }
