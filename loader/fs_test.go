@@ -10,6 +10,11 @@ import (
 // MaxWorkloadLevel must agree with the depth the programs look at.
 func TestMaxWorkloadLevelMatchesPrograms(t *testing.T) {
 	b, err := os.ReadFile("../bpf/include/bridle.h")
+	if os.IsNotExist(err) {
+		// A kernel-matrix guest holds the test binary, not the source:
+		// this compares two sources and is checked where they are.
+		t.Skip("bpf/include/bridle.h is not here (the test binary runs without its source tree)")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/policy"
 )
 
@@ -58,28 +59,19 @@ func (n *Node) checkWritableExec(req Request, rs policy.RuleSet) error {
 // workloadPrincipals returns the users (every uid a process holds, with its
 // groups) of the processes in a cgroup and below it.
 func workloadPrincipals(dir string) ([]policy.Principal, error) {
+	pids, err := workload.Cgroup{Path: dir}.Procs()
+	if err != nil {
+		return nil, err
+	}
 	var out []policy.Principal
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+	for _, pid := range pids {
+		ps, err := procPrincipals(strconv.Itoa(pid))
 		if err != nil {
-			return err
+			continue // gone meanwhile
 		}
-		if !d.IsDir() {
-			return nil
-		}
-		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-		if err != nil {
-			return err
-		}
-		for _, f := range strings.Fields(string(b)) {
-			ps, err := procPrincipals(f)
-			if err != nil {
-				continue // gone meanwhile
-			}
-			out = append(out, ps...)
-		}
-		return nil
-	})
-	return out, err
+		out = append(out, ps...)
+	}
+	return out, nil
 }
 
 // procPrincipals reads a process's real, effective, saved and filesystem
