@@ -38,8 +38,10 @@ test-policy:
 	$(OPA) test -v policy/examples
 
 # The privileged suite inside Debian kernels under qemu (BPF LSM mode too).
+# The e2e suite takes 4-8 minutes per guest under software emulation, up to
+# about 11 on 5.10: the limits leave room for a slow, shared CI machine.
 test-kernels:
-	$(GO) run ./tests/kernels -pkg ./loader -pkg ./tests/e2e \
+	$(GO) run ./tests/kernels -testtimeout 20m -timeout 25m -pkg ./loader -pkg ./tests/e2e \
 		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
