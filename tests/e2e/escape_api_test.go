@@ -317,7 +317,7 @@ func TestEscapeAPIExhaustion(t *testing.T) {
 	if _, err := fmt.Sscanf(line, "ok connected %d closed %d refused %d", &connected, &closed, &refused); err != nil {
 		t.Fatalf("connect-flood: %q: %v", line, err)
 	}
-	t.Logf("flood: %d connected, %d closed by bridled within a second, %d refused; bridled's descriptors: %d before", connected, closed, refused, before)
+	t.Logf("flood: %d connected, %d closed by bridled, %d refused; bridled's descriptors: %d before", connected, closed, refused, before)
 	if open := connected - closed; open > 8 {
 		t.Errorf("%d of nobody's connections stay open, want at most 8 (api_limits.connections_per_uid)", open)
 	}
