@@ -170,4 +170,8 @@ func TestBootFlake(t *testing.T) {
 	if slow.bootFlake() {
 		t.Error("a timeout is retried")
 	}
+	hung := guestRun{BootHung: true, TimedOut: true}
+	if !hung.bootFlake() {
+		t.Error("a kernel that hung before /init is not booted again")
+	}
 }

@@ -46,30 +46,31 @@ func (l *repeatFlag) String() string     { return strings.Join(*l, " ") }
 func (l *repeatFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 type options struct {
-	kernels   listFlag
-	pkgs      repeatFlag
-	files     repeatFlag
-	builds    repeatFlag
-	env       repeatFlag
-	run       string
-	testTO    time.Duration
-	testFlags string
-	timeout   time.Duration
-	out       string
-	cache     string
-	parallel  int
-	verbose   bool
-	list      bool
-	fetchOnly bool
-	accel     string
-	memory    string
-	cpus      int
-	appendArg string
-	qemu      string
-	busybox   string
-	keyring   string
-	mirror    string
-	security  string
+	kernels     listFlag
+	pkgs        repeatFlag
+	files       repeatFlag
+	builds      repeatFlag
+	env         repeatFlag
+	run         string
+	testTO      time.Duration
+	testFlags   string
+	timeout     time.Duration
+	bootTimeout time.Duration
+	out         string
+	cache       string
+	parallel    int
+	verbose     bool
+	list        bool
+	fetchOnly   bool
+	accel       string
+	memory      string
+	cpus        int
+	appendArg   string
+	qemu        string
+	busybox     string
+	keyring     string
+	mirror      string
+	security    string
 }
 
 func main() {
@@ -88,6 +89,7 @@ func main() {
 	fs.StringVar(&o.run, "run", "", "passed to the test binaries as -test.run")
 	fs.DurationVar(&o.testTO, "testtimeout", 10*time.Minute, "passed to each test binary as -test.timeout (0: none)")
 	fs.StringVar(&o.testFlags, "testflags", "", "more flags for every test binary, space-separated, e.g. \"-test.failfast\"")
+	fs.DurationVar(&o.bootTimeout, "boottimeout", 4*time.Minute, "limit until the guest's init prints its first line; a guest that hangs while booting is booted once more (0: none)")
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Minute, "per-guest limit for boot plus all tests (software emulation runs ~4x slower than the host)")
 	fs.StringVar(&o.out, "out", "", "directory for serial logs, binaries and the initramfs (default: a new temporary directory)")
 	fs.StringVar(&o.cache, "cache", defaultCache(), "kernel package cache (env BRIDLE_KERNEL_CACHE)")
@@ -256,7 +258,7 @@ func run(ctx context.Context, o options) (int, error) {
 
 	cfg := vmConfig{
 		Qemu: o.qemu, Accel: o.accel, Memory: o.memory, CPUs: o.cpus,
-		Initrd: initrd, Append: o.appendArg, Timeout: o.timeout,
+		Initrd: initrd, Append: o.appendArg, Timeout: o.timeout, BootTimeout: o.bootTimeout,
 	}
 	runs := runGuests(ctx, cfg, guests, images, out, expected, o)
 	failed := summarize(os.Stdout, runs, expected)

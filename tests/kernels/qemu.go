@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,6 +22,10 @@ type vmConfig struct {
 	Initrd  string
 	Append  string // extra kernel command line words
 	Timeout time.Duration
+	// BootTimeout bounds the time until init's first marker: a kernel
+	// that hangs while booting (seen under multi-threaded TCG on a busy
+	// host) is stopped then, not at Timeout, and booted once more.
+	BootTimeout time.Duration
 }
 
 // qemuArgs is the boot line: no firmware devices beyond the serial port
@@ -50,6 +55,7 @@ type guestRun struct {
 	Boot     time.Duration // qemu start until init's first marker
 	Total    time.Duration // qemu start until qemu exit
 	TimedOut bool
+	BootHung bool   // init printed nothing within BootTimeout
 	Err      error  // qemu could not run, or exited badly
 	Retried  string // why the first boot was discarded, if it was
 }
@@ -59,7 +65,7 @@ type guestRun struct {
 // one seen here is an int3 oops while the kernel patches its own text during
 // boot, a rare race of multi-threaded TCG on a busy host.
 func (r guestRun) bootFlake() bool {
-	return r.Boot == 0 && !r.TimedOut && (r.Report.Panic != "" || r.Err != nil)
+	return r.Boot == 0 && (r.BootHung || !r.TimedOut && (r.Report.Panic != "" || r.Err != nil))
 }
 
 // bootGuest runs one guest to completion, writing its console to logPath and,
@@ -99,6 +105,21 @@ func bootGuest(ctx context.Context, c vmConfig, g guest, vmlinuz, logPath string
 	}
 	pw.Close()
 
+	// The boot watchdog: stopped once init has spoken.
+	booted := make(chan struct{})
+	var hung atomic.Bool
+	if c.BootTimeout > 0 {
+		go func() {
+			select {
+			case <-booted:
+			case <-ctx.Done():
+			case <-time.After(c.BootTimeout):
+				hung.Store(true)
+				cancel()
+			}
+		}()
+	}
+
 	var out strings.Builder
 	sink := io.Writer(logf)
 	if live != nil {
@@ -110,6 +131,7 @@ func bootGuest(ctx context.Context, c vmConfig, g guest, vmlinuz, logPath string
 		if line != "" {
 			if run.Boot == 0 && strings.Contains(line, markerPrefix) {
 				run.Boot = time.Since(start)
+				close(booted)
 			}
 			out.WriteString(line)
 			_, _ = io.WriteString(sink, line)
@@ -123,6 +145,9 @@ func bootGuest(ctx context.Context, c vmConfig, g guest, vmlinuz, logPath string
 	run.Total = time.Since(start)
 	run.Report = parseSerial(out.String())
 	switch {
+	case hung.Load():
+		run.BootHung = true
+		run.Err = fmt.Errorf("init printed nothing within %s of boot", c.BootTimeout)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		run.TimedOut = true
 		run.Err = fmt.Errorf("timed out after %s", c.Timeout)
