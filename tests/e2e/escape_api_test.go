@@ -305,7 +305,13 @@ func TestEscapeAPIExhaustion(t *testing.T) {
 	}
 	target := fmt.Sprintf("127.0.0.1:%d", tcpHoldingListener(t, "tcp4", "127.0.0.1:0"))
 	cg := e.workload("flooded")
-	id := e.startTask(cg, "--ttl", "8s")
+	// Short enough to expire during the flood where its connection can be
+	// aborted (checked below); elsewhere it must outlive a slow flood.
+	ttl := "8s"
+	if !canAbort {
+		ttl = "1h"
+	}
+	id := e.startTask(cg, "--ttl", ttl)
 	var held <-chan string
 	if canAbort {
 		held = e.holdInCgroup(cg, target)
