@@ -240,7 +240,9 @@ func (e *daemonEnv) cleanup() {
 func (e *daemonEnv) client() *http.Client {
 	return &http.Client{
 		Timeout: 10 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// One connection per call, closed after it: a test that polls must
+		// not pile up idle connections against bridled's connection caps.
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", e.socket)
 		}},
