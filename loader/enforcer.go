@@ -11,6 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/bridle-sh/bridle/loader/sockabort"
 )
 
 // DefaultWakeupBytes batches event wakeups: the reader is woken when this
@@ -65,6 +67,8 @@ type Enforcer struct {
 
 	guard      *ebpf.Collection // the LSM guards (guard.go), where they load
 	guardLinks []link.Link
+
+	abort *sockabort.Aborter // ends a workload's connections at its task's end
 }
 
 // Load probes the kernel, loads Bridle's programs and maps, pins the maps
@@ -131,9 +135,10 @@ func Load(opts Options) (*Enforcer, error) {
 		return nil, err
 	}
 	e.loadGuards(collOpts, opts.WakeupBytes, lsms, lsmErr)
-	e.features.SocketDestroy = ProbeSocketDestroy()
+	e.abort = sockabort.New(CgroupRoot)
+	e.features.SocketDestroy = e.abort.DestroyFeature()
 	if e.features.UnixHooks {
-		e.features.UnixShutdown = ProbeUnixShutdown()
+		e.features.UnixShutdown = e.abort.UnixFeature()
 	} else {
 		e.features.UnixShutdown = UnixShutdownFeature{Method: UnixShutdownNone,
 			Reason: "unix sockets are not enforced on this kernel, so no unix connection depends on a task"}
@@ -531,6 +536,9 @@ func (e *Enforcer) Close() error {
 	if e.sockopt != nil {
 		errs = append(errs, e.sockopt.Close())
 		e.sockopt = nil
+	}
+	if e.abort != nil {
+		errs = append(errs, e.abort.Close())
 	}
 	errs = append(errs, e.net.Close())
 	return errors.Join(errs...)

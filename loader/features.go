@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,4 +117,15 @@ func verifierError(err error) string {
 		return fmt.Sprintf("%+v", ve)
 	}
 	return err.Error()
+}
+
+// kernelHasFunc reports whether the kernel's type information names a
+// function (a kfunc or a hook point).
+func kernelHasFunc(name string) bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var fn *btf.Func
+	return spec.TypeByName(name, &fn) == nil
 }

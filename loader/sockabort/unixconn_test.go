@@ -1,4 +1,4 @@
-package loader
+package sockabort
 
 import (
 	"bufio"
@@ -213,7 +213,7 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 		self, srv.path, dgramPath, pendingPath)
 
 	// The task starts: what the workload holds now is kept.
-	keep, err := unixConnections(id, method)
+	keep, err := unixConnections(testCgroupRoot(t), id, method)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 		t.Fatalf("helper: %q", l)
 	}
 
-	st, err := shutdownUnix(id, method, keep)
+	st, err := shutdownUnix(testCgroupRoot(t), id, method, keep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 		t.Fatalf("a connection outside the workload: %v", err)
 	}
 	// A second sweep finds nothing more to do.
-	if st, err := shutdownUnix(id, method, keep); err != nil || st.Shut != 0 {
+	if st, err := shutdownUnix(testCgroupRoot(t), id, method, keep); err != nil || st.Shut != 0 {
 		t.Fatalf("second sweep: %+v %v", st, err)
 	}
 }
@@ -295,7 +295,7 @@ func testShutdownUnix(t *testing.T, method UnixShutdownMethod) {
 // workload named it: membership is checked through a pidfd.
 func TestUnixSweepChecksMembership(t *testing.T) {
 	_, id := testCgroup(t)
-	s, err := newUnixSweep(id, false)
+	s, err := newUnixSweep(testCgroupRoot(t), id, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +386,7 @@ func BenchmarkUnixSweep(b *testing.B) {
 	b.Run("empty", func(b *testing.B) {
 		_, id := testCgroup(b)
 		for b.Loop() {
-			if _, err := unixConnections(id, method); err != nil {
+			if _, err := unixConnections(testCgroupRoot(b), id, method); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -413,7 +413,7 @@ func BenchmarkUnixSweep(b *testing.B) {
 			b.Fatalf("helper: %q", l)
 		}
 		for b.Loop() {
-			if _, err := unixConnections(id, method); err != nil {
+			if _, err := unixConnections(testCgroupRoot(b), id, method); err != nil {
 				b.Fatal(err)
 			}
 		}

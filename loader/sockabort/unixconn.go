@@ -1,16 +1,15 @@
-package loader
+package sockabort
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -112,18 +111,6 @@ const (
 	unixDiagAllStates = ^uint32(0)
 )
 
-var unixFeature struct {
-	once sync.Once
-	f    UnixShutdownFeature
-}
-
-// ProbeUnixShutdown reports how a workload's unix connections are ended at
-// a task's end on this kernel (given that its unix hooks exist).
-func ProbeUnixShutdown() UnixShutdownFeature {
-	unixFeature.once.Do(func() { unixFeature.f = probeUnixShutdown() })
-	return unixFeature.f
-}
-
 func probeUnixShutdown() UnixShutdownFeature {
 	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
 	if err == nil {
@@ -151,49 +138,23 @@ func probeUnixShutdown() UnixShutdownFeature {
 }
 
 func probeUnixDiag() error {
-	fd, err := openSockDiag()
+	c, err := openSockDiag()
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
+	defer c.Close()
 	// No state selected: the dump is empty, or fails if unix_diag is absent.
-	_, err = unixDiagDump(fd, 0, nil)
+	_, err = c.unixDump(0, nil)
 	if err == unix.ENOENT {
 		return errors.New("the kernel has no unix_diag (CONFIG_UNIX_DIAG)")
 	}
 	return err
 }
 
-// UnixConnections lists the unix connections the processes of a workload
-// (its cgroup and those below) hold now that ShutdownUnix would end: taken
-// when a task starts, they are kept open at its end. Nil when unix sockets
-// are not enforced here. On an error the list holds what could be read;
-// a connection missing from it is only ended when it need not be.
-func (e *Enforcer) UnixConnections(cgroupID uint64) ([]UnixConn, error) {
-	f := ProbeUnixShutdown()
-	if !e.features.UnixHooks || f.Method == UnixShutdownNone {
-		return nil, nil
-	}
-	return unixConnections(cgroupID, f.Method)
-}
-
-// ShutdownUnix ends the unix connections of a workload's processes that
-// leave the workload, except those in keep (see UnixConnections). Nothing
-// is done, and no error returned, where unix sockets are not enforced: the
-// workload could connect again at once.
-func (e *Enforcer) ShutdownUnix(cgroupID uint64, keep []UnixConn) (UnixStats, error) {
-	f := ProbeUnixShutdown()
-	switch {
-	case !e.features.UnixHooks:
-		return UnixStats{Method: UnixShutdownNone}, nil
-	case f.Method == UnixShutdownNone:
-		return UnixStats{Method: UnixShutdownNone}, errors.New(f.Reason)
-	}
-	return shutdownUnix(cgroupID, f.Method, keep)
-}
-
-func unixConnections(cgroupID uint64, method UnixShutdownMethod) ([]UnixConn, error) {
-	s, err := newUnixSweep(cgroupID, method == UnixShutdownDiag)
+// unixConnections lists the connections of a workload that shutdownUnix
+// would end; see Aborter.UnixConnections.
+func unixConnections(root string, cgroupID uint64, method UnixShutdownMethod) ([]UnixConn, error) {
+	s, err := newUnixSweep(root, cgroupID, method == UnixShutdownDiag)
 	if err != nil {
 		return nil, fmt.Errorf("unix connections: %w", err)
 	}
@@ -208,13 +169,14 @@ func unixConnections(cgroupID uint64, method UnixShutdownMethod) ([]UnixConn, er
 	return out, nil
 }
 
-// shutdownUnix is ShutdownUnix with the method given. A pass that shut
+// shutdownUnix ends the connections of a workload that leave it, except
+// those in keep; see Aborter.ShutdownUnix. A pass that shut
 // something down is followed by another (at most three), so that a socket
 // moved between processes during a pass is still found.
-func shutdownUnix(cgroupID uint64, method UnixShutdownMethod, keep []UnixConn) (UnixStats, error) {
+func shutdownUnix(root string, cgroupID uint64, method UnixShutdownMethod, keep []UnixConn) (UnixStats, error) {
 	start := time.Now()
 	st := UnixStats{Method: method}
-	s, err := newUnixSweep(cgroupID, method == UnixShutdownDiag)
+	s, err := newUnixSweep(root, cgroupID, method == UnixShutdownDiag)
 	if err != nil {
 		return st, fmt.Errorf("unix connections: %w", err)
 	}
@@ -258,13 +220,11 @@ type unixSweep struct {
 	done map[uint64]bool // sockets shut down by an earlier pass
 }
 
-func newUnixSweep(cgroupID uint64, diag bool) (*unixSweep, error) {
+// newUnixSweep prepares a sweep of the workload cgroup with the given id
+// in the cgroup v2 hierarchy mounted at root.
+func newUnixSweep(root string, cgroupID uint64, diag bool) (*unixSweep, error) {
 	if cgroupID <= 1 {
 		return nil, fmt.Errorf("cgroup %d: refusing the root cgroup", cgroupID)
-	}
-	root, err := cachedCgroupRoot()
-	if err != nil {
-		return nil, err
 	}
 	dir, err := cgroupPathByID(root, cgroupID)
 	if err != nil {
@@ -275,26 +235,6 @@ func newUnixSweep(cgroupID uint64, diag bool) (*unixSweep, error) {
 		return nil, fmt.Errorf("cgroup %d: path %s is not below %s", cgroupID, dir, root)
 	}
 	return &unixSweep{dir: dir, rel: "/" + rel, diag: diag, done: map[uint64]bool{}}, nil
-}
-
-// The cgroup v2 mount point, found once: reading mountinfo is half the cost
-// of a sweep of an empty workload.
-var cgroupRootCache struct {
-	mu   sync.Mutex
-	root string
-}
-
-func cachedCgroupRoot() (string, error) {
-	cgroupRootCache.mu.Lock()
-	defer cgroupRootCache.mu.Unlock()
-	if cgroupRootCache.root == "" {
-		root, err := CgroupRoot()
-		if err != nil {
-			return "", err
-		}
-		cgroupRootCache.root = root
-	}
-	return cgroupRootCache.root, nil
 }
 
 // sockHolder is where a socket was seen: descriptor fd of process pid's
@@ -607,12 +547,12 @@ func (s *unixSweep) peers(h held) (map[uint64]unixDiagSock, error) {
 	out := map[uint64]unixDiagSock{}
 	var errs []error
 	dump := func() error {
-		fd, err := openSockDiag()
+		c, err := openSockDiag()
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
-		got, err := unixDiagDump(fd, unixDiagAllStates, h.socks)
+		defer c.Close()
+		got, err := c.unixDump(unixDiagAllStates, h.socks)
 		for ino, d := range got {
 			out[ino] = d
 		}
@@ -641,73 +581,52 @@ func (s *unixSweep) peers(h held) (map[uint64]unixDiagSock, error) {
 	return out, errors.Join(errs...)
 }
 
-// unixDiagDump lists the unix sockets of the current network namespace in
-// the given states (TCP state bits; 0: none) with their peers, keeping
-// those in want.
-func unixDiagDump(fd int, states uint32, want map[uint64]sockHolder) (map[uint64]unixDiagSock, error) {
-	req := make([]byte, unixDiagReqLen)
-	req[0] = unix.AF_UNIX
-	binary.NativeEndian.PutUint32(req[4:], states)
-	binary.NativeEndian.PutUint32(req[12:], udiagShowPeer)
-	const seq = 1
-	msg := nlMsg(unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, req)
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, err
-	}
+// unixDiagReq is a struct unix_diag_req asking for every unix socket in
+// the given states with its peer.
+type unixDiagReq struct{ states uint32 }
+
+func (r *unixDiagReq) Len() int { return unixDiagReqLen }
+
+func (r *unixDiagReq) Serialize() []byte {
+	b := make([]byte, unixDiagReqLen)
+	b[0] = unix.AF_UNIX
+	nl.NativeEndian().PutUint32(b[4:], r.states)
+	nl.NativeEndian().PutUint32(b[12:], udiagShowPeer)
+	return b
+}
+
+// unixDump lists the unix sockets of the current network namespace in the
+// given states (TCP state bits; 0: none) with their peers, keeping those in
+// want.
+func (c *diagConn) unixDump(states uint32, want map[uint64]sockHolder) (map[uint64]unixDiagSock, error) {
+	req := nl.NewNetlinkRequest(unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
+	req.AddData(&unixDiagReq{states: states})
 	out := map[uint64]unixDiagSock{}
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			return out, err
+	err := c.dump(req, func(msg []byte) {
+		if len(msg) < unixDiagMsgLen {
+			return
 		}
-		msgs, err := parseNetlink(buf[:n])
-		if err != nil {
-			return out, err
+		ino := uint64(nl.NativeEndian().Uint32(msg[4:]))
+		if _, ok := want[ino]; !ok {
+			return
 		}
-		for _, m := range msgs {
-			if m.seq != seq {
-				continue
+		var d unixDiagSock
+		attrs(msg[unixDiagMsgLen:], func(typ uint16, val []byte) {
+			switch typ {
+			case unixDiagPeer:
+				// Present whenever there is a peer; its inode is 0
+				// until accept() gives it a file.
+				if len(val) >= 4 {
+					d.connected = true
+					d.peer = uint64(nl.NativeEndian().Uint32(val))
+				}
+			case unixDiagShutdown:
+				if len(val) >= 1 {
+					d.shutdown = val[0]
+				}
 			}
-			switch m.typ {
-			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				if len(m.data) >= 4 {
-					if e := int32(binary.NativeEndian.Uint32(m.data)); e < 0 {
-						return out, unix.Errno(-e)
-					}
-				}
-				return out, nil
-			case unix.SOCK_DIAG_BY_FAMILY:
-				if len(m.data) < unixDiagMsgLen {
-					continue
-				}
-				ino := uint64(binary.NativeEndian.Uint32(m.data[4:]))
-				if _, ok := want[ino]; !ok {
-					continue
-				}
-				var d unixDiagSock
-				for a := m.data[unixDiagMsgLen:]; len(a) >= 4; {
-					l := int(binary.NativeEndian.Uint16(a[0:]))
-					if l < 4 || l > len(a) {
-						break
-					}
-					switch binary.NativeEndian.Uint16(a[2:]) & nlaTypeMask {
-					case unixDiagPeer:
-						// Present whenever there is a peer; its inode
-						// is 0 until accept() gives it a file.
-						if l >= 8 {
-							d.connected = true
-							d.peer = uint64(binary.NativeEndian.Uint32(a[4:]))
-						}
-					case unixDiagShutdown:
-						if l >= 5 {
-							d.shutdown = a[4]
-						}
-					}
-					a = a[min((l+3)&^3, len(a)):]
-				}
-				out[ino] = d
-			}
-		}
-	}
+		})
+		out[ino] = d
+	})
+	return out, err
 }
