@@ -54,20 +54,12 @@ func testAborter(t testing.TB) *Aborter {
 // testCgroup creates a fresh cgroup v2 directory for one test.
 func testCgroup(t testing.TB) (string, uint64) {
 	t.Helper()
-	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
-	dir := filepath.Join(testCgroupRoot(t), "bridle-test", fmt.Sprintf("%s-%d", name, time.Now().UnixNano()))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	parent := filepath.Join(testCgroupRoot(t), "bridle-test")
+	if err := os.MkdirAll(parent, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
-		for range 100 {
-			if os.Remove(dir) == nil {
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	dir := subCgroup(t, parent, fmt.Sprintf("%s-%d", name, time.Now().UnixNano()))
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
 		t.Fatal(err)
