@@ -26,12 +26,10 @@
  * policy, recorded. Returns 1 when it must be refused. */
 static __always_inline int guard(struct bridle_ctx *c, __u8 action, __u8 reason, int family)
 {
-	__u8 verdict;
-	int refuse = bridle_decide(c, 0, &verdict);
-	/* Within the workload's event budget, like every record. */
-	struct bridle_event *e = bridle_should_emit(c, verdict) ? bridle_event_reserve() : 0;
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(c, 0, action, reason, BRIDLE_ENFORCEMENT_LSM, BRIDLE_EVENT_PROCESS,
+						     &refuse);
 	if (e) {
-		bridle_event_fill(e, c, action, verdict, reason, BRIDLE_ENFORCEMENT_LSM);
 		if (action == BRIDLE_ACTION_SOCKET) {
 			e->proto = BRIDLE_PROTO_OTHER;
 			e->family = family; /* the AF_* number, see BRIDLE_REASON_FAMILY */

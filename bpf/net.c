@@ -122,17 +122,14 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 		}
 	}
 
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
-		if (e) {
-			bridle_event_fill(e, &c, action, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = event_proto;
-			e->port = port;
-			event_set_dest(e, &d);
-			bridle_event_submit(e);
-		}
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, action, reason, BRIDLE_ENFORCEMENT_CGROUP,
+						     BRIDLE_EVENT_PROCESS, &refuse);
+	if (e) {
+		e->proto = event_proto;
+		e->port = port;
+		event_set_dest(e, &d);
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
@@ -180,12 +177,10 @@ int bridle_sock_create(struct bpf_sock *sk)
 
 	struct bridle_ctx c;
 	bridle_find_workload(&c);
-	__u8 verdict;
-	int refuse = bridle_decide(&c, 0, &verdict);
-	struct bridle_event *e = bridle_should_emit(&c, verdict) ? bridle_event_reserve() : 0;
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, 0, BRIDLE_ACTION_SOCKET, BRIDLE_REASON_SOCKET_TYPE,
+						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_PROCESS, &refuse);
 	if (e) {
-		bridle_event_fill(e, &c, BRIDLE_ACTION_SOCKET, verdict, BRIDLE_REASON_SOCKET_TYPE,
-				  BRIDLE_ENFORCEMENT_CGROUP);
 		e->proto = event_proto;
 		e->family = family == AF_INET6 ? 6 : family == AF_INET ? 4 : 0;
 		e->port = sk->protocol;
@@ -270,10 +265,12 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
 {
 	struct bridle_ctx c;
 	bridle_find_workload_skb(&c, skb);
-	__u8 verdict;
-	int refuse = bridle_decide(&c, 0, &verdict);
-	/* Over the workload's event budget: refused all the same, counted. */
-	if (!bridle_should_emit(&c, verdict))
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, 0, BRIDLE_ACTION_SENDMSG, BRIDLE_REASON_EXT_HEADER,
+						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_NO_PROCESS, &refuse);
+	/* Not recorded (over the workload's event budget, or the ring is
+	 * full): refused all the same, and counted. */
+	if (!e)
 		return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 
 	struct dest d = {.family = 4};
@@ -301,19 +298,14 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
 		port = transport_dport(skb, (__u32)(vihl & 0x0f) * 4, proto);
 	}
 
-	struct bridle_event *e = bridle_event_reserve_bare();
-	if (e) {
-		bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict, BRIDLE_REASON_EXT_HEADER,
-				  BRIDLE_ENFORCEMENT_CGROUP);
-		struct bpf_sock *sk = skb->sk;
-		if (sk)
-			sk = bpf_sk_fullsock(sk);
-		if (sk)
-			rule_proto(sk->type, sk->protocol, &e->proto);
-		e->port = port;
-		event_set_dest(e, &d);
-		bridle_event_submit(e);
-	}
+	struct bpf_sock *sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk)
+		rule_proto(sk->type, sk->protocol, &e->proto);
+	e->port = port;
+	event_set_dest(e, &d);
+	bridle_event_submit(e);
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
 
@@ -375,18 +367,14 @@ int bridle_ping_egress(struct __sk_buff *skb)
 	}
 	struct bridle_ports *ports = lookup_dest(c.slot, IPPROTO_ICMP, &d);
 	int allowed = ports != 0;
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve_bare();
-		if (e) {
-			bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict,
-					  allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
-					  BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = BRIDLE_PROTO_ICMP;
-			event_set_dest(e, &d);
-			bridle_event_submit(e);
-		}
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_SENDMSG,
+						     allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
+						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_NO_PROCESS, &refuse);
+	if (e) {
+		e->proto = BRIDLE_PROTO_ICMP;
+		event_set_dest(e, &d);
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }

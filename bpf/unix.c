@@ -77,22 +77,19 @@ static __always_inline int check_unix(struct bpf_sock_addr *ctx, __u8 action)
 		}
 	}
 
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
-		if (e) {
-			bridle_event_fill(e, &c, action, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = BRIDLE_PROTO_UNIX;
-			/* Abstract names are reported with a leading '@'. */
-			if (k.abstract) {
-				e->path[0] = '@';
-				__builtin_memcpy(e->path + 1, k.path, BRIDLE_UNIX_PATH_MAX - 1);
-			} else {
-				__builtin_memcpy(e->path, k.path, BRIDLE_UNIX_PATH_MAX);
-			}
-			bridle_event_submit(e);
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, action, reason, BRIDLE_ENFORCEMENT_CGROUP,
+						     BRIDLE_EVENT_PROCESS, &refuse);
+	if (e) {
+		e->proto = BRIDLE_PROTO_UNIX;
+		/* Abstract names are reported with a leading '@'. */
+		if (k.abstract) {
+			e->path[0] = '@';
+			__builtin_memcpy(e->path + 1, k.path, BRIDLE_UNIX_PATH_MAX - 1);
+		} else {
+			__builtin_memcpy(e->path, k.path, BRIDLE_UNIX_PATH_MAX);
 		}
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
