@@ -7,8 +7,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "lib/exec.h"
-
-#define EPERM 1
+#include "lib/uapi.h"
 
 SEC("lsm/bprm_check_security")
 int BPF_PROG(bridle_exec_lsm, struct linux_binprm *bprm, int ret)

@@ -15,12 +15,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "lib/exec.h"
-
-#define EPERM 1
-#define AF_UNIX 1
-#define AF_INET 2
-#define AF_INET6 10
-#define AF_NETLINK 16
+#include "lib/uapi.h"
 
 /* Judges a guarded action of the current workload: always a refusal by
  * policy, recorded. Returns 1 when it must be refused. */

@@ -13,19 +13,10 @@
 #include "lib/workload.h"
 #include "lib/types.h"
 #include "lib/ports.h"
+#include "lib/uapi.h"
 
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_MPTCP 262
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
-
-#define CGROUP_ALLOW 1
-#define CGROUP_REFUSE 0
 
 /* The ports slot may listen on with transport proto (6 or 17), or NULL. */
 static __always_inline struct bridle_ports *listen_ports(__u32 slot, __u32 proto)

@@ -11,21 +11,7 @@
 #include "lib/workload.h"
 #include "lib/types.h"
 #include "lib/ports.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define SOCK_RAW 3
-#define SOCK_SEQPACKET 5
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_ICMPV6 58
-#define IPPROTO_MPTCP 262
-
-#define CGROUP_ALLOW 1
-#define CGROUP_REFUSE 0
+#include "lib/uapi.h"
 
 /* Maps the socket to the protocol number rules are keyed by; 0 if none. */
 static __always_inline __u32 rule_proto(__u32 type, __u32 protocol, __u8 *event_proto)
@@ -195,8 +181,6 @@ int bridle_sock_create(struct bpf_sock *sk)
  * from it. Packet programs may not read the current task on older
  * kernels, so their events carry no pid.
  */
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 #define NEXTHDR_HOP 0
 #define NEXTHDR_ROUTING 43
 #define NEXTHDR_DEST 60

@@ -12,16 +12,10 @@
 #include <bpf/bpf_helpers.h>
 #include "lib/workload.h"
 #include "lib/types.h"
+#include "lib/uapi.h"
 
 #define SOL_IP 0
 #define SOL_IPV6 41
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_ICMPV6 58
-#define IPPROTO_MPTCP 262
 
 /* <linux/in.h> */
 #define IP_OPTIONS 4

@@ -8,11 +8,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "lib/workload.h"
+#include "lib/uapi.h"
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-#define CGROUP_ALLOW 1
-#define CGROUP_REFUSE 0
 #define SUN_PATH_OFFSET 2 /* offsetof(struct sockaddr_un, sun_path) */
 
 /*
