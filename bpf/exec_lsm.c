@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
+//go:build ignore
+
 /*
  * Exec control where BPF LSM is active: bprm_check_security refuses the exec
  * with EPERM and nothing runs. The hook runs once for a script and again for
@@ -7,8 +9,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "lib/exec.h"
-
-#define EPERM 1
+#include "lib/uapi.h"
 
 SEC("lsm/bprm_check_security")
 int BPF_PROG(bridle_exec_lsm, struct linux_binprm *bprm, int ret)

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
+//go:build ignore
+
 /*
  * Guards of what no workload may do, whatever its task, where BPF LSM is
  * active. They judge every cgroup Bridle governs, so they also cover
@@ -15,23 +17,16 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "lib/exec.h"
-
-#define EPERM 1
-#define AF_UNIX 1
-#define AF_INET 2
-#define AF_INET6 10
-#define AF_NETLINK 16
+#include "lib/uapi.h"
 
 /* Judges a guarded action of the current workload: always a refusal by
  * policy, recorded. Returns 1 when it must be refused. */
 static __always_inline int guard(struct bridle_ctx *c, __u8 action, __u8 reason, int family)
 {
-	__u8 verdict;
-	int refuse = bridle_decide(c, 0, &verdict);
-	/* Within the workload's event budget, like every record. */
-	struct bridle_event *e = bridle_should_emit(c, verdict) ? bridle_event_reserve() : 0;
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(c, 0, action, reason, BRIDLE_ENFORCEMENT_LSM, BRIDLE_EVENT_PROCESS,
+						     &refuse);
 	if (e) {
-		bridle_event_fill(e, c, action, verdict, reason, BRIDLE_ENFORCEMENT_LSM);
 		if (action == BRIDLE_ACTION_SOCKET) {
 			e->proto = BRIDLE_PROTO_OTHER;
 			e->family = family; /* the AF_* number, see BRIDLE_REASON_FAMILY */

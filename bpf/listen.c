@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Inbound control for workload cgroups: which ports a workload may bind,
  * and which of its listening sockets may take connections. A listener
@@ -13,19 +15,10 @@
 #include "lib/workload.h"
 #include "lib/types.h"
 #include "lib/ports.h"
+#include "lib/uapi.h"
 
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_MPTCP 262
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
-
-#define CGROUP_ALLOW 1
-#define CGROUP_REFUSE 0
 
 /* The ports slot may listen on with transport proto (6 or 17), or NULL. */
 static __always_inline struct bridle_ports *listen_ports(__u32 slot, __u32 proto)
@@ -71,25 +64,22 @@ static __always_inline int check_bind(struct bpf_sock_addr *ctx, int v6)
 		}
 	}
 
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
-		if (e) {
-			bridle_event_fill(e, &c, BRIDLE_ACTION_BIND, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = event_proto;
-			e->port = port;
-			if (v6) {
-				e->family = 6;
-				__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-				__builtin_memcpy(e->addr, ip6, 16);
-			} else {
-				e->family = 4;
-				__u32 ip4 = ctx->user_ip4;
-				__builtin_memcpy(e->addr, &ip4, 4);
-			}
-			bridle_event_submit(e);
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_BIND, reason, BRIDLE_ENFORCEMENT_CGROUP,
+						     BRIDLE_EVENT_PROCESS, &refuse);
+	if (e) {
+		e->proto = event_proto;
+		e->port = port;
+		if (v6) {
+			e->family = 6;
+			__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+			__builtin_memcpy(e->addr, ip6, 16);
+		} else {
+			e->family = 4;
+			__u32 ip4 = ctx->user_ip4;
+			__builtin_memcpy(e->addr, &ip4, 4);
 		}
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
@@ -171,22 +161,22 @@ int bridle_accept(struct __sk_buff *skb)
 	int v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
 	int flags = tcp ? tcp_flags(skb, v6) : -1;
 	int attempt = flags < 0 || (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-	if (attempt && bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve_bare();
-		if (e) {
-			bridle_event_fill(e, &c, BRIDLE_ACTION_ACCEPT, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = tcp ? BRIDLE_PROTO_TCP : BRIDLE_PROTO_OTHER;
-			e->port = port;
-			/* The address is the peer that tried to connect. */
-			if (v6) {
-				e->family = 6;
-				bpf_skb_load_bytes(skb, 8, e->addr, 16); /* ipv6hdr.saddr */
-			} else {
-				e->family = 4;
-				bpf_skb_load_bytes(skb, 12, e->addr, 4); /* iphdr.saddr */
-			}
-			bridle_event_submit(e);
+	/* Only connection attempts are recorded. */
+	struct bridle_event *e = attempt ? bridle_event_start(&c, verdict, BRIDLE_ACTION_ACCEPT, reason,
+							      BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_NO_PROCESS)
+					 : 0;
+	if (e) {
+		e->proto = tcp ? BRIDLE_PROTO_TCP : BRIDLE_PROTO_OTHER;
+		e->port = port;
+		/* The address is the peer that tried to connect. */
+		if (v6) {
+			e->family = 6;
+			bpf_skb_load_bytes(skb, 8, e->addr, 16); /* ipv6hdr.saddr */
+		} else {
+			e->family = 4;
+			bpf_skb_load_bytes(skb, 12, e->addr, 4); /* iphdr.saddr */
 		}
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Egress control for workload cgroups: connect and unconnected sends over
  * IPv4 and IPv6, creation of socket kinds that bypass those hooks, and a
@@ -11,21 +13,7 @@
 #include "lib/workload.h"
 #include "lib/types.h"
 #include "lib/ports.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define SOCK_RAW 3
-#define SOCK_SEQPACKET 5
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_ICMPV6 58
-#define IPPROTO_MPTCP 262
-
-#define CGROUP_ALLOW 1
-#define CGROUP_REFUSE 0
+#include "lib/uapi.h"
 
 /* Maps the socket to the protocol number rules are keyed by; 0 if none. */
 static __always_inline __u32 rule_proto(__u32 type, __u32 protocol, __u8 *event_proto)
@@ -122,17 +110,14 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 		}
 	}
 
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
-		if (e) {
-			bridle_event_fill(e, &c, action, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = event_proto;
-			e->port = port;
-			event_set_dest(e, &d);
-			bridle_event_submit(e);
-		}
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, action, reason, BRIDLE_ENFORCEMENT_CGROUP,
+						     BRIDLE_EVENT_PROCESS, &refuse);
+	if (e) {
+		e->proto = event_proto;
+		e->port = port;
+		event_set_dest(e, &d);
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
@@ -180,12 +165,10 @@ int bridle_sock_create(struct bpf_sock *sk)
 
 	struct bridle_ctx c;
 	bridle_find_workload(&c);
-	__u8 verdict;
-	int refuse = bridle_decide(&c, 0, &verdict);
-	struct bridle_event *e = bridle_should_emit(&c, verdict) ? bridle_event_reserve() : 0;
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, 0, BRIDLE_ACTION_SOCKET, BRIDLE_REASON_SOCKET_TYPE,
+						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_PROCESS, &refuse);
 	if (e) {
-		bridle_event_fill(e, &c, BRIDLE_ACTION_SOCKET, verdict, BRIDLE_REASON_SOCKET_TYPE,
-				  BRIDLE_ENFORCEMENT_CGROUP);
 		e->proto = event_proto;
 		e->family = family == AF_INET6 ? 6 : family == AF_INET ? 4 : 0;
 		e->port = sk->protocol;
@@ -200,8 +183,6 @@ int bridle_sock_create(struct bpf_sock *sk)
  * from it. Packet programs may not read the current task on older
  * kernels, so their events carry no pid.
  */
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 #define NEXTHDR_HOP 0
 #define NEXTHDR_ROUTING 43
 #define NEXTHDR_DEST 60
@@ -270,10 +251,12 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
 {
 	struct bridle_ctx c;
 	bridle_find_workload_skb(&c, skb);
-	__u8 verdict;
-	int refuse = bridle_decide(&c, 0, &verdict);
-	/* Over the workload's event budget: refused all the same, counted. */
-	if (!bridle_should_emit(&c, verdict))
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, 0, BRIDLE_ACTION_SENDMSG, BRIDLE_REASON_EXT_HEADER,
+						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_NO_PROCESS, &refuse);
+	/* Not recorded (over the workload's event budget, or the ring is
+	 * full): refused all the same, and counted. */
+	if (!e)
 		return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 
 	struct dest d = {.family = 4};
@@ -301,19 +284,14 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
 		port = transport_dport(skb, (__u32)(vihl & 0x0f) * 4, proto);
 	}
 
-	struct bridle_event *e = bridle_event_reserve_bare();
-	if (e) {
-		bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict, BRIDLE_REASON_EXT_HEADER,
-				  BRIDLE_ENFORCEMENT_CGROUP);
-		struct bpf_sock *sk = skb->sk;
-		if (sk)
-			sk = bpf_sk_fullsock(sk);
-		if (sk)
-			rule_proto(sk->type, sk->protocol, &e->proto);
-		e->port = port;
-		event_set_dest(e, &d);
-		bridle_event_submit(e);
-	}
+	struct bpf_sock *sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk)
+		rule_proto(sk->type, sk->protocol, &e->proto);
+	e->port = port;
+	event_set_dest(e, &d);
+	bridle_event_submit(e);
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }
 
@@ -375,18 +353,14 @@ int bridle_ping_egress(struct __sk_buff *skb)
 	}
 	struct bridle_ports *ports = lookup_dest(c.slot, IPPROTO_ICMP, &d);
 	int allowed = ports != 0;
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve_bare();
-		if (e) {
-			bridle_event_fill(e, &c, BRIDLE_ACTION_SENDMSG, verdict,
-					  allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
-					  BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = BRIDLE_PROTO_ICMP;
-			event_set_dest(e, &d);
-			bridle_event_submit(e);
-		}
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_SENDMSG,
+						     allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
+						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_NO_PROCESS, &refuse);
+	if (e) {
+		e->proto = BRIDLE_PROTO_ICMP;
+		event_set_dest(e, &d);
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }

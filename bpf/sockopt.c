@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Socket options that make a packet go somewhere its socket address does
  * not say: the connect and sendmsg hooks judge the address, so a workload
@@ -12,16 +14,10 @@
 #include <bpf/bpf_helpers.h>
 #include "lib/workload.h"
 #include "lib/types.h"
+#include "lib/uapi.h"
 
 #define SOL_IP 0
 #define SOL_IPV6 41
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_ICMPV6 58
-#define IPPROTO_MPTCP 262
 
 /* <linux/in.h> */
 #define IP_OPTIONS 4
@@ -120,18 +116,14 @@ static __always_inline int judge(struct bpf_sockopt *ctx, __s32 level, __s32 nam
 		__u64 id = bpf_get_current_cgroup_id();
 		bridle_resolve(&c, id, bpf_map_lookup_elem(&bridle_cgroups, &id));
 	}
-	__u8 verdict;
-	int refuse = bridle_decide(&c, 0, &verdict);
-	struct bridle_event *e = 0;
-	if (!bridle_should_emit(&c, verdict))
-		e = 0; /* over the workload's event budget: counted, not recorded */
-	else if (bridle_sockopt_ancestors)
-		e = bridle_event_reserve();
-	else
-		e = bridle_event_reserve_bare();
+	int refuse;
+	/* The current process is known where the ancestor helpers are. */
+	struct bridle_event *e = bridle_decide_event(&c, 0, BRIDLE_ACTION_SETSOCKOPT, BRIDLE_REASON_SOCKOPT,
+						     BRIDLE_ENFORCEMENT_CGROUP,
+						     bridle_sockopt_ancestors ? BRIDLE_EVENT_PROCESS
+									      : BRIDLE_EVENT_NO_PROCESS,
+						     &refuse);
 	if (e) {
-		bridle_event_fill(e, &c, BRIDLE_ACTION_SETSOCKOPT, verdict, BRIDLE_REASON_SOCKOPT,
-				  BRIDLE_ENFORCEMENT_CGROUP);
 		e->proto = event_proto(ctx->sk);
 		e->family = level == SOL_IP ? 4 : 6;
 		e->port = (__u16)name;

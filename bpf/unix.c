@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Unix socket control by path (cgroup/connect_unix and sendmsg_unix, kernel
  * 6.7+). Kept in its own object so older kernels, which reject these attach
@@ -8,11 +10,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "lib/workload.h"
+#include "lib/uapi.h"
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-#define CGROUP_ALLOW 1
-#define CGROUP_REFUSE 0
 #define SUN_PATH_OFFSET 2 /* offsetof(struct sockaddr_un, sun_path) */
 
 /*
@@ -77,22 +78,19 @@ static __always_inline int check_unix(struct bpf_sock_addr *ctx, __u8 action)
 		}
 	}
 
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
-		if (e) {
-			bridle_event_fill(e, &c, action, verdict, reason, BRIDLE_ENFORCEMENT_CGROUP);
-			e->proto = BRIDLE_PROTO_UNIX;
-			/* Abstract names are reported with a leading '@'. */
-			if (k.abstract) {
-				e->path[0] = '@';
-				__builtin_memcpy(e->path + 1, k.path, BRIDLE_UNIX_PATH_MAX - 1);
-			} else {
-				__builtin_memcpy(e->path, k.path, BRIDLE_UNIX_PATH_MAX);
-			}
-			bridle_event_submit(e);
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, action, reason, BRIDLE_ENFORCEMENT_CGROUP,
+						     BRIDLE_EVENT_PROCESS, &refuse);
+	if (e) {
+		e->proto = BRIDLE_PROTO_UNIX;
+		/* Abstract names are reported with a leading '@'. */
+		if (k.abstract) {
+			e->path[0] = '@';
+			__builtin_memcpy(e->path + 1, k.path, BRIDLE_UNIX_PATH_MAX - 1);
+		} else {
+			__builtin_memcpy(e->path, k.path, BRIDLE_UNIX_PATH_MAX);
 		}
+		bridle_event_submit(e);
 	}
 	return refuse ? CGROUP_REFUSE : CGROUP_ALLOW;
 }

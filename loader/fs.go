@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // DefaultPinRoot is where Bridle pins its programs, links and maps.
@@ -90,9 +92,9 @@ func CgroupID(path string) (uint64, error) {
 // MaxWorkloadLevel is the deepest cgroup level (the v2 root is level 0) at
 // which a workload may be registered. The programs find a process's workload
 // by looking up its cgroup and then its ancestors at levels 0 to
-// BRIDLE_MAX_CGROUP_DEPTH-1 (bpf/include/bridle.h), so a workload any
-// deeper would govern only the processes directly in it, not its subtree.
-const MaxWorkloadLevel = 15
+// bpf.MaxCgroupDepth-1, so a workload any deeper would govern only the
+// processes directly in it, not its subtree.
+const MaxWorkloadLevel = bpf.MaxCgroupDepth - 1
 
 // CheckWorkloadLevel refuses a workload cgroup, given by its path below the
 // cgroup v2 mount, that is deeper than the programs look.

@@ -116,6 +116,7 @@ const (
 	listenVarBridleUnusedExec        = "bridle_unused_exec"
 	listenVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
 	listenVarBridleUnusedFlags       = "bridle_unused_flags"
+	listenVarBridleUnusedLimits      = "bridle_unused_limits"
 	listenVarBridleUnusedListen      = "bridle_unused_listen"
 	listenVarBridleUnusedNet4        = "bridle_unused_net4"
 	listenVarBridleUnusedNet6        = "bridle_unused_net6"
@@ -205,6 +206,7 @@ type listenVariableSpecs struct {
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
 	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedLimits      *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
 	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
@@ -278,6 +280,7 @@ type listenVariables struct {
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
 	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedLimits      *ebpf.Variable `ebpf:"bridle_unused_limits"`
 	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`

@@ -85,6 +85,17 @@ type netBridleExecKey struct {
 	Ino  uint64
 }
 
+type netBridleLimits uint32
+
+const (
+	netBridleLimitsBRIDLE_BASELINE_SLOT    netBridleLimits = 0
+	netBridleLimitsBRIDLE_MAX_SLOTS        netBridleLimits = 4096
+	netBridleLimitsBRIDLE_MAX_PORT_RANGES  netBridleLimits = 16
+	netBridleLimitsBRIDLE_UNIX_PATH_MAX    netBridleLimits = 108
+	netBridleLimitsBRIDLE_EVENT_PATH_MAX   netBridleLimits = 128
+	netBridleLimitsBRIDLE_MAX_CGROUP_DEPTH netBridleLimits = 16
+)
+
 type netBridleListenKey struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -215,6 +226,7 @@ const (
 	netVarBridleUnusedExec        = "bridle_unused_exec"
 	netVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
 	netVarBridleUnusedFlags       = "bridle_unused_flags"
+	netVarBridleUnusedLimits      = "bridle_unused_limits"
 	netVarBridleUnusedListen      = "bridle_unused_listen"
 	netVarBridleUnusedNet4        = "bridle_unused_net4"
 	netVarBridleUnusedNet6        = "bridle_unused_net6"
@@ -307,6 +319,7 @@ type netVariableSpecs struct {
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
 	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedLimits      *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
 	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
@@ -380,6 +393,7 @@ type netVariables struct {
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
 	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedLimits      *ebpf.Variable `ebpf:"bridle_unused_limits"`
 	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`

@@ -9,14 +9,15 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/policy"
 )
 
 // BaselineSlot holds the rules of workloads without a task.
-const BaselineSlot = 0
+const BaselineSlot = bpf.BaselineSlot
 
 // MaxSlots is how many tasks can be in force at once.
-const MaxSlots = 4096
+const MaxSlots = bpf.MaxSlots
 
 // WorkloadMode says how the kernel treats a workload's refusals.
 type WorkloadMode struct {

@@ -116,6 +116,7 @@ const (
 	sockoptVarBridleUnusedExec        = "bridle_unused_exec"
 	sockoptVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
 	sockoptVarBridleUnusedFlags       = "bridle_unused_flags"
+	sockoptVarBridleUnusedLimits      = "bridle_unused_limits"
 	sockoptVarBridleUnusedListen      = "bridle_unused_listen"
 	sockoptVarBridleUnusedNet4        = "bridle_unused_net4"
 	sockoptVarBridleUnusedNet6        = "bridle_unused_net6"
@@ -205,6 +206,7 @@ type sockoptVariableSpecs struct {
 	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
 	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedLimits      *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
 	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
@@ -280,6 +282,7 @@ type sockoptVariables struct {
 	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
 	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
 	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedLimits      *ebpf.Variable `ebpf:"bridle_unused_limits"`
 	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
 	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
 	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`

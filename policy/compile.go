@@ -11,11 +11,13 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // MaxPortRanges is how many port ranges one prefix entry in the kernel can
 // hold.
-const MaxPortRanges = 16
+const MaxPortRanges = bpf.MaxPortRanges
 
 // allPorts is the port list of an entry that allows every port. Port 0 is
 // included so that nothing addressed to the prefix is refused for its port.

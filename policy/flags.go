@@ -7,13 +7,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // MaxUnixPath is the longest unix socket path, in bytes, a rule may name:
-// sun_path holds 108 bytes, and a pathname needs its terminating NUL while
-// an abstract name needs its leading one. For "@name" the limit applies to
-// name.
-const MaxUnixPath = 107
+// sun_path holds bpf.UnixPathMax (108) bytes, and a pathname needs its
+// terminating NUL while an abstract name needs its leading one. For "@name"
+// the limit applies to name.
+const MaxUnixPath = bpf.UnixPathMax - 1
 
 const connectForm = "want PROTO:ADDR[:PORTS], e.g. tcp:10.0.0.0/8:443, udp:[2001:db8::1]:53 or icmp:192.0.2.7"
 

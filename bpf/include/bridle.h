@@ -6,15 +6,22 @@
  */
 #pragma once
 
-/* Slot 0 holds the baseline: the rules of a workload without a task. */
-#define BRIDLE_BASELINE_SLOT 0
-#define BRIDLE_MAX_SLOTS 4096
-#define BRIDLE_MAX_PORT_RANGES 16
-#define BRIDLE_UNIX_PATH_MAX 108
-#define BRIDLE_EVENT_PATH_MAX 128
-/* Workloads are looked up at absolute cgroup levels 0 to this - 1 (and the
- * process's own cgroup); Bridle refuses to register one any deeper. */
-#define BRIDLE_MAX_CGROUP_DEPTH 16
+/*
+ * Slot numbers and sizes the Go side relies on. An enum, not #defines, so
+ * that bpf2go generates them (-type bridle_limits) and a test in loader
+ * holds them equal to their Go twins in package bpf (bpf/limits.go).
+ */
+enum bridle_limits {
+	/* Slot 0 holds the baseline: the rules of a workload without a task. */
+	BRIDLE_BASELINE_SLOT = 0,
+	BRIDLE_MAX_SLOTS = 4096,
+	BRIDLE_MAX_PORT_RANGES = 16,
+	BRIDLE_UNIX_PATH_MAX = 108,
+	BRIDLE_EVENT_PATH_MAX = 128,
+	/* Workloads are looked up at absolute cgroup levels 0 to this - 1 (and
+	 * the process's own cgroup); Bridle refuses to register one any deeper. */
+	BRIDLE_MAX_CGROUP_DEPTH = 16,
+};
 
 enum bridle_verdict {
 	BRIDLE_VERDICT_ALLOW = 1,

@@ -97,20 +97,17 @@ static __always_inline int check_exec(struct linux_binprm *bprm, __u8 enforcemen
 		}
 	}
 
-	__u8 verdict;
-	int refuse = bridle_decide(&c, allowed, &verdict);
-	if (bridle_should_emit(&c, verdict)) {
-		struct bridle_event *e = bridle_event_reserve();
-		if (e) {
-			bridle_event_fill(e, &c, BRIDLE_ACTION_EXEC, verdict, reason, enforcement);
-			e->dev = k.dev;
-			e->ino = k.ino;
-			/* The name the caller used, for people; the verdict never
-			 * depends on it. */
-			const char *name = BPF_CORE_READ(bprm, filename);
-			bpf_probe_read_kernel_str(e->path, sizeof(e->path), name);
-			bridle_event_submit(e);
-		}
+	int refuse;
+	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_EXEC, reason, enforcement,
+						     BRIDLE_EVENT_PROCESS, &refuse);
+	if (e) {
+		e->dev = k.dev;
+		e->ino = k.ino;
+		/* The name the caller used, for people; the verdict never
+		 * depends on it. */
+		const char *name = BPF_CORE_READ(bprm, filename);
+		bpf_probe_read_kernel_str(e->path, sizeof(e->path), name);
+		bridle_event_submit(e);
 	}
 	return refuse;
 }

@@ -24,3 +24,4 @@ const enum bridle_workload_flags *bridle_unused_flags __attribute__((unused));
 const enum bridle_exec_flags *bridle_unused_exec_flags __attribute__((unused));
 const struct bridle_budget_key *bridle_unused_budget_key __attribute__((unused));
 const struct bridle_budget *bridle_unused_budget __attribute__((unused));
+const enum bridle_limits *bridle_unused_limits __attribute__((unused));

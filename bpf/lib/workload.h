@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Finding the workload (and so the task slot) of the current process, and
- * turning a policy result into a verdict and a decision event.
+ * turning a policy result into a verdict and a decision event. Every check
+ * ends the same way (bridle_decide_event): the verdict, then, if it is to be
+ * recorded, an event with the fields every event has, which the check
+ * completes with what it knows and submits.
  */
 #pragma once
 
@@ -217,4 +220,39 @@ static __always_inline int bridle_should_emit(struct bridle_ctx *c, __u8 verdict
 	if (verdict == BRIDLE_VERDICT_ALLOW && !(c->flags & BRIDLE_WORKLOAD_EMIT_ALLOW))
 		return 0;
 	return bridle_budget_take(c);
+}
+
+/*
+ * The event that records verdict, reserved and filled with the fields every
+ * event has, when it is to be recorded (see bridle_should_emit); NULL when
+ * it is not, or when the ring is full. The caller adds what it knows and
+ * submits it. process: BRIDLE_EVENT_PROCESS when the program runs in the
+ * acting process's context, so the event names its pid and comm;
+ * BRIDLE_EVENT_NO_PROCESS for programs that may not read the current task
+ * (packet programs, socket options on older kernels).
+ */
+#define BRIDLE_EVENT_PROCESS 1
+#define BRIDLE_EVENT_NO_PROCESS 0
+static __always_inline struct bridle_event *bridle_event_start(struct bridle_ctx *c, __u8 verdict, __u8 action,
+							       __u8 reason, __u8 enforcement, int process)
+{
+	if (!bridle_should_emit(c, verdict))
+		return 0;
+	struct bridle_event *e = process ? bridle_event_reserve() : bridle_event_reserve_bare();
+	if (e)
+		bridle_event_fill(e, c, action, verdict, reason, enforcement);
+	return e;
+}
+
+/*
+ * The end of every check: decides a policy result (*refuse is 1 when the
+ * action must be refused) and starts its event as bridle_event_start does.
+ */
+static __always_inline struct bridle_event *bridle_decide_event(struct bridle_ctx *c, int allowed, __u8 action,
+								__u8 reason, __u8 enforcement, int process,
+								int *refuse)
+{
+	__u8 verdict;
+	*refuse = bridle_decide(c, allowed, &verdict);
+	return bridle_event_start(c, verdict, action, reason, enforcement, process);
 }
