@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
+//go:build ignore
+
 /*
  * Revocation of open connections: when a task ends, the TCP and UDP sockets
  * its workload opened must stop carrying data at once, not when the agent

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
+//go:build ignore
+
 /*
  * Exec control where BPF LSM is not active: once the new image is set up,
  * sched_process_exec kills it with SIGKILL before its first instruction.

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
+//go:build ignore
+
 /*
  * Exec control where BPF LSM is active: bprm_check_security refuses the exec
  * with EPERM and nothing runs. The hook runs once for a script and again for

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
+//go:build ignore
+
 /*
  * Guards of what no workload may do, whatever its task, where BPF LSM is
  * active. They judge every cgroup Bridle governs, so they also cover

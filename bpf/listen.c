@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Inbound control for workload cgroups: which ports a workload may bind,
  * and which of its listening sockets may take connections. A listener

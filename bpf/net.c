@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Egress control for workload cgroups: connect and unconnected sends over
  * IPv4 and IPv6, creation of socket kinds that bypass those hooks, and a

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Socket options that make a packet go somewhere its socket address does
  * not say: the connect and sendmsg hooks judge the address, so a workload

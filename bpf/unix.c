@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
 /*
  * Unix socket control by path (cgroup/connect_unix and sendmsg_unix, kernel
  * 6.7+). Kept in its own object so older kernels, which reject these attach
