@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/node"
@@ -101,8 +102,8 @@ func (d *Daemon) recordRefusal(p Peer, call, reason string) bool {
 	d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "reason", reason)
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName, Workload: p.Cgroup,
-		PID: uint32(p.PID), Comm: p.Comm, Action: "api", Path: call,
-		Verdict: "deny", Reason: reason, Enforcement: "daemon",
+		PID: uint32(p.PID), Comm: p.Comm, Action: bpf.ActionAPI, Path: call,
+		Verdict: bpf.VerdictDeny, Reason: reason, Enforcement: bpf.EnforcementDaemon,
 		PolicyRevision: d.engine.Revision(),
 	}
 	if _, in := d.cfg.RootOf(p.Cgroup); in {
