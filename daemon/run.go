@@ -127,11 +127,7 @@ func prepare(spec RunSpec) (*runner, error) {
 		return nil, errors.New("bridle run needs root to load BPF programs (try sudo)")
 	}
 	r := &runner{spec: spec, stats: newSummary(), runID: tasks.NewTaskID()}
-	r.sinks = audit.Sinks{r.stats, audit.SinkFunc(r.print)}
-	if spec.Records != nil {
-		r.writer = audit.NewWriter(spec.Records)
-		r.sinks = append(r.sinks, audit.SinkFunc(r.write))
-	}
+	r.registerSinks()
 
 	var err error
 	if r.path, err = exec.LookPath(spec.Command[0]); err != nil {
@@ -330,6 +326,16 @@ func exitStatus(err error) (int, error) {
 		return 128 + int(ws.Signal()), nil
 	}
 	return ws.ExitStatus(), nil
+}
+
+// registerSinks sets where the run's records go, in order: the summary,
+// the terminal, and --audit when asked for.
+func (r *runner) registerSinks() {
+	r.sinks = audit.Sinks{r.stats, audit.SinkFunc(r.print)}
+	if r.spec.Records != nil {
+		r.writer = audit.NewWriter(r.spec.Records)
+		r.sinks = append(r.sinks, audit.SinkFunc(r.write))
+	}
 }
 
 // show hands each record of the workload's stream to the run's sinks.

@@ -337,19 +337,9 @@ func (d *Daemon) Status() api.Status {
 	baseRev, baseRules, baseErr := d.baselineRevision, d.baselineRules, d.baselineErr
 	d.mu.Unlock()
 	st := api.Status{
-		Node: d.cfg.NodeName,
-		Features: map[string]any{
-			"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
-			"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
-			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
-			"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
-			"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
-			"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
-			"seccomp_guard": f.SeccompGuard,
-			"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
-			"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
-		},
-		Roots: d.rootStates(),
+		Node:     d.cfg.NodeName,
+		Features: f.Map(),
+		Roots:    d.rootStates(),
 		Policy: api.PolicyStatus{
 			Revision: ps.Revision, Source: ps.Source, Loaded: ps.Loaded,
 			BaselineRevision: baseRev, BaselineRules: baseRules, Failures: ps.Failures,
