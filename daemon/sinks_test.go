@@ -58,3 +58,16 @@ func TestRunSinks(t *testing.T) {
 		t.Fatalf("summary refusals: %v", r.stats.refused)
 	}
 }
+
+// The summary's head is one line, the suppressed count in it.
+func TestSummaryHead(t *testing.T) {
+	s := newSummary()
+	s.Record(audit.Record{Verdict: bpf.VerdictDeny, Action: bpf.ActionExec, Path: "/usr/bin/id", Reason: string(bpf.ReasonNoRule), Suppressed: 5})
+	var out bytes.Buffer
+	s.print(&out, "./agent", 1, 0)
+	want := "bridle: ./agent exited with status 1; 1 denied, 0 would-deny, 0 allowed (logged); 5 more suppressed (over the workload's event budget: counted, not recorded one by one)\n" +
+		"bridle:   1x exec /usr/bin/id  (--allow-exec /usr/bin/id)\n"
+	if out.String() != want {
+		t.Fatalf("got\n%q\nwant\n%q", out.String(), want)
+	}
+}

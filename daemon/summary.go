@@ -63,7 +63,7 @@ func (s *summary) print(w io.Writer, command string, status int, drops uint64) {
 	head := fmt.Sprintf("bridle: %s exited with status %d; %d denied, %d would-deny, %d allowed (logged)",
 		command, status, s.verdicts[bpf.VerdictDeny], s.verdicts[bpf.VerdictWouldDeny], s.verdicts[bpf.VerdictAllow])
 	if s.suppressed > 0 {
-		fmt.Fprintf(w, "; %d more suppressed (over the workload's event budget: counted, not recorded one by one)", s.suppressed)
+		head += fmt.Sprintf("; %d more suppressed (over the workload's event budget: counted, not recorded one by one)", s.suppressed)
 	}
 	if drops > 0 {
 		head += fmt.Sprintf("; %d EVENTS LOST (ring buffer full)", drops)
