@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/server/api"
@@ -108,8 +108,11 @@ type runner struct {
 	wait    func() error
 	stats   *summary
 	writer  *audit.Writer
-	shown   sync.WaitGroup
-	ending  atomic.Bool // the run is ending its own task
+	// sinks take each record of the workload, the kernel's and the
+	// seccomp supervisor's alike: the summary, the terminal, --audit.
+	sinks  audit.Sinks
+	shown  sync.WaitGroup
+	ending atomic.Bool // the run is ending its own task
 
 	// sup answers the workload's seccomp refusals and records them.
 	sup      *workload.Supervisor
@@ -124,9 +127,7 @@ func prepare(spec RunSpec) (*runner, error) {
 		return nil, errors.New("bridle run needs root to load BPF programs (try sudo)")
 	}
 	r := &runner{spec: spec, stats: newSummary(), runID: tasks.NewTaskID()}
-	if spec.Records != nil {
-		r.writer = audit.NewWriter(spec.Records)
-	}
+	r.registerSinks()
 
 	var err error
 	if r.path, err = exec.LookPath(spec.Command[0]); err != nil {
@@ -327,40 +328,46 @@ func exitStatus(err error) (int, error) {
 	return ws.ExitStatus(), nil
 }
 
-// show prints each refusal as it happens, counts every decision for the
-// summary and writes the records to --audit.
-func (r *runner) show() {
-	for rec := range r.records {
-		r.stats.addSuppressed(rec)
-		if rec.Action == "task_end" {
-			// The run's own end is no news; an expiry, or an end by
-			// someone else, is.
-			if strings.HasPrefix(rec.Reason, "expired") || !r.ending.Load() {
-				r.say("task %s ended: %s", rec.Task, rec.Reason)
-			}
-			if r.writer != nil && rec.Suppressed > 0 {
-				// The only record of the last suppressed decisions.
-				if err := r.writer.Write(rec); err != nil {
-					fmt.Fprintf(r.spec.Out, "bridle: %v\n", err)
-				}
-			}
-			continue
-		}
-		r.present(rec)
+// registerSinks sets where the run's records go, in order: the summary,
+// the terminal, and --audit when asked for.
+func (r *runner) registerSinks() {
+	r.sinks = audit.Sinks{r.stats, audit.SinkFunc(r.print)}
+	if r.spec.Records != nil {
+		r.writer = audit.NewWriter(r.spec.Records)
+		r.sinks = append(r.sinks, audit.SinkFunc(r.write))
 	}
 }
 
-// present counts a decision, prints it if it is a refusal and writes its
-// record: the kernel's decisions and the seccomp supervisor's alike.
-func (r *runner) present(rec audit.Record) {
-	r.stats.add(rec)
-	if rec.Verdict != "allow" {
+// show hands each record of the workload's stream to the run's sinks.
+func (r *runner) show() {
+	for rec := range r.records {
+		r.sinks.Record(rec)
+	}
+}
+
+// print shows each refusal as it happens, and the task's end when it is
+// news: the run's own end is not; an expiry, or an end by someone else,
+// is.
+func (r *runner) print(rec audit.Record) {
+	if rec.Action == bpf.ActionTaskEnd {
+		if rec.TaskExpired() || !r.ending.Load() {
+			r.say("task %s ended: %s", rec.Task, rec.Reason)
+		}
+		return
+	}
+	if rec.Verdict != bpf.VerdictAllow {
 		r.say("%s", rec.Line())
 	}
-	if r.writer != nil {
-		if err := r.writer.Write(rec); err != nil {
-			r.say("%v", err)
-		}
+}
+
+// write writes a record to --audit. A task's end is written only when it
+// counts decisions the kernel suppressed: it is their only record.
+func (r *runner) write(rec audit.Record) {
+	if rec.Action == bpf.ActionTaskEnd && rec.Suppressed == 0 {
+		return
+	}
+	if err := r.writer.Write(rec); err != nil {
+		r.say("%v", err)
 	}
 }
 

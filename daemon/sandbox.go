@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/workload"
 )
@@ -13,12 +14,6 @@ import (
 // Records of the workload's seccomp refusals. The filter itself (see
 // workload.Sandbox) refuses; `bridle run` supervises it, answers each
 // refused call and writes the record the kernel's hooks would have.
-
-// Reasons of sandbox refusals, the same words the kernel's records use.
-const (
-	reasonNamespace = "namespaces not allowed"
-	reasonFamily    = "address family not allowed"
-)
 
 // refusalLimit bounds the seccomp records of one run: the first
 // maxRefusalRecords of each kind are recorded, and at most
@@ -61,19 +56,20 @@ func (r *runner) seccompRefusal(ref workload.Refusal) {
 		Time: audit.Timestamp(time.Now()), Node: r.nodeName(),
 		Workload: r.task.Workload, Identity: r.task.Identity, Task: r.task.ID, Intent: r.task.Intent,
 		PID: ref.PID, Comm: ref.Comm, Action: ref.Action,
-		Verdict: "deny", Enforcement: "seccomp", PolicyRevision: r.task.PolicyRevision,
+		Verdict: bpf.VerdictDeny, Enforcement: bpf.EnforcementSeccomp, PolicyRevision: r.task.PolicyRevision,
 	}
 	if auditMode {
-		rec.Verdict = "would-deny"
+		rec.Verdict = bpf.VerdictWouldDeny
 	}
+	// The reasons are the kernel's words for the same refusals.
 	switch ref.Action {
-	case "socket":
-		rec.Protocol, rec.Family, rec.Reason = "other", ref.Family, reasonFamily
+	case bpf.ActionSocket:
+		rec.Protocol, rec.Family, rec.Reason = bpf.ProtocolOther, ref.Family, string(bpf.ReasonFamily)
 	default:
-		rec.Path, rec.Reason = ref.Namespaces, reasonNamespace
+		rec.Path, rec.Reason = ref.Namespaces, string(bpf.ReasonNamespace)
 	}
-	if r.refusals.record(rec.Action + " " + rec.Target()) {
-		r.present(rec)
+	if r.refusals.record(string(rec.Action) + " " + rec.Target()) {
+		r.sinks.Record(rec)
 	}
 }
 

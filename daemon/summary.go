@@ -6,13 +6,14 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 )
 
 // summary counts a run's decisions for the report printed at exit.
 type summary struct {
 	mu       sync.Mutex
-	verdicts map[string]int
+	verdicts map[bpf.Verdict]int
 	refused  map[string]*refusal // by target
 	// suppressed counts decisions the kernel left out over the workload's
 	// event budget: known from the records that follow them and the
@@ -26,24 +27,23 @@ type refusal struct {
 }
 
 func newSummary() *summary {
-	return &summary{verdicts: map[string]int{}, refused: map[string]*refusal{}}
+	return &summary{verdicts: map[bpf.Verdict]int{}, refused: map[string]*refusal{}}
 }
 
-// addSuppressed counts the decisions a record says were left out.
-func (s *summary) addSuppressed(r audit.Record) {
+// Record counts a decision, and the decisions a record (a decision's, or
+// the task's end) says were left out before it.
+func (s *summary) Record(r audit.Record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.suppressed += r.Suppressed
-}
-
-func (s *summary) add(r audit.Record) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.verdicts[r.Verdict]++
-	if r.Verdict == "allow" {
+	if r.Action == bpf.ActionTaskEnd {
 		return
 	}
-	key := r.Action + " " + r.Target()
+	s.verdicts[r.Verdict]++
+	if r.Verdict == bpf.VerdictAllow {
+		return
+	}
+	key := string(r.Action) + " " + r.Target()
 	ref, ok := s.refused[key]
 	if !ok {
 		ref = &refusal{target: key, flag: r.AllowFlag()}
@@ -61,9 +61,9 @@ func (s *summary) print(w io.Writer, command string, status int, drops uint64) {
 	// Every line is escaped (audit.Printable): targets are paths and names
 	// the workload chose, and a newline in one must not forge a line.
 	head := fmt.Sprintf("bridle: %s exited with status %d; %d denied, %d would-deny, %d allowed (logged)",
-		command, status, s.verdicts["deny"], s.verdicts["would-deny"], s.verdicts["allow"])
+		command, status, s.verdicts[bpf.VerdictDeny], s.verdicts[bpf.VerdictWouldDeny], s.verdicts[bpf.VerdictAllow])
 	if s.suppressed > 0 {
-		fmt.Fprintf(w, "; %d more suppressed (over the workload's event budget: counted, not recorded one by one)", s.suppressed)
+		head += fmt.Sprintf("; %d more suppressed (over the workload's event budget: counted, not recorded one by one)", s.suppressed)
 	}
 	if drops > 0 {
 		head += fmt.Sprintf("; %d EVENTS LOST (ring buffer full)", drops)

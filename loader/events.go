@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // Event is one kernel decision, decoded.
@@ -20,11 +22,11 @@ type Event struct {
 	Comm        string
 	Slot        uint32
 	Generation  uint32
-	Action      string // connect, sendmsg, exec, socket, bind, accept, setsockopt
-	Protocol    string // tcp, udp, icmp, unix, raw, packet, other
-	Verdict     string // allow, deny, would-deny
-	Reason      string
-	Enforcement string // cgroup, lsm, kill
+	Action      bpf.Action
+	Protocol    bpf.Protocol // none for exec and namespace
+	Verdict     bpf.Verdict
+	Reason      bpf.Reason
+	Enforcement bpf.Enforcement
 	Addr        netip.Addr
 	Port        uint16
 	Path        string // unix socket name, the name an exec was called by, or a socket option (IPV6_RTHDR)
@@ -35,49 +37,6 @@ type Event struct {
 	// budget, modulo 2^32: the difference from the previous event's is
 	// how many were left out in between.
 	SuppressedTotal uint32
-}
-
-var actionNames = map[uint8]string{
-	uint8(netBridleActionBRIDLE_ACTION_CONNECT):    "connect",
-	uint8(netBridleActionBRIDLE_ACTION_SENDMSG):    "sendmsg",
-	uint8(netBridleActionBRIDLE_ACTION_EXEC):       "exec",
-	uint8(netBridleActionBRIDLE_ACTION_SOCKET):     "socket",
-	uint8(netBridleActionBRIDLE_ACTION_BIND):       "bind",
-	uint8(netBridleActionBRIDLE_ACTION_ACCEPT):     "accept",
-	uint8(netBridleActionBRIDLE_ACTION_SETSOCKOPT): "setsockopt",
-	uint8(netBridleActionBRIDLE_ACTION_NAMESPACE):  "namespace",
-}
-
-var protoNames = map[uint8]string{
-	0:                                        "", // exec events have no protocol
-	uint8(netBridleProtoBRIDLE_PROTO_TCP):    "tcp",
-	uint8(netBridleProtoBRIDLE_PROTO_UDP):    "udp",
-	uint8(netBridleProtoBRIDLE_PROTO_ICMP):   "icmp",
-	uint8(netBridleProtoBRIDLE_PROTO_UNIX):   "unix",
-	uint8(netBridleProtoBRIDLE_PROTO_RAW):    "raw",
-	uint8(netBridleProtoBRIDLE_PROTO_PACKET): "packet",
-	uint8(netBridleProtoBRIDLE_PROTO_OTHER):  "other",
-}
-
-var verdictNames = map[uint8]string{
-	uint8(netBridleVerdictBRIDLE_VERDICT_ALLOW):      "allow",
-	uint8(netBridleVerdictBRIDLE_VERDICT_DENY):       "deny",
-	uint8(netBridleVerdictBRIDLE_VERDICT_WOULD_DENY): "would-deny",
-}
-
-var reasonNames = map[uint8]string{
-	uint8(netBridleReasonBRIDLE_REASON_RULE):         "allowed by rule",
-	uint8(netBridleReasonBRIDLE_REASON_NO_RULE):      "no rule allows it",
-	uint8(netBridleReasonBRIDLE_REASON_PORT):         "port not allowed",
-	uint8(netBridleReasonBRIDLE_REASON_NO_TASK):      "no active task",
-	uint8(netBridleReasonBRIDLE_REASON_TASK_EXPIRED): "task expired",
-	uint8(netBridleReasonBRIDLE_REASON_SOCKET_TYPE):  "socket type not allowed",
-	uint8(netBridleReasonBRIDLE_REASON_PROTOCOL):     "protocol not allowed",
-	uint8(netBridleReasonBRIDLE_REASON_SOCKOPT):      "option can send packets elsewhere",
-	uint8(netBridleReasonBRIDLE_REASON_EXT_HEADER):   "packet has routing or extension headers or IP options",
-	uint8(netBridleReasonBRIDLE_REASON_FAMILY):       "address family not allowed",
-	uint8(netBridleReasonBRIDLE_REASON_NAMESPACE):    "namespaces not allowed",
-	uint8(netBridleReasonBRIDLE_REASON_SCRIPT_ONLY):  "allowed only as a #! script, and it is not one now",
 }
 
 // sockoptNames names the socket options the setsockopt check refuses, by
@@ -106,19 +65,6 @@ func sockoptName(family uint8, name uint16) string {
 	}
 	level := map[uint8]string{4: "SOL_IP", 6: "SOL_IPV6"}[family]
 	return fmt.Sprintf("%s option %d", level, name)
-}
-
-var enforcementNames = map[uint8]string{
-	uint8(netBridleEnforcementBRIDLE_ENFORCEMENT_CGROUP): "cgroup",
-	uint8(netBridleEnforcementBRIDLE_ENFORCEMENT_LSM):    "lsm",
-	uint8(netBridleEnforcementBRIDLE_ENFORCEMENT_KILL):   "kill",
-}
-
-func name(m map[uint8]string, v uint8) string {
-	if s, ok := m[v]; ok {
-		return s
-	}
-	return fmt.Sprintf("unknown(%d)", v)
 }
 
 // EventReader reads decision events from the kernel's ring buffer.
@@ -215,11 +161,11 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		Comm:        cString(k.Comm[:]),
 		Slot:        k.Slot,
 		Generation:  k.Generation,
-		Action:      name(actionNames, k.Action),
-		Protocol:    name(protoNames, k.Proto),
-		Verdict:     name(verdictNames, k.Verdict),
-		Reason:      name(reasonNames, k.Reason),
-		Enforcement: name(enforcementNames, k.Enforcement),
+		Action:      bpf.ActionOf(k.Action),
+		Protocol:    bpf.ProtocolOf(k.Proto),
+		Verdict:     bpf.VerdictOf(k.Verdict),
+		Reason:      bpf.ReasonOf(k.Reason),
+		Enforcement: bpf.EnforcementOf(k.Enforcement),
 		Path:        cString(k.Path[:]),
 		Dev:         k.Dev,
 		Ino:         k.Ino,
@@ -238,9 +184,9 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 		ev.Port = k.Port
 	}
 	switch ev.Action {
-	case "socket":
+	case bpf.ActionSocket:
 		ev.Port = 0
-	case "setsockopt":
+	case bpf.ActionSetsockopt:
 		// The program puts the option's level in family and its number
 		// in port; the record names the option instead.
 		ev.Path = sockoptName(k.Family, k.Port)

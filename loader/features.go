@@ -52,6 +52,23 @@ type Features struct {
 	UsernsGuardReason string
 }
 
+// Map is the features as `bridle status --json` and bridled's status
+// report them, under the keys both print (docs/DAEMON.md). Each adds what
+// only it knows.
+func (f Features) Map() map[string]any {
+	return map[string]any{
+		"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
+		"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
+		"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
+		"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
+		"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
+		"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
+		"seccomp_guard": f.SeccompGuard,
+		"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
+		"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
+	}
+}
+
 // UnsupportedError says that a kernel feature Bridle wanted is missing, and why.
 type UnsupportedError struct {
 	Feature string

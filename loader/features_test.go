@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -32,5 +33,24 @@ func TestExecModeFollowsActiveLSMs(t *testing.T) {
 		}
 	case f.ExecMode != ExecModeLSM:
 		t.Fatalf("exec mode %q", f.ExecMode)
+	}
+}
+
+// The status keys of the features are a contract (bridle status --json,
+// bridled's GET /v1/status): one map for both, these keys.
+func TestFeaturesMapKeys(t *testing.T) {
+	m := Features{ExecMode: ExecModeKill}.Map()
+	want := []string{
+		"btf", "exec_mode", "exec_mode_reason", "family_guard", "family_guard_reason", "kernel",
+		"listen_hooks", "listen_reason", "seccomp_guard", "socket_destroy", "socket_destroy_reason",
+		"sockopt_hook", "sockopt_reason", "unix_hooks", "unix_reason", "unix_shutdown",
+		"unix_shutdown_reason", "userns_guard", "userns_guard_reason",
+	}
+	got := slices.Sorted(maps.Keys(m))
+	if !slices.Equal(got, want) {
+		t.Fatalf("keys %v\nwant %v", got, want)
+	}
+	if m["exec_mode"] != ExecModeKill {
+		t.Fatalf("exec_mode = %v", m["exec_mode"])
 	}
 }

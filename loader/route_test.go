@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/policy"
 )
 
@@ -46,9 +47,10 @@ func TestSourceRoutingRefusedForPrivilegedProcess(t *testing.T) {
 	defer rd.Close()
 
 	cases := []struct {
-		args          []string
-		line          string // the probe's refusal
-		action, extra string // the event: action, and its path or address
+		args   []string
+		line   string     // the probe's refusal
+		action bpf.Action // the event's action
+		extra  string     // and its path or address
 	}{
 		{[]string{"srr4", "127.0.0.2:53", "127.0.0.3", "m"}, "EPERM setsockopt", "setsockopt", "IP_OPTIONS"},
 		{[]string{"rthdr6", "[::1]:53", "::1", "m"}, "EPERM setsockopt", "setsockopt", "IPV6_RTHDR"},

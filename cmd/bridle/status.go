@@ -50,19 +50,10 @@ func newStatusCommand() *cobra.Command {
 			daemon, daemonErr := api.NewClient(socket).Probe(ctx)
 			cancel()
 			if asJSON {
-				out := map[string]any{
-					"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
-					"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "active_lsms": f.ActiveLSMs,
-					"btf": f.BTF, "pinned_runs": len(pinned),
-					"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
-					"workload_launch": launch,
-					"listen_hooks":    f.ListenHooks, "listen_reason": f.ListenReason,
-					"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
-					"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
-					"seccomp_guard": f.SeccompGuard,
-					"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
-					"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
-				}
+				out := f.Map()
+				out["active_lsms"] = f.ActiveLSMs
+				out["pinned_runs"] = len(pinned)
+				out["workload_launch"] = launch
 				if daemonErr == nil {
 					out["daemon"] = daemon
 				} else {

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // Target names what the workload tried to reach or run, for people. Names
@@ -15,41 +17,37 @@ func (r Record) Target() string {
 
 func (r Record) target() string {
 	switch {
-	case r.Protocol == "unix":
+	case r.Protocol == bpf.ProtocolUnix:
 		return "unix:" + r.Path
-	case r.Action == "exec":
+	case r.Action == bpf.ActionExec:
 		return r.Path
-	case r.Action == "namespace":
+	case r.Action == bpf.ActionNamespace:
 		return r.Path // the kinds asked for: "user,mnt"
-	case r.Action == "socket" && r.Family != 0:
+	case r.Action == bpf.ActionSocket && r.Family != 0:
 		return FamilyName(r.Family)
-	case r.Action == "socket":
-		return r.Protocol + " socket"
-	case r.Action == "setsockopt":
-		return r.Path + " on a " + r.Protocol + " socket"
-	case r.Action == "accept":
-		return r.Protocol + " port " + strconv.Itoa(int(r.Port)) + " from " + r.Address
+	case r.Action == bpf.ActionSocket:
+		return string(r.Protocol) + " socket"
+	case r.Action == bpf.ActionSetsockopt:
+		return r.Path + " on a " + string(r.Protocol) + " socket"
+	case r.Action == bpf.ActionAccept:
+		return string(r.Protocol) + " port " + strconv.Itoa(int(r.Port)) + " from " + r.Address
 	case r.Address != "":
-		return r.Protocol + ":" + hostPort(r.Address, r.Port, r.Protocol)
+		return string(r.Protocol) + ":" + hostPort(r.Address, r.Port, r.Protocol)
 	}
-	return r.Protocol
+	return string(r.Protocol)
 }
 
-func hostPort(addr string, port uint16, proto string) string {
+func hostPort(addr string, port uint16, proto bpf.Protocol) string {
 	a, err := netip.ParseAddr(addr)
 	s := addr
 	if err == nil && a.Is6() {
 		s = "[" + addr + "]"
 	}
-	if proto == "icmp" {
+	if proto == bpf.ProtocolICMP {
 		return s
 	}
 	return s + ":" + strconv.Itoa(int(port))
 }
-
-// ReasonExtHeader is the reason of a packet dropped for its extension
-// headers or IP options; no rule allows those.
-const ReasonExtHeader = "packet has routing or extension headers or IP options"
 
 // AllowFlag returns the `bridle run` flag that would have allowed the
 // refused action, or "" when no flag can (raw and packet sockets, socket
@@ -61,24 +59,24 @@ func (r Record) AllowFlag() string {
 
 func (r Record) allowFlag() string {
 	switch {
-	case r.Action == "socket", r.Action == "setsockopt", r.Action == "namespace", r.Reason == ReasonExtHeader:
+	case r.noFlag():
 		return ""
-	case r.Action == "bind" || r.Action == "accept":
-		if r.Protocol != "tcp" && r.Protocol != "udp" {
+	case r.Action == bpf.ActionBind || r.Action == bpf.ActionAccept:
+		if r.Protocol != bpf.ProtocolTCP && r.Protocol != bpf.ProtocolUDP {
 			return ""
 		}
-		return "--allow-listen " + r.Protocol + ":" + strconv.Itoa(int(r.Port))
-	case r.Protocol == "unix":
+		return "--allow-listen " + string(r.Protocol) + ":" + strconv.Itoa(int(r.Port))
+	case r.Protocol == bpf.ProtocolUnix:
 		return "--allow-unix " + r.Path
-	case r.Action == "exec" && r.scriptOnly():
+	case r.Action == bpf.ActionExec && r.scriptOnly():
 		return "" // allowed as a script already; no flag makes it a program
-	case r.Action == "exec":
+	case r.Action == bpf.ActionExec:
 		if !fileOnDisk(r.Path) {
 			return "" // a memfd or a descriptor: no path names it
 		}
 		return "--allow-exec " + r.Path
-	case r.Address != "" && (r.Protocol == "tcp" || r.Protocol == "udp" || r.Protocol == "icmp"):
-		return "--allow-connect " + r.Protocol + ":" + hostPort(r.Address, r.Port, r.Protocol)
+	case r.Address != "" && (r.Protocol == bpf.ProtocolTCP || r.Protocol == bpf.ProtocolUDP || r.Protocol == bpf.ProtocolICMP):
+		return "--allow-connect " + string(r.Protocol) + ":" + hostPort(r.Address, r.Port, r.Protocol)
 	}
 	return ""
 }
@@ -93,30 +91,30 @@ func (r Record) Line() string {
 
 func (r Record) line() string {
 	var b strings.Builder
-	verb := map[string]string{"deny": "denied", "would-deny": "would deny", "allow": "allowed"}[r.Verdict]
-	if verb == "" {
-		verb = r.Verdict
+	verb, ok := verbs[r.Verdict]
+	if !ok {
+		verb = string(r.Verdict)
 	}
 	who := fmt.Sprintf("%s[%d]", r.Comm, r.PID)
 	if r.PID == 0 {
 		who = "the workload (packet check)"
 	}
 	fmt.Fprintf(&b, "%s %s %s by %s: %s", verb, r.Action, r.target(), who, r.Reason)
-	if r.Enforcement == "kill" && r.Verdict == "deny" {
+	if r.Enforcement == bpf.EnforcementKill && r.Verdict == bpf.VerdictDeny {
 		b.WriteString(" (killed)")
 	}
 	if r.Suppressed > 0 {
 		fmt.Fprintf(&b, " (%d more suppressed before it: over the workload's event budget)", r.Suppressed)
 	}
-	if r.Verdict != "allow" {
-		if r.Action == "exec" && r.scriptOnly() {
+	if r.Verdict != bpf.VerdictAllow {
+		if r.Action == bpf.ActionExec && r.scriptOnly() {
 			// The file is allowed, as a script; what ran was not one.
 			b.WriteString("; the workload can rewrite this file, so it may run only as a script, never as a program")
 		} else if f := r.allowFlag(); f != "" {
 			b.WriteString("; allow with " + f)
-		} else if r.Action == "socket" || r.Action == "setsockopt" || r.Action == "namespace" || r.Reason == ReasonExtHeader {
+		} else if r.noFlag() {
 			b.WriteString("; no flag allows this")
-		} else if r.Action == "exec" {
+		} else if r.Action == bpf.ActionExec {
 			b.WriteString("; run by descriptor, so no path names it: allow the binary's file with --allow-exec")
 		}
 	}
@@ -150,5 +148,21 @@ func FamilyName(f uint16) string {
 // scriptOnly reports a refused exec of a file allowed only as a #! script
 // (the kernel's SCRIPT_ONLY reason).
 func (r Record) scriptOnly() bool {
-	return strings.Contains(r.Reason, "only as a #! script")
+	return bpf.Reason(r.Reason) == bpf.ReasonScriptOnly
+}
+
+// noFlag reports a refusal of what no flag can allow: raw and packet
+// sockets, other address families, namespaces, socket options and packets
+// that send traffic elsewhere than their address.
+func (r Record) noFlag() bool {
+	switch r.Action {
+	case bpf.ActionSocket, bpf.ActionSetsockopt, bpf.ActionNamespace:
+		return true
+	}
+	return bpf.Reason(r.Reason) == bpf.ReasonExtHeader
+}
+
+// verbs name verdicts in a sentence.
+var verbs = map[bpf.Verdict]string{
+	bpf.VerdictDeny: "denied", bpf.VerdictWouldDeny: "would deny", bpf.VerdictAllow: "allowed",
 }

@@ -1,6 +1,10 @@
 package audit
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/bridle-sh/bridle/bpf"
+)
 
 func TestLine(t *testing.T) {
 	cases := []struct {
@@ -28,7 +32,7 @@ func TestLine(t *testing.T) {
 			"denied accept tcp port 40123 from 2001:db8::7 by the workload (packet check): port not allowed; allow with --allow-listen tcp:40123"},
 		{"setsockopt", Record{Verdict: "deny", Action: "setsockopt", Protocol: "udp", Path: "IPV6_RTHDR", Comm: "a", PID: 14, Reason: "option can send packets elsewhere"},
 			"denied setsockopt IPV6_RTHDR on a udp socket by a[14]: option can send packets elsewhere; no flag allows this"},
-		{"extension header", Record{Verdict: "deny", Action: "sendmsg", Protocol: "udp", Address: "fd99::3", Port: 53, Reason: ReasonExtHeader},
+		{"extension header", Record{Verdict: "deny", Action: "sendmsg", Protocol: "udp", Address: "fd99::3", Port: 53, Reason: string(bpf.ReasonExtHeader)},
 			"denied sendmsg udp:[fd99::3]:53 by the workload (packet check): packet has routing or extension headers or IP options; no flag allows this"},
 		{"address family", Record{Verdict: "deny", Action: "socket", Protocol: "other", Family: 40, Comm: "agent", PID: 13, Reason: "address family not allowed", Enforcement: "seccomp"},
 			"denied socket AF_VSOCK by agent[13]: address family not allowed; no flag allows this"},

@@ -4,36 +4,42 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // Record is one decision event. The JSON field names are a contract users
 // script against (docs/EVENTS.md); add fields, never rename them.
 type Record struct {
-	Time     string `json:"time"`     // RFC 3339, UTC
-	Node     string `json:"node"`     // host name
-	Workload string `json:"workload"` // cgroup path below the cgroup v2 root
-	Identity string `json:"identity"` // SPIFFE ID
-	Task     string `json:"task"`
-	Intent   string `json:"intent"`
-	PID      uint32 `json:"pid"`
-	Comm     string `json:"comm"`
-	Action   string `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed
-	Protocol string `json:"protocol"` // tcp | udp | icmp | unix | raw | packet | other
-	Address  string `json:"address"`  // IP address, "" when none
-	Port     uint16 `json:"port"`
-	Path     string `json:"path"` // binary or unix socket
+	Time     string       `json:"time"`     // RFC 3339, UTC
+	Node     string       `json:"node"`     // host name
+	Workload string       `json:"workload"` // cgroup path below the cgroup v2 root
+	Identity string       `json:"identity"` // SPIFFE ID
+	Task     string       `json:"task"`
+	Intent   string       `json:"intent"`
+	PID      uint32       `json:"pid"`
+	Comm     string       `json:"comm"`
+	Action   bpf.Action   `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed
+	Protocol bpf.Protocol `json:"protocol"` // tcp | udp | icmp | unix | raw | packet | other
+	Address  string       `json:"address"`  // IP address, "" when none
+	Port     uint16       `json:"port"`
+	Path     string       `json:"path"` // binary or unix socket
 	// Family is the address family (AF_*) of a socket refused for its
 	// family; absent otherwise.
-	Family      uint16 `json:"family,omitempty"`
-	Verdict     string `json:"verdict"` // allow | deny | would-deny
-	Reason      string `json:"reason"`
-	Enforcement string `json:"enforcement"` // cgroup | lsm | kill | seccomp | daemon
+	Family  uint16      `json:"family,omitempty"`
+	Verdict bpf.Verdict `json:"verdict"` // allow | deny | would-deny
+	// Reason is the kernel's (a bpf.Reason) or, on bridled's own records,
+	// free text.
+	Reason      string          `json:"reason"`
+	Enforcement bpf.Enforcement `json:"enforcement"` // cgroup | lsm | kill | seccomp | daemon
 	// PolicyRevision names the policy that decided: the revision of the
 	// task's envelope, or of the baseline for a workload without a task.
 	PolicyRevision string `json:"policy_revision"`
@@ -43,6 +49,19 @@ type Record struct {
 	// file, past the workload's share of the file (on a "suppressed"
 	// record).
 	Suppressed uint64 `json:"suppressed"`
+
+	// CgroupID is the workload's cgroup id (its directory's inode), for
+	// routing a kernel decision to the workload's subscribers inside the
+	// process that read it. It is not part of the record: never written,
+	// zero in a record read back.
+	CgroupID uint64 `json:"-"`
+}
+
+// TaskExpired reports a task_end record of a task whose lifetime ran out:
+// its reason's cause, before any "; " detail, is bpf.TaskExpired.
+func (r Record) TaskExpired() bool {
+	cause, _, _ := strings.Cut(r.Reason, "; ")
+	return r.Action == bpf.ActionTaskEnd && cause == bpf.TaskExpired
 }
 
 // Addr formats an address for a record: empty for none.
@@ -58,23 +77,48 @@ func Timestamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339Nano)
 }
 
+// Encoder turns records into JSON lines: the one encoding of every writer
+// of records (Writer, bridled's audit file). It reuses one buffer and is
+// not safe for concurrent use.
+type Encoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// Line encodes r as one JSON line, newline included. The bytes are valid
+// until the next call.
+func (e *Encoder) Line(r Record) ([]byte, error) {
+	if e.enc == nil {
+		e.enc = json.NewEncoder(&e.buf)
+	}
+	e.buf.Reset()
+	if err := e.enc.Encode(r); err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	return e.buf.Bytes(), nil
+}
+
 // Writer writes records as JSON lines. It is safe for concurrent use.
 type Writer struct {
 	mu  sync.Mutex
-	enc *json.Encoder
+	enc Encoder
 	w   io.Writer
 }
 
 // NewWriter writes JSON lines to w.
 func NewWriter(w io.Writer) *Writer {
-	return &Writer{enc: json.NewEncoder(w), w: w}
+	return &Writer{w: w}
 }
 
 // Write appends one record.
 func (w *Writer) Write(r Record) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.enc.Encode(r); err != nil {
+	b, err := w.enc.Line(r)
+	if err != nil {
+		return err
+	}
+	if _, err := w.w.Write(b); err != nil {
 		return fmt.Errorf("audit: write record: %w", err)
 	}
 	return nil

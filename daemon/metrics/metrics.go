@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/bridle-sh/bridle/bpf"
+	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/workload"
 )
 
@@ -31,12 +33,21 @@ const other = "other"
 
 // Label value sets. Order matters only for readability.
 var (
-	// actions are the loader's event actions (loader.Event.Action).
-	actions = []string{"connect", "sendmsg", "exec", "socket", "bind", "accept", "setsockopt", "namespace", other}
-	// verdicts are the loader's event verdicts (loader.Event.Verdict).
-	verdicts         = []string{"allow", "deny", "would-deny", other}
+	// actions are the kernel's actions (bpf.KernelActions).
+	actions = labels(bpf.KernelActions()...)
+	// verdicts are the kernel's verdicts.
+	verdicts         = labels(bpf.VerdictAllow, bpf.VerdictDeny, bpf.VerdictWouldDeny)
 	startFailReasons = []string{"denied", "invalid", "busy", "unavailable", "error", other}
-	endReasons       = []string{"ended", "expired", other}
+	endReasons       = []string{EndedOnPurpose, EndedExpired, other}
+)
+
+// Reasons a task ended, for TaskEnded.
+const (
+	// EndedOnPurpose is a task ended by someone: the API, or its
+	// command exiting.
+	EndedOnPurpose = "ended"
+	// EndedExpired is a task whose time ran out.
+	EndedExpired = "expired"
 )
 
 // durationBuckets span 25 µs to 1 s: policy evaluation sits around
@@ -235,19 +246,33 @@ func (m *Metrics) Handler() http.Handler {
 	})
 }
 
-// Decision counts one kernel decision. action is one of connect, sendmsg,
-// exec, socket and verdict one of allow, deny, would-deny, as the loader
-// names them; anything else is counted as "other".
-func (m *Metrics) Decision(action, verdict string) {
+// labels are the label values of words of the records' vocabulary, and
+// "other".
+func labels[T ~string](words ...T) []string {
+	out := make([]string, 0, len(words)+1)
+	for _, w := range words {
+		out = append(out, string(w))
+	}
+	return append(out, other)
+}
+
+// Decision counts one kernel decision. action is one of the kernel's
+// actions and verdict one of its verdicts; anything else is counted as
+// "other".
+func (m *Metrics) Decision(action bpf.Action, verdict bpf.Verdict) {
 	if m == nil {
 		return
 	}
-	row, ok := m.decisions[action]
+	row, ok := m.decisions[string(action)]
 	if !ok {
 		row = m.decisions[other]
 	}
-	pick(row, verdict).Inc()
+	pick(row, string(verdict)).Inc()
 }
+
+// Record counts a kernel decision's record: the metrics as a sink of the
+// node's event reader.
+func (m *Metrics) Record(r audit.Record) { m.Decision(r.Action, r.Verdict) }
 
 // TaskStarted counts a task that started.
 func (m *Metrics) TaskStarted() {
@@ -274,11 +299,11 @@ func (m *Metrics) TaskStartFailed(reason string) {
 	pick(m.taskStartFailed, reason).Inc()
 }
 
-// TaskEnded counts a task that ended. reason is "expired" when its time ran
-// out, "ended" when it was ended on purpose (the API, or its command
-// exiting); anything else, such as a task revoked because it could not be
-// persisted, should be passed as "other", and any value outside the set is
-// counted as "other". Callers map their free-text end reasons to this set:
+// TaskEnded counts a task that ended. reason is EndedExpired when its time
+// ran out, EndedOnPurpose when it was ended on purpose (the API, or its
+// command exiting); anything else, such as a task revoked because it could
+// not be persisted, should be passed as "other", and any value outside the
+// set is counted as "other". Callers map their free-text end reasons to this set:
 // the free text belongs in logs and the audit record, not in a label.
 func (m *Metrics) TaskEnded(reason string) {
 	if m == nil {

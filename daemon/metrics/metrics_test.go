@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 func TestDecisionClampsUnknownValues(t *testing.T) {
@@ -23,8 +25,8 @@ func TestDecisionClampsUnknownValues(t *testing.T) {
 	m.Decision("socket", "allow")
 	// Values a workload could steer must not create series.
 	for i := range 100 {
-		m.Decision(fmt.Sprintf("action-%d", i), "deny")
-		m.Decision("sendmsg", fmt.Sprintf("verdict-%d", i))
+		m.Decision(bpf.Action(fmt.Sprintf("action-%d", i)), "deny")
+		m.Decision("sendmsg", bpf.Verdict(fmt.Sprintf("verdict-%d", i)))
 	}
 	m.Decision("", "")
 

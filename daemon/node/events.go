@@ -15,9 +15,11 @@ import (
 )
 
 // ReadEvents turns the kernel's decisions into records until the reader is
-// flushed or closed: each goes to Options.Records, the metrics, and the
-// subscriptions of its workload.
-func (n *Node) ReadEvents(r *loader.EventReader) {
+// flushed or closed, and hands each to the sinks: Options.Records, the
+// metrics, the subscriptions of its workload, then extra in order (another
+// consumer of decisions plugs in here).
+func (n *Node) ReadEvents(r *loader.EventReader, extra ...audit.Sink) {
+	sinks := append(audit.Sinks{audit.SinkFunc(n.record), n.opt.Metrics, audit.SinkFunc(n.deliverRecord)}, extra...)
 	r.OnIdle = n.idle
 	for {
 		ev, err := r.Read()
@@ -28,10 +30,7 @@ func (n *Node) ReadEvents(r *loader.EventReader) {
 			n.closeAll()
 			return
 		}
-		rec := n.Enrich(ev)
-		n.opt.Metrics.Decision(rec.Action, rec.Verdict)
-		n.record(rec)
-		n.deliver(ev.CgroupID, rec)
+		sinks.Record(n.Enrich(ev))
 	}
 }
 
@@ -43,8 +42,9 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 		Time: audit.Timestamp(ev.Time), Node: n.opt.NodeName,
 		PID: ev.PID, Comm: ev.Comm, Action: ev.Action, Protocol: ev.Protocol,
 		Address: audit.Addr(ev.Addr), Port: ev.Port, Path: ev.Path, Family: ev.Family,
-		Verdict: ev.Verdict, Reason: ev.Reason, Enforcement: ev.Enforcement,
+		Verdict: ev.Verdict, Reason: string(ev.Reason), Enforcement: ev.Enforcement,
 		Suppressed: n.newlySuppressed(ev.CgroupID, ev.Generation, ev.SuppressedTotal),
+		CgroupID:   ev.CgroupID,
 	}
 	if ev.Slot != loader.BaselineSlot {
 		t, rev, ok := n.byGeneration(ev.Generation)
@@ -188,6 +188,10 @@ func (n *Node) closeLocked(s *Subscription) {
 		delete(n.subs, s)
 	}
 }
+
+// deliverRecord is the subscriptions' sink: a kernel decision goes to the
+// subscribers of the workload it names by cgroup id.
+func (n *Node) deliverRecord(rec audit.Record) { n.deliver(rec.CgroupID, rec) }
 
 func (n *Node) deliver(cgroupID uint64, rec audit.Record) {
 	n.mu.Lock()

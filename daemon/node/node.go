@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/store"
@@ -181,17 +182,17 @@ func (n *Node) Start(ctx context.Context, req Request) (Task, error) {
 		n.opt.Metrics.TaskStartFailed(failureKind(err))
 		n.record(audit.Record{
 			Time: audit.Timestamp(time.Now()), Workload: req.Workload, Identity: n.identity(req),
-			Intent: req.Intent, Action: "task_start", Verdict: "deny", Reason: err.Error(),
-			Enforcement: "daemon", PolicyRevision: n.policyRevision(),
+			Intent: req.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictDeny, Reason: err.Error(),
+			Enforcement: bpf.EnforcementDaemon, PolicyRevision: n.policyRevision(),
 		})
 		return Task{}, err
 	}
 	n.opt.Metrics.TaskStarted()
 	n.record(audit.Record{
 		Time: audit.Timestamp(t.Started), Workload: t.Workload, Identity: t.Identity, Task: t.ID,
-		Intent: t.Intent, Action: "task_start", Verdict: "allow",
+		Intent: t.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictAllow,
 		Reason:      fmt.Sprintf("%d kernel rules, expires %s", t.Rules, expiry(t.Expires)),
-		Enforcement: "daemon", PolicyRevision: t.PolicyRevision,
+		Enforcement: bpf.EnforcementDaemon, PolicyRevision: t.PolicyRevision,
 	})
 	n.log.Info("task started", "task", t.ID, "workload", t.Workload, "identity", t.Identity,
 		"intent", t.Intent, "rules", t.Rules, "expires", t.Expires, "revision", t.PolicyRevision,
@@ -483,9 +484,9 @@ func (n *Node) taskEnded(e tasks.End) {
 	if n.opt.Store != nil {
 		n.opt.Store.RemoveRules(e.Task.ID)
 	}
-	kind := "ended"
-	if e.Reason == "expired" {
-		kind = "expired"
+	kind := metrics.EndedOnPurpose
+	if e.Reason == bpf.TaskExpired {
+		kind = metrics.EndedExpired
 	}
 	n.opt.Metrics.TaskEnded(kind)
 	reason := e.Reason
@@ -507,8 +508,8 @@ func (n *Node) taskEnded(e tasks.End) {
 	}
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: n.opt.NodeName, Workload: e.Task.Workload,
-		Identity: e.Task.Identity, Task: e.Task.ID, Intent: e.Task.Intent, Action: "task_end",
-		Verdict: "allow", Reason: reason, Enforcement: "daemon", PolicyRevision: rev,
+		Identity: e.Task.Identity, Task: e.Task.ID, Intent: e.Task.Intent, Action: bpf.ActionTaskEnd,
+		Verdict: bpf.VerdictAllow, Reason: reason, Enforcement: bpf.EnforcementDaemon, PolicyRevision: rev,
 		Suppressed: suppressed,
 	}
 	n.record(rec)

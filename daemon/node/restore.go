@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/loader"
 )
@@ -102,7 +103,7 @@ func (n *Node) Restore(stored []store.Entry) {
 	}
 	for _, id := range expired {
 		n.log.Info("task expired while bridled was down; revoking", "task", id)
-		if _, err := n.End(id, "expired"); err != nil {
+		if _, err := n.End(id, bpf.TaskExpired); err != nil {
 			n.log.Error("revoke expired task", "task", id, "err", err)
 		}
 	}

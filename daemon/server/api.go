@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/node"
@@ -101,8 +102,8 @@ func (d *Daemon) recordRefusal(p Peer, call, reason string) bool {
 	d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "reason", reason)
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName, Workload: p.Cgroup,
-		PID: uint32(p.PID), Comm: p.Comm, Action: "api", Path: call,
-		Verdict: "deny", Reason: reason, Enforcement: "daemon",
+		PID: uint32(p.PID), Comm: p.Comm, Action: bpf.ActionAPI, Path: call,
+		Verdict: bpf.VerdictDeny, Reason: reason, Enforcement: bpf.EnforcementDaemon,
 		PolicyRevision: d.engine.Revision(),
 	}
 	if _, in := d.cfg.RootOf(p.Cgroup); in {
@@ -336,19 +337,9 @@ func (d *Daemon) Status() api.Status {
 	baseRev, baseRules, baseErr := d.baselineRevision, d.baselineRules, d.baselineErr
 	d.mu.Unlock()
 	st := api.Status{
-		Node: d.cfg.NodeName,
-		Features: map[string]any{
-			"kernel": f.Kernel, "exec_mode": f.ExecMode, "exec_mode_reason": f.ExecModeReason,
-			"unix_hooks": f.UnixHooks, "unix_reason": f.UnixReason, "btf": f.BTF,
-			"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
-			"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
-			"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
-			"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
-			"seccomp_guard": f.SeccompGuard,
-			"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,
-			"userns_guard": f.UsernsGuard, "userns_guard_reason": f.UsernsGuardReason,
-		},
-		Roots: d.rootStates(),
+		Node:     d.cfg.NodeName,
+		Features: f.Map(),
+		Roots:    d.rootStates(),
 		Policy: api.PolicyStatus{
 			Revision: ps.Revision, Source: ps.Source, Loaded: ps.Loaded,
 			BaselineRevision: baseRev, BaselineRules: baseRules, Failures: ps.Failures,

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	"gopkg.in/natefinch/lumberjack.v2"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
 )
@@ -35,7 +35,7 @@ type auditLog struct {
 	mu      sync.Mutex
 	w       io.WriteCloser
 	rotate  func() error // nil: stdout, never rotated
-	buf     bytes.Buffer
+	enc     audit.Encoder
 	size    int64            // bytes in the current file (or since the last virtual rotation)
 	maxSize int64            // the file is rotated before a record would take it past this
 	share   int64            // bytes of one file a workload's records may take; 0: no limit
@@ -101,12 +101,12 @@ func newAuditLog(w io.WriteCloser) *auditLog {
 func (a *auditLog) Write(r audit.Record) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	b, err := a.encode(r)
+	b, err := a.enc.Line(r)
 	if err != nil {
 		a.fail(err)
 		return
 	}
-	if a.share > 0 && r.Enforcement != "daemon" {
+	if a.share > 0 && r.Enforcement != bpf.EnforcementDaemon {
 		key := r.Workload
 		if a.used[key]+int64(len(b)) > a.share {
 			if a.held[key] == 0 {
@@ -122,18 +122,11 @@ func (a *auditLog) Write(r audit.Record) {
 	a.emit(b)
 }
 
-func (a *auditLog) encode(r audit.Record) ([]byte, error) {
-	a.buf.Reset()
-	if err := json.NewEncoder(&a.buf).Encode(r); err != nil {
-		return nil, fmt.Errorf("audit: encode record: %w", err)
-	}
-	return a.buf.Bytes(), nil
-}
-
 // emit writes one encoded record, rotating first when it would not fit.
 func (a *auditLog) emit(b []byte) {
 	if a.maxSize > 0 && a.size > 0 && a.size+int64(len(b)) > a.maxSize {
-		// Copied: the summaries written after the rotation reuse buf.
+		// Copied: the summaries written after the rotation reuse the
+		// encoder's buffer.
 		b = bytes.Clone(b)
 		a.turn()
 	}
@@ -163,7 +156,7 @@ func (a *auditLog) turn() {
 func (a *auditLog) notice(r audit.Record) {
 	a.writeOwn(audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: r.Node, Workload: r.Workload, Identity: r.Identity,
-		Task: r.Task, Intent: r.Intent, Action: "suppressed", Verdict: "deny", Enforcement: "daemon",
+		Task: r.Task, Intent: r.Intent, Action: bpf.ActionSuppressed, Verdict: bpf.VerdictDeny, Enforcement: bpf.EnforcementDaemon,
 		Reason: fmt.Sprintf("this workload's records reached its share of the audit file (%d bytes); "+
 			"the rest until the file rotates are counted, and the count recorded then", a.share),
 	})
@@ -179,8 +172,8 @@ func (a *auditLog) summarize(held map[string]uint64, where string) {
 	slices.Sort(keys)
 	for _, k := range keys {
 		a.writeOwn(audit.Record{
-			Time: audit.Timestamp(time.Now()), Node: a.node, Workload: k, Action: "suppressed",
-			Verdict: "deny", Enforcement: "daemon", Suppressed: held[k],
+			Time: audit.Timestamp(time.Now()), Node: a.node, Workload: k, Action: bpf.ActionSuppressed,
+			Verdict: bpf.VerdictDeny, Enforcement: bpf.EnforcementDaemon, Suppressed: held[k],
 			Reason: fmt.Sprintf("%d decisions of this workload were not written to %s: over its share of the file (%d bytes)", held[k], where, a.share),
 		})
 	}
@@ -188,7 +181,7 @@ func (a *auditLog) summarize(held map[string]uint64, where string) {
 
 // writeOwn writes a record this writer made, outside any share.
 func (a *auditLog) writeOwn(r audit.Record) {
-	b, err := a.encode(r)
+	b, err := a.enc.Line(r)
 	if err != nil {
 		a.fail(err)
 		return

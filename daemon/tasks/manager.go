@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
 )
@@ -145,7 +146,7 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	m.tasks[id] = t
 	m.byWorkload[req.CgroupID] = id
 	if !t.Expires.IsZero() {
-		m.timers[id] = time.AfterFunc(time.Until(t.Expires), func() { _ = m.End(id, "expired") })
+		m.timers[id] = time.AfterFunc(time.Until(t.Expires), func() { _ = m.End(id, bpf.TaskExpired) })
 	}
 	return *t, nil
 }
@@ -235,7 +236,7 @@ func (m *Manager) Wait() { m.clearing.Wait() }
 // End reports a task that ended: why, and what became of its open sockets.
 type End struct {
 	Task       Task
-	Reason     string // "expired", or what the caller of End said
+	Reason     string // bpf.TaskExpired, or what the caller of End said
 	Sockets    loader.DestroyStats
 	SocketsErr error // open sockets could not be aborted (kernel support, or failures)
 	Unix       loader.UnixStats

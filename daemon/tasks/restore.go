@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/loader"
 )
 
@@ -37,7 +38,7 @@ func (m *Manager) Adopt(t Task) error {
 	m.usedSlots[t.Slot] = true
 	if !t.Expires.IsZero() && time.Until(t.Expires) > 0 {
 		id := t.ID
-		m.timers[id] = time.AfterFunc(time.Until(t.Expires), func() { _ = m.End(id, "expired") })
+		m.timers[id] = time.AfterFunc(time.Until(t.Expires), func() { _ = m.End(id, bpf.TaskExpired) })
 	}
 	return nil
 }

@@ -12,15 +12,17 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/bpf"
 )
 
 // Refusal is one call the workload's seccomp filter stopped.
 type Refusal struct {
 	PID  uint32 // thread-group id, in the supervisor's PID namespace
 	Comm string
-	// Action is "namespace" (unshare, clone, setns) or "socket" (socket,
-	// socketpair).
-	Action string
+	// Action is bpf.ActionNamespace (unshare, clone, setns) or
+	// bpf.ActionSocket (socket, socketpair).
+	Action bpf.Action
 	// Namespaces names the namespaces asked for ("user,mnt"; "any" for a
 	// setns that names no kind); Family the refused address family.
 	Namespaces string
@@ -245,13 +247,13 @@ func describe(n seccompNotif) Refusal {
 	ref.PID, ref.Comm = process(n.PID)
 	switch int(n.Data.Nr) {
 	case unix.SYS_SOCKET, unix.SYS_SOCKETPAIR:
-		ref.Action = "socket"
+		ref.Action = bpf.ActionSocket
 		ref.Family = uint16(min(n.Data.Args[0], 0xffff))
 	case unix.SYS_SETNS:
-		ref.Action = "namespace"
+		ref.Action = bpf.ActionNamespace
 		ref.Namespaces = namespaceNames(n.Data.Args[1])
 	default: // unshare, clone
-		ref.Action = "namespace"
+		ref.Action = bpf.ActionNamespace
 		ref.Namespaces = namespaceNames(n.Data.Args[0])
 	}
 	return ref

@@ -26,7 +26,7 @@ func wantExecRefused(t testing.TB, r result, path string) string {
 		t.Fatalf("unknown exec mode %q", execMode)
 	}
 	rec := wantRecord(t, r, "deny", "exec", "")
-	if rec.Enforcement != execMode {
+	if string(rec.Enforcement) != execMode {
 		t.Fatalf("record enforcement %q, want %q", rec.Enforcement, execMode)
 	}
 	if path != "" && rec.Path != path {

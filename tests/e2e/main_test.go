@@ -292,7 +292,7 @@ func wantRefused(t testing.TB, r result, action, protocol string) audit.Record {
 func wantRecord(t testing.TB, r result, verdict, action, protocol string) audit.Record {
 	t.Helper()
 	for _, rec := range r.records {
-		if rec.Verdict == verdict && rec.Action == action && rec.Protocol == protocol {
+		if string(rec.Verdict) == verdict && string(rec.Action) == action && string(rec.Protocol) == protocol {
 			return rec
 		}
 	}
