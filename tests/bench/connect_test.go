@@ -13,6 +13,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/bridle-sh/bridle/policy"
@@ -48,13 +51,21 @@ type connectVariant struct {
 // the measurement is the hook and the route lookup alone.
 var udpTarget = netip.MustParseAddrPort("127.0.0.1:5353")
 
-// BenchmarkConnectUDP: unconnected-UDP connect() with no hook and inside a
-// Bridle workload whose task holds 10, 1k or 100k rules. All three slots
-// live in one enforcer, so the 100k trie also holds the others' entries.
+// BenchmarkConnectUDP: unconnected-UDP connect() with no hook, under an
+// empty connect4 program (the floor any cgroup connect hook costs), and
+// inside a Bridle workload whose task holds 10, 1k or 100k rules. All three
+// slots live in one enforcer, so the 100k trie also holds the others'
+// entries.
 func BenchmarkConnectUDP(b *testing.B) {
 	e := benchEnforcer(b)
 	tree := newCgroupTree(b)
-	variants := []connectVariant{{name: "nohook", cgroup: tree.sub(b, "nohook")}}
+	empty := tree.sub(b, "emptyhook")
+	attachEmptyConnect4(b, empty)
+	variants := []connectVariant{
+		{name: "nohook", cgroup: tree.sub(b, "nohook")},
+		// The empty program allows all: a neighbouring port connects too.
+		{name: "emptyhook", cgroup: empty},
+	}
 	for i, n := range []int{10, 1000, 100_000} {
 		cg := tree.sub(b, "rules"+sizeName(n))
 		workload(b, e, cg, uint32(i+1), compile(b, envelope(n, policy.ProtoUDP, udpTarget), n))
@@ -76,6 +87,31 @@ func BenchmarkConnectUDP(b *testing.B) {
 				b.Fatalf("connect %s: %v", udpTarget, errno)
 			}
 		}
+	})
+}
+
+// attachEmptyConnect4 attaches to cg a connect4 program that only returns
+// "allow": what the kernel spends to run any program on that hook, the
+// honest floor of Bridle's own connect check. Built here, instruction by
+// instruction, because it is a yardstick, not part of Bridle.
+func attachEmptyConnect4(tb testing.TB, cg string) {
+	tb.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_empty4", Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Connect,
+		License:      "Dual BSD/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+	})
+	if err != nil {
+		tb.Fatalf("empty connect4 program: %v", err)
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
+	if err != nil {
+		prog.Close()
+		tb.Fatalf("attach the empty connect4 program: %v", err)
+	}
+	tb.Cleanup(func() {
+		l.Close()
+		prog.Close()
 	})
 }
 

@@ -199,6 +199,9 @@ func table() []row {
 		{label: "UDP connect(), Bridle, 1k rules", bench: udp + "bridle-1k", base: udp + "nohook"},
 		{label: "UDP connect(), Bridle, 100k rules", bench: udp + "bridle-100k", base: udp + "nohook",
 			target: "≤ 1.20x", met: ratioAtMost(1.20)},
+		{label: "UDP connect(), empty connect4 program (the hook's floor)", bench: udp + "emptyhook", base: udp + "nohook"},
+		{label: "UDP connect(), Bridle, 100k rules, to the hook's floor", bench: udp + "bridle-100k", base: udp + "emptyhook",
+			target: "≤ 1.10x", met: ratioAtMost(1.10)},
 		{label: "TCP connect+close, no hook", bench: tcp + "nohook", base: tcp + "nohook", target: "baseline"},
 		{label: "TCP connect+close, Bridle, 10k rules", bench: tcp + "bridle-10k", base: tcp + "nohook"},
 	}
