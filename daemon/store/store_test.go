@@ -18,7 +18,7 @@ func TestSaveLoad(t *testing.T) {
 		t.Fatalf("empty store: %v %v", got, err)
 	}
 	exp := time.Now().Add(time.Hour).UTC().Round(0)
-	in := []Entry{{Task: tasks.Task{ID: "t-1", Workload: "/a/w", CgroupID: 7, Slot: 3, Generation: 9, Expires: exp}, PolicyRevision: "sha256:x"}}
+	in := []tasks.Task{{ID: "t-1", Workload: "/a/w", CgroupID: 7, Slot: 3, Generation: 9, Expires: exp, PolicyRevision: "sha256:x"}}
 	if err := s.Save(in); err != nil {
 		t.Fatal(err)
 	}
