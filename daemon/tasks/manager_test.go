@@ -45,7 +45,7 @@ func (r *recorder) BindWorkload(cg uint64, slot uint32, _ loader.WorkloadMode) e
 	return r.note(fmt.Sprintf("bind %d %d", cg, slot))
 }
 func (r *recorder) UnbindWorkload(cg uint64) error { return r.note(fmt.Sprintf("unbind %d", cg)) }
-func (r *recorder) ClearSlot(slot uint32) error     { return r.note(fmt.Sprintf("clear %d", slot)) }
+func (r *recorder) ClearSlot(slot uint32) error    { return r.note(fmt.Sprintf("clear %d", slot)) }
 func (r *recorder) Bindings() (map[uint64]uint32, error) {
 	return r.bindings, r.bindErr
 }
