@@ -84,7 +84,7 @@ func Run(ctx context.Context, spec RunSpec, sigs <-chan os.Signal) (int, error) 
 	// Under a policy (bridled's, or --policy) with no flags, the policy
 	// alone decides what the run may do.
 	if spec.Grants == nil && r.host.hasPolicy() {
-		r.grants = nil
+		r.grants, r.compiled = nil, nil
 	}
 	if err := r.enforce(ctx); err != nil {
 		return 0, err
