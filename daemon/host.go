@@ -28,7 +28,7 @@ type host interface {
 	describe() []string
 	// newWorkload creates the run's cgroup, confined before it is returned.
 	newWorkload(runID string) (workload.Cgroup, error)
-	start(ctx context.Context, req taskRequest) (node.Task, error)
+	start(ctx context.Context, req taskRequest) (runTask, error)
 	// end ends the task; a task already ended (expired) is not an error.
 	end(id string) error
 	// events streams the workload's records until it has no task and no
@@ -48,10 +48,20 @@ type taskRequest struct {
 	Workload workload.Cgroup
 	Intent   string
 	TTL      time.Duration
-	Grants   *api.Grants // nil: what the policy allows
-	Identity string      // embedded only; bridled maps identities itself
+	Grants   *api.Grants // nil: what the policy allows; bridled parses them itself
+	// Compiled is Grants as parsed and compiled once, before anything
+	// ran, for the embedded node.
+	Compiled *node.Grants
+	Identity string // embedded only; bridled maps identities itself
 	Mode     loader.WorkloadMode
 	RunAs    policy.Principal // who COMMAND runs as, for the exec rules' check
+}
+
+// runTask is what a run knows of its task, whichever host started it.
+type runTask struct {
+	ID, Workload, Identity, Intent, PolicyRevision string
+	Rules                                          int // kernel entries in force
+	Mode                                           loader.WorkloadMode
 }
 
 // embeddedHost runs a node in this process with its own pinned programs,
@@ -140,7 +150,10 @@ func (h *embeddedHost) newWorkload(runID string) (workload.Cgroup, error) {
 		return cg, err
 	}
 	h.defer_(func() { _ = cg.Remove() })
-	h.enf, err = loader.Load(loader.Options{PinDir: filepath.Join(pinParent, runID), WakeupBytes: loader.DefaultWakeupBytes})
+	hostname, _ := os.Hostname()
+	h.node, h.enf, err = node.Load(filepath.Join(pinParent, runID), node.Options{
+		Engine: h.engine, NodeName: hostname, CgroupRoot: root, Roots: []string{cg.Rel()},
+	})
 	if err != nil {
 		return cg, err
 	}
@@ -148,8 +161,6 @@ func (h *embeddedHost) newWorkload(runID string) (workload.Cgroup, error) {
 		_ = h.enf.Unpin()
 		_ = h.enf.Close()
 	})
-	hostname, _ := os.Hostname()
-	h.node = node.New(node.Options{Kernel: h.enf, Engine: h.engine, NodeName: hostname, CgroupRoot: root, Roots: []string{cg.Rel()}})
 	h.defer_(h.node.Wait)
 	// Nothing is bound yet: until the task is, the cgroup's processes
 	// (there are none) would be refused everything.
@@ -168,16 +179,16 @@ func (h *embeddedHost) newWorkload(runID string) (workload.Cgroup, error) {
 	return cg, nil
 }
 
-func (h *embeddedHost) start(ctx context.Context, req taskRequest) (node.Task, error) {
-	grants, err := req.Grants.Envelope()
-	if err != nil {
-		return node.Task{}, err
-	}
-	return h.node.Start(ctx, node.Request{
+func (h *embeddedHost) start(ctx context.Context, req taskRequest) (runTask, error) {
+	t, err := h.node.Start(ctx, node.Request{
 		ID: req.ID, Workload: req.Workload.Rel(), Intent: req.Intent, TTL: req.TTL,
-		Grants: grants, Mode: req.Mode, Identity: req.Identity,
+		Grants: req.Compiled, Mode: req.Mode, Identity: req.Identity,
 		RunAs: []policy.Principal{req.RunAs},
 	})
+	return runTask{
+		ID: t.ID, Workload: t.Workload, Identity: t.Identity, Intent: t.Intent,
+		PolicyRevision: t.PolicyRevision, Rules: t.Rules, Mode: t.Mode,
+	}, err
 }
 
 func (h *embeddedHost) end(id string) error {
@@ -256,7 +267,7 @@ func (h *remoteHost) newWorkload(runID string) (workload.Cgroup, error) {
 	return h.cg, err
 }
 
-func (h *remoteHost) start(ctx context.Context, req taskRequest) (node.Task, error) {
+func (h *remoteHost) start(ctx context.Context, req taskRequest) (runTask, error) {
 	mode := ""
 	if req.Mode.Audit {
 		mode = "audit"
@@ -269,7 +280,12 @@ func (h *remoteHost) start(ctx context.Context, req taskRequest) (node.Task, err
 	if req.TTL > 0 {
 		r.TTL = req.TTL.String()
 	}
-	return h.client.StartTask(ctx, r)
+	t, err := h.client.StartTask(ctx, r)
+	return runTask{
+		ID: t.ID, Workload: t.Workload, Identity: t.Identity, Intent: t.Intent,
+		PolicyRevision: t.PolicyRevision, Rules: t.Rules,
+		Mode: loader.WorkloadMode{Audit: t.Mode.Audit, EmitAllow: t.Mode.EmitAllow},
+	}, err
 }
 
 func (h *remoteHost) end(id string) error {

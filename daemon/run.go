@@ -84,7 +84,7 @@ func Run(ctx context.Context, spec RunSpec, sigs <-chan os.Signal) (int, error) 
 	// Under a policy (bridled's, or --policy) with no flags, the policy
 	// alone decides what the run may do.
 	if spec.Grants == nil && r.host.hasPolicy() {
-		r.grants = nil
+		r.grants, r.compiled = nil, nil
 	}
 	if err := r.enforce(ctx); err != nil {
 		return 0, err
@@ -99,11 +99,12 @@ type runner struct {
 	path     string // resolved COMMAND
 	creds    workload.Credentials
 	grants   *api.Grants
+	compiled *node.Grants // grants, parsed and compiled once
 	host     host
 	stdio    *workload.Stdio
 
 	cg      workload.Cgroup
-	task    node.Task
+	task    runTask
 	records <-chan audit.Record
 	wait    func() error
 	stats   *summary
@@ -154,7 +155,8 @@ func prepare(spec RunSpec) (*runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := policy.Compile(*env); err != nil {
+	r.compiled = node.NewGrants(env)
+	if _, err := r.compiled.Rules(); err != nil {
 		return nil, err
 	}
 	r.grants = &g
@@ -210,7 +212,7 @@ func (r *runner) enforce(ctx context.Context) error {
 	}
 	r.task, err = r.host.start(ctx, taskRequest{
 		ID: r.runID, Workload: r.cg, Intent: r.spec.Intent, TTL: r.spec.TTL,
-		Grants: r.grants, Identity: r.identity,
+		Grants: r.grants, Compiled: r.compiled, Identity: r.identity,
 		Mode:  loader.WorkloadMode{Audit: r.spec.Audit, EmitAllow: r.spec.LogAllow},
 		RunAs: policy.Principal{UID: r.creds.UID, GIDs: append([]uint32{r.creds.GID}, r.creds.Groups...)},
 	})

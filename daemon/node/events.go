@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
-	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
 )
 
@@ -47,10 +46,9 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 		CgroupID:   ev.CgroupID,
 	}
 	if ev.Slot != loader.BaselineSlot {
-		t, rev, ok := n.byGeneration(ev.Generation)
-		if ok {
+		if t, ok := n.tasks.ByGeneration(ev.Generation); ok {
 			rec.Workload, rec.Identity, rec.Task, rec.Intent = t.Workload, t.Identity, t.ID, t.Intent
-			rec.PolicyRevision = rev
+			rec.PolicyRevision = t.PolicyRevision
 			return rec
 		}
 	}
@@ -62,24 +60,6 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 		rec.Identity = n.opt.Identity(rec.Workload)
 	}
 	return rec
-}
-
-// byGeneration names the task of an event's slot generation. The node's
-// own map answers in one lookup per event; the manager is asked only in
-// the moment between a task's bind and its entry in that map.
-func (n *Node) byGeneration(gen uint32) (tasks.Task, string, bool) {
-	n.mu.Lock()
-	kt, ok := n.known[gen]
-	n.mu.Unlock()
-	if ok {
-		return kt.task, kt.revision, true
-	}
-	if t, ok := n.tasks.ByGeneration(gen); ok {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return t, n.revisions[t.ID], true
-	}
-	return tasks.Task{}, "", false
 }
 
 // cgroupPath finds the path of a cgroup below the roots by its id (the
@@ -221,8 +201,7 @@ func (n *Node) idle() {
 			n.closeLocked(s)
 			continue
 		}
-		_, hasTask := n.workloads[s.cgroupID]
-		s.emptied = !hasTask && !populated(s.dir)
+		s.emptied = !n.tasks.Governed(s.cgroupID) && !populated(s.dir)
 	}
 }
 

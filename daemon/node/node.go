@@ -10,8 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -29,9 +29,23 @@ import (
 // its request alone (`bridle run --allow-…` with no policy).
 const GrantsRevision = "grants"
 
+// Kernel is what a node needs of the loaded BPF programs
+// (*loader.Enforcer): what the task manager writes, and what the node reads
+// and attaches itself.
+type Kernel interface {
+	tasks.Kernel
+	Features() loader.Features
+	// UnixConnections lists the unix connections a workload holds.
+	UnixConnections(cgroupID uint64) ([]loader.UnixConn, error)
+	// TakeSuppressed reads and forgets a task's suppressed event count.
+	TakeSuppressed(cgroupID uint64, generation uint32) (uint64, error)
+	// AttachCgroup attaches the programs to a cgroup and its subtree.
+	AttachCgroup(path string) error
+}
+
 // Options wires a Node.
 type Options struct {
-	Kernel *loader.Enforcer
+	Kernel Kernel
 	// Engine decides envelopes. Without one, every task must bring its
 	// envelope as Request.Grants.
 	Engine *engine.Engine
@@ -58,7 +72,7 @@ type Request struct {
 	TTL      time.Duration // 0: as long as the policy allows
 	// Grants caps the task to what it names: the task gets what both the
 	// policy and Grants allow. Without an engine, Grants is the envelope.
-	Grants *policy.Envelope
+	Grants *Grants
 	// Parent is the task of the agent this task is a sub-agent of. The
 	// task never gets more than the parent has, nor outlives it.
 	Parent    string
@@ -72,8 +86,8 @@ type Request struct {
 	RunAs []policy.Principal
 }
 
-// Task is a task in force with the policy revision that decided it.
-type Task = store.Entry
+// Task is a task in force, with the policy revision that decided it.
+type Task = tasks.Task
 
 // RequestError is a request the node refuses as malformed or impossible
 // (as opposed to refused by policy, an engine.DeniedError).
@@ -94,7 +108,8 @@ func badRequest(format string, args ...any) error {
 	return &RequestError{fmt.Errorf(format, args...)}
 }
 
-// Node keeps the tasks of one loaded enforcer.
+// Node decides the tasks of one loaded enforcer; its task manager holds
+// them and is the one writer of the kernel's state.
 type Node struct {
 	opt   Options
 	log   *slog.Logger
@@ -103,15 +118,10 @@ type Node struct {
 	// sees every child started under it.
 	family sync.Mutex
 
-	mu        sync.Mutex
-	revisions map[string]string         // task id -> policy revision of its envelope
-	rules     map[string]policy.RuleSet // task id -> rules in force, for sub-agents
-	parents   map[string]string         // task id -> parent task id
-	workloads map[uint64]string         // cgroup id -> task id, until its end is reported
-	known     map[uint32]knownTask      // generation -> task in force or recently ended, for events
-	baseline  string                    // revision of the baseline in force
-	paths     map[uint64]string         // cgroup id -> path, for baseline records
-	subs      map[*Subscription]struct{}
+	mu       sync.Mutex
+	baseline string            // revision of the baseline in force
+	paths    map[uint64]string // cgroup id -> path, for baseline records
+	subs     map[*Subscription]struct{}
 	// suppressed is the kernel's running total of suppressed events last
 	// reported per task (cgroup id and generation); see Enrich.
 	suppressed map[budgetKey]uint32
@@ -122,17 +132,8 @@ type budgetKey struct {
 	generation uint32
 }
 
-// knownTask names the task of a slot generation. It is kept for a while
-// after the task ends, so that decisions it made just before, read from
-// the ring afterwards, still name it.
-type knownTask struct {
-	task     tasks.Task
-	revision string
-	ended    time.Time // zero while in force
-}
-
 // endedRetention is how long an ended task still names late events.
-const endedRetention = time.Minute
+const endedRetention = tasks.EndedRetention
 
 // New returns a node over an enforcer whose programs are loaded.
 func New(opt Options) *Node {
@@ -144,13 +145,24 @@ func New(opt Options) *Node {
 	}
 	n := &Node{
 		opt: opt, log: opt.Log,
-		revisions: map[string]string{}, rules: map[string]policy.RuleSet{},
-		parents: map[string]string{}, workloads: map[uint64]string{}, known: map[uint32]knownTask{},
 		paths: map[uint64]string{}, subs: map[*Subscription]struct{}{},
 		suppressed: map[budgetKey]uint32{},
 	}
 	n.tasks = tasks.NewManager(opt.Kernel, n.taskEnded)
 	return n
+}
+
+// Load loads the BPF programs, pinned in pinDir (taking over those an
+// earlier process pinned there), and returns a node over them: the one
+// assembly of enforcer and node, for bridled and a standalone `bridle run`
+// alike. opt.Kernel is set to the enforcer.
+func Load(pinDir string, opt Options) (*Node, *loader.Enforcer, error) {
+	enf, err := loader.Load(loader.Options{PinDir: pinDir, WakeupBytes: loader.DefaultWakeupBytes})
+	if err != nil {
+		return nil, nil, err
+	}
+	opt.Kernel = enf
+	return New(opt), enf, nil
 }
 
 // Wait waits until the rules of every ended task are deleted from the
@@ -161,15 +173,84 @@ func (n *Node) Wait() { n.tasks.Wait() }
 // tasks.Manager.StuckSlots.
 func (n *Node) StuckSlots() int { return n.tasks.StuckSlots() }
 
-// Kernel returns the node's enforcer.
-func (n *Node) Kernel() *loader.Enforcer { return n.opt.Kernel }
+// Baseline is the baseline in force: what workloads without a task may do.
+type Baseline struct {
+	Revision string // the policy revision it came from
+	Rules    int    // kernel entries
+}
 
-// SetBaselineRevision names the policy revision of the baseline in force,
-// for the records of workloads without a task.
-func (n *Node) SetBaselineRevision(rev string) {
+// SetBaseline decides the policy's baseline for the first root's identity
+// and puts it in the slot every workload without a task is bound to. When
+// the revision in the kernel (as the store records it) is the same (a
+// restart), its rules are rewritten in place: workloads never see the slot
+// empty. When the revision changed, the slot is cleared first so a baseline
+// that shrank leaves nothing behind; for that moment workloads without a
+// task are refused more, never allowed more.
+func (n *Node) SetBaseline(ctx context.Context) (Baseline, error) {
+	if n.opt.Engine == nil || len(n.opt.Roots) == 0 {
+		return Baseline{}, errors.New("baseline: no policy or no root to decide it for")
+	}
+	root := n.opt.Roots[0]
+	dec, err := n.opt.Engine.Baseline(ctx, engine.Input{
+		Identity: n.opt.Identity(root),
+		Workload: engine.Workload{Cgroup: root},
+	})
+	if err != nil {
+		return Baseline{}, fmt.Errorf("baseline: %w", err)
+	}
+	rs, err := policy.Compile(dec.Envelope)
+	if err != nil {
+		return Baseline{}, fmt.Errorf("baseline of policy %s: %w", dec.Revision, err)
+	}
+	if f := n.opt.Kernel.Features(); len(rs.Unix) > 0 && !f.UnixHooks {
+		return Baseline{}, fmt.Errorf("baseline of policy %s allows unix sockets, which this kernel cannot enforce: %s", dec.Revision, f.UnixReason)
+	}
+	inKernel := ""
+	if n.opt.Store != nil {
+		if inKernel, err = n.opt.Store.BaselineRevision(); err != nil {
+			return Baseline{}, err
+		}
+	}
+	if err := n.tasks.SetBaseline(rs, inKernel != dec.Revision); err != nil {
+		return Baseline{}, fmt.Errorf("baseline: %w", err)
+	}
+	if n.opt.Store != nil {
+		if err := n.opt.Store.SetBaselineRevision(dec.Revision); err != nil {
+			return Baseline{}, err
+		}
+	}
 	n.mu.Lock()
-	n.baseline = rev
+	n.baseline = dec.Revision
 	n.mu.Unlock()
+	return Baseline{Revision: dec.Revision, Rules: rs.Count()}, nil
+}
+
+// ConfineRoot binds a root cgroup (a path below the cgroup v2 mount,
+// created if missing) to the baseline, then attaches the programs there.
+// From then on a cgroup created below the root is confined from its first
+// instruction: its processes find the root's binding, or nothing
+// (refused), never an empty map. It returns the root's cgroup id.
+func (n *Node) ConfineRoot(rel string) (uint64, error) {
+	dir := filepath.Join(n.opt.CgroupRoot, rel)
+	// Below MaxWorkloadLevel, or the root's subtree would not be found.
+	if err := loader.CheckWorkloadLevel(rel); err != nil {
+		return 0, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	id, err := loader.CgroupID(dir)
+	if err != nil {
+		return id, err
+	}
+	if err := n.tasks.BindRoot(id); err != nil {
+		return id, err
+	}
+	if err := n.opt.Kernel.AttachCgroup(dir); err != nil {
+		return id, err
+	}
+	n.RememberCgroup(id, rel)
+	return id, nil
 }
 
 // Start decides and puts in force a task: the policy's envelope for the
@@ -241,23 +322,19 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	}
 
 	var parent *tasks.Task
-	var parentRules policy.RuleSet
 	if req.Parent != "" {
 		// Held until the child is registered, so that the parent cannot
 		// end in between and leave the child behind.
 		n.family.Lock()
 		defer n.family.Unlock()
 		p, ok := n.tasks.Get(req.Parent)
-		n.mu.Lock()
-		rules, haveRules := n.rules[req.Parent]
-		n.mu.Unlock()
-		if !ok || !haveRules {
+		if !ok || p.Grants == nil {
 			return Task{}, badRequest("parent task %s is not in force", req.Parent)
 		}
 		if p.CgroupID == cgID {
 			return Task{}, badRequest("a sub-agent runs in its own workload, not its parent's (%s)", p.Workload)
 		}
-		parent, parentRules = &p, rules
+		parent = &p
 	}
 
 	rs, ttl, revision, writableOK, err := n.decide(ctx, id, identity, req, parent)
@@ -265,7 +342,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		return Task{}, err
 	}
 	if parent != nil {
-		if rs, err = policy.Intersect(rs, parentRules); err != nil {
+		if rs, err = policy.Intersect(rs, *parent.Grants); err != nil {
 			return Task{}, &EnvelopeError{fmt.Errorf("sub-agent of %s: %w", parent.ID, err)}
 		}
 		if !parent.Expires.IsZero() && !time.Now().Before(parent.Expires) {
@@ -281,19 +358,11 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		return Task{}, badRequest("the envelope allows unix sockets, which this kernel cannot enforce: %s", n.opt.Kernel.Features().UnixReason)
 	}
 
-	// The revision and rules are known before the task exists, so its
-	// first events already name the revision.
-	n.mu.Lock()
-	n.revisions[id], n.rules[id] = revision, rs
-	n.workloads[cgID] = id
-	if parent != nil {
-		n.parents[id] = parent.ID
-	}
-	n.mu.Unlock()
 	// A sub-agent's grants end with its parent's, at the latest.
 	var notAfter time.Time
+	var parentID string
 	if parent != nil {
-		notAfter = parent.Expires
+		notAfter, parentID = parent.Expires, parent.ID
 	}
 	began := time.Now()
 	// The unix connections the workload holds before its task were not
@@ -306,19 +375,12 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	t, err := n.tasks.Start(id, tasks.StartRequest{
 		Workload: req.Workload, CgroupID: cgID, Identity: identity, Intent: req.Intent,
 		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode, NotAfter: notAfter,
-		KeepUnix: keepUnix,
+		KeepUnix: keepUnix, PolicyRevision: revision, Parent: parentID,
 	})
 	if err != nil {
-		n.forget(id)
-		n.mu.Lock()
-		delete(n.workloads, cgID)
-		n.mu.Unlock()
 		return Task{}, err
 	}
 	n.opt.Metrics.ObserveApply(time.Since(began))
-	n.mu.Lock()
-	n.known[t.Generation] = knownTask{task: t, revision: revision}
-	n.mu.Unlock()
 	if n.opt.Store != nil {
 		// Needed only if the task becomes a parent after a restart.
 		// Without the file such a parent cannot have sub-agents (refused,
@@ -333,7 +395,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		_ = n.tasks.End(id, "could not be persisted")
 		return Task{}, fmt.Errorf("task %s not started: %w", id, err)
 	}
-	return Task{Task: t, PolicyRevision: revision, Parent: n.parentOf(id)}, nil
+	return t, nil
 }
 
 // decide computes a task's rules: the policy's envelope (or the request's
@@ -346,11 +408,11 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 		if req.Grants == nil {
 			return policy.RuleSet{}, 0, "", false, badRequest("no policy is loaded and the request names no grants")
 		}
-		rs, err := policy.Compile(*req.Grants)
+		rs, err := req.Grants.Rules()
 		if err != nil {
 			return policy.RuleSet{}, 0, "", false, &RequestError{err}
 		}
-		return rs, req.TTL, GrantsRevision, req.Grants.AllowWritableExec, nil
+		return rs, req.TTL, GrantsRevision, req.Grants.Envelope.AllowWritableExec, nil
 	}
 	in := engine.Input{
 		Identity:  identity,
@@ -373,14 +435,14 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 	}
 	writableOK = dec.Envelope.AllowWritableExec
 	if req.Grants != nil {
-		g, err := policy.Compile(*req.Grants)
+		g, err := req.Grants.Rules()
 		if err != nil {
 			return policy.RuleSet{}, 0, "", false, &RequestError{err}
 		}
 		if rs, err = policy.Intersect(rs, g); err != nil {
 			return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
 		}
-		writableOK = writableOK && req.Grants.AllowWritableExec
+		writableOK = writableOK && req.Grants.Envelope.AllowWritableExec
 	}
 	return rs, dec.Envelope.TTL, dec.Revision, writableOK, nil
 }
@@ -401,20 +463,6 @@ func failureKind(err error) string {
 	return "error"
 }
 
-func (n *Node) forget(id string) {
-	n.mu.Lock()
-	delete(n.revisions, id)
-	delete(n.rules, id)
-	delete(n.parents, id)
-	n.mu.Unlock()
-}
-
-func (n *Node) parentOf(id string) string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.parents[id]
-}
-
 // End revokes a task and, first, every sub-agent task started under it:
 // their grants are part of the parent's and end with them.
 func (n *Node) End(id, reason string) (Task, error) {
@@ -428,7 +476,7 @@ func (n *Node) end(id, reason string) (Task, error) {
 	if !ok {
 		return Task{}, fmt.Errorf("%w: %s", ErrNoTask, id)
 	}
-	for _, child := range n.children(id) {
+	for _, child := range n.tasks.Children(id) {
 		if _, err := n.end(child, "parent task "+id+" ended"); err != nil && !errors.Is(err, ErrNoTask) {
 			n.log.Error("end sub-agent task", "task", child, "parent", id, "err", err)
 		}
@@ -444,19 +492,6 @@ func (n *Node) end(id, reason string) (Task, error) {
 // ErrNoTask is returned for a task id not in force.
 var ErrNoTask = errors.New("no such task")
 
-func (n *Node) children(id string) []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	var out []string
-	for child, p := range n.parents {
-		if p == id {
-			out = append(out, child)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 // taskEnded is told about every task that ends, by call or by expiry.
 func (n *Node) taskEnded(e tasks.End) {
 	log := n.log.With("task", e.Task.ID, "workload", e.Task.Workload, "reason", e.Reason,
@@ -470,16 +505,7 @@ func (n *Node) taskEnded(e tasks.End) {
 	default:
 		log.Info("task ended")
 	}
-	n.mu.Lock()
-	rev := n.revisions[e.Task.ID]
-	n.known[e.Task.Generation] = knownTask{task: e.Task, revision: rev, ended: time.Now()}
-	for gen, kt := range n.known {
-		if !kt.ended.IsZero() && time.Since(kt.ended) > endedRetention {
-			delete(n.known, gen)
-		}
-	}
-	n.mu.Unlock()
-	n.forget(e.Task.ID)
+	rev := e.Task.PolicyRevision
 	_ = n.persist()
 	if n.opt.Store != nil {
 		n.opt.Store.RemoveRules(e.Task.ID)
@@ -513,39 +539,17 @@ func (n *Node) taskEnded(e tasks.End) {
 		Suppressed: suppressed,
 	}
 	n.record(rec)
-	// Delivered before the workload counts as task-less, so a
-	// subscription cannot end without it.
+	// Delivered before the workload counts as task-less (the manager's
+	// Governed turns false once this returns), so a subscription cannot
+	// end without it.
 	n.deliver(e.Task.CgroupID, rec)
-	n.mu.Lock()
-	if n.workloads[e.Task.CgroupID] == e.Task.ID {
-		delete(n.workloads, e.Task.CgroupID)
-	}
-	n.mu.Unlock()
 }
 
 // Get returns a task in force.
-func (n *Node) Get(id string) (Task, bool) {
-	t, ok := n.tasks.Get(id)
-	if !ok {
-		return Task{}, false
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return Task{Task: t, PolicyRevision: n.revisions[id], Parent: n.parents[id]}, true
-}
+func (n *Node) Get(id string) (Task, bool) { return n.tasks.Get(id) }
 
 // List returns the tasks in force, oldest first.
-func (n *Node) List() []Task {
-	list := n.tasks.List()
-	sort.Slice(list, func(i, j int) bool { return list[i].Started.Before(list[j].Started) })
-	out := make([]Task, 0, len(list))
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, t := range list {
-		out = append(out, Task{Task: t, PolicyRevision: n.revisions[t.ID], Parent: n.parents[t.ID]})
-	}
-	return out
-}
+func (n *Node) List() []Task { return n.tasks.List() }
 
 // persist writes the tasks in force to the store.
 func (n *Node) persist() error {

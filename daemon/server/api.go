@@ -204,11 +204,27 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 	for _, u := range req.RunAs {
 		runAs = append(runAs, policy.Principal{UID: u.UID, GIDs: u.GIDs})
 	}
-	return d.node.Start(r.Context(), node.Request{
+	t, err := d.node.Start(r.Context(), node.Request{
 		Workload: cg, Intent: req.Intent, Labels: req.Labels, TTL: ttl,
-		Grants: grants, Parent: req.Parent, Mode: mode, RunAs: runAs,
+		Grants: node.NewGrants(grants), Parent: req.Parent, Mode: mode, RunAs: runAs,
 		Requester: engine.Requester{UID: p.UID, GID: p.GID},
 	})
+	return wireTask(t), err
+}
+
+// wireTask is a task as the API reports it.
+func wireTask(t node.Task) api.Task {
+	w := api.Task{
+		ID: t.ID, Workload: t.Workload, CgroupID: t.CgroupID, Identity: t.Identity,
+		Intent: t.Intent, Labels: t.Labels, Slot: t.Slot, Generation: t.Generation,
+		Started: t.Started, Expires: t.Expires, Rules: t.Rules,
+		Mode:           api.Mode{Audit: t.Mode.Audit, EmitAllow: t.Mode.EmitAllow},
+		PolicyRevision: t.PolicyRevision, Parent: t.Parent,
+	}
+	for _, c := range t.KeepUnix {
+		w.KeepUnix = append(w.KeepUnix, api.UnixConn{Inode: c.Inode, Peer: c.Peer})
+	}
+	return w
 }
 
 // workloadOf resolves the workload a start request names: a cgroup below
@@ -260,12 +276,17 @@ func (d *Daemon) endTask(w http.ResponseWriter, r *http.Request) {
 		d.log.Error("task end failed", "task", id, "err", err)
 		writeError(w, http.StatusInternalServerError, err)
 	default:
-		writeJSON(w, http.StatusOK, t)
+		writeJSON(w, http.StatusOK, wireTask(t))
 	}
 }
 
 func (d *Daemon) listTasks(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, api.TaskList{Tasks: d.node.List()})
+	list := d.node.List()
+	out := api.TaskList{Tasks: make([]api.Task, 0, len(list))}
+	for _, t := range list {
+		out.Tasks = append(out.Tasks, wireTask(t))
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // events streams a workload's decision records as JSON lines (see

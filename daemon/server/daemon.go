@@ -25,7 +25,6 @@ import (
 	"github.com/bridle-sh/bridle/daemon/server/api"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/loader"
-	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
 )
 
@@ -101,27 +100,29 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if d.enf, err = loader.Load(loader.Options{PinDir: d.cfg.PinDir, WakeupBytes: loader.DefaultWakeupBytes}); err != nil {
-		return err
-	}
-	f := d.enf.Features()
-	d.log.Info("programs loaded", "pin_dir", d.cfg.PinDir, "kernel", f.Kernel, "exec_mode", f.ExecMode,
-		"unix_hooks", f.UnixHooks, "listen_hooks", f.ListenHooks, "sockopt_hook", f.SockoptHook,
-		"socket_destroy", f.SocketDestroy.Method)
+	// The metrics read the enforcer and the node, which need the metrics:
+	// made first, they read both once loaded.
 	d.metrics = metrics.New(metrics.Sources{
-		Drops:       d.enf.Drops,
+		Drops:       func() (uint64, error) { return d.enf.Drops() },
 		ActiveTasks: func() int { return len(d.node.List()) },
 	})
 	d.audit.onLost = d.metrics.EventsLost
 	d.audit.onError = func(err error) { d.log.Error("audit records are not being written", "err", err) }
 	d.metrics.PolicyLoad(true)
 	d.metrics.SetPolicyInfo(d.engine.Revision())
-	d.node = node.New(node.Options{
-		Kernel: d.enf, Engine: d.engine, Store: d.store,
+	d.node, d.enf, err = node.Load(d.cfg.PinDir, node.Options{
+		Engine: d.engine, Store: d.store,
 		NodeName: d.cfg.NodeName, CgroupRoot: d.cgRoot, Roots: d.cfg.Roots,
 		Identity: d.cfg.Identity, Records: d.audit.Write, Metrics: d.metrics,
 		Log: d.log,
 	})
+	if err != nil {
+		return err
+	}
+	f := d.enf.Features()
+	d.log.Info("programs loaded", "pin_dir", d.cfg.PinDir, "kernel", f.Kernel, "exec_mode", f.ExecMode,
+		"unix_hooks", f.UnixHooks, "listen_hooks", f.ListenHooks, "sockopt_hook", f.SockoptHook,
+		"socket_destroy", f.SocketDestroy.Method)
 	if err := d.writeBaseline(ctx); err != nil {
 		return err
 	}
@@ -195,90 +196,35 @@ func (d *Daemon) policyChanged(revision string) {
 	}
 }
 
-// writeBaseline puts the policy's baseline in slot 0, which every workload
-// without a task is bound to. When the revision in the kernel is the same
-// (a restart), its rules are rewritten in place: workloads never see the
-// slot empty. When the revision changed, the slot is cleared first so a
-// baseline that shrank leaves nothing behind; for that moment workloads
-// without a task are refused more, never allowed more.
+// writeBaseline has the node put the policy's baseline in force (see
+// node.SetBaseline), one write at a time, and keeps the outcome for the
+// status.
 func (d *Daemon) writeBaseline(ctx context.Context) error {
 	d.baselineMu.Lock()
 	defer d.baselineMu.Unlock()
-	err := d.applyBaseline(ctx)
+	b, err := d.node.SetBaseline(ctx)
 	d.mu.Lock()
 	d.baselineErr = err
+	if err == nil {
+		d.baselineRevision, d.baselineRules = b.Revision, b.Rules
+	}
 	d.mu.Unlock()
+	if err == nil {
+		d.log.Info("baseline in force", "revision", b.Revision, "rules", b.Rules)
+	}
 	return err
 }
 
-func (d *Daemon) applyBaseline(ctx context.Context) error {
-	root := d.cfg.Roots[0]
-	dec, err := d.engine.Baseline(ctx, engine.Input{
-		Identity: d.cfg.Identity(root),
-		Workload: engine.Workload{Cgroup: root},
-	})
-	if err != nil {
-		return fmt.Errorf("baseline: %w", err)
-	}
-	rs, err := policy.Compile(dec.Envelope)
-	if err != nil {
-		return fmt.Errorf("baseline of policy %s: %w", dec.Revision, err)
-	}
-	if len(rs.Unix) > 0 && !d.enf.Features().UnixHooks {
-		return fmt.Errorf("baseline of policy %s allows unix sockets, which this kernel cannot enforce: %s", dec.Revision, d.enf.Features().UnixReason)
-	}
-	inKernel, err := d.store.BaselineRevision()
-	if err != nil {
-		return err
-	}
-	if inKernel != dec.Revision {
-		if err := d.enf.ClearSlot(loader.BaselineSlot); err != nil {
-			return fmt.Errorf("baseline: %w", err)
-		}
-	}
-	if err := d.enf.WriteRules(loader.BaselineSlot, rs); err != nil {
-		return fmt.Errorf("baseline: %w", err)
-	}
-	if err := d.store.SetBaselineRevision(dec.Revision); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.baselineRevision, d.baselineRules = dec.Revision, rs.Count()
-	d.mu.Unlock()
-	d.node.SetBaselineRevision(dec.Revision)
-	d.log.Info("baseline in force", "revision", dec.Revision, "rules", rs.Count())
-	return nil
-}
-
-// attachRoots binds every root to the baseline, then attaches the programs
-// there. From then on a cgroup created below a root is confined from its
-// first instruction: its processes find the root's binding, or nothing
-// (refused), never an empty map.
+// attachRoots has the node confine every root: bound to the baseline, then
+// the programs attached (see node.ConfineRoot).
 func (d *Daemon) attachRoots() error {
 	for _, r := range d.cfg.Roots {
-		st := api.Root{Path: r}
-		dir := filepath.Join(d.cgRoot, r)
-		// Below MaxWorkloadLevel, or the root's subtree would not be found.
-		err := loader.CheckWorkloadLevel(r)
-		if err == nil {
-			err = os.MkdirAll(dir, 0o755)
-		}
-		if err == nil {
-			st.CgroupID, err = loader.CgroupID(dir)
-		}
-		if err == nil {
-			err = d.enf.BindWorkload(st.CgroupID, loader.BaselineSlot, loader.WorkloadMode{})
-		}
-		if err == nil {
-			err = d.enf.AttachCgroup(dir)
-		}
+		id, err := d.node.ConfineRoot(r)
 		if err != nil {
 			return fmt.Errorf("root %s: %w", r, err)
 		}
-		st.Attached = true
-		d.roots = append(d.roots, st)
-		d.node.RememberCgroup(st.CgroupID, r)
-		d.log.Info("root confined", "root", r, "cgroup_id", st.CgroupID)
+		d.roots = append(d.roots, api.Root{Path: r, CgroupID: id, Attached: true})
+		d.log.Info("root confined", "root", r, "cgroup_id", id)
 	}
 	return nil
 }

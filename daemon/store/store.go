@@ -20,18 +20,12 @@ import (
 // version of the file format; a file with another version is refused.
 const version = 1
 
-// Entry is one stored task and the policy revision that decided its
-// envelope (its decision events carry that revision after a restart too).
-type Entry struct {
-	tasks.Task
-	PolicyRevision string `json:"policy_revision"`
-	// Parent is the task this one is a sub-agent of, "" for none.
-	Parent string `json:"parent,omitempty"`
-}
-
+// file holds the tasks with the policy revision that decided each one's
+// envelope (its decision events carry that revision after a restart too)
+// and its parent; their compiled rules are kept apart (SaveRules).
 type file struct {
-	Version int     `json:"version"`
-	Tasks   []Entry `json:"tasks"`
+	Version int          `json:"version"`
+	Tasks   []tasks.Task `json:"tasks"`
 }
 
 // Store is one JSON file of tasks.
@@ -52,7 +46,7 @@ func Open(dir string) (*Store, error) {
 func (s *Store) Path() string { return s.path }
 
 // Load returns the stored tasks; none when the file does not exist yet.
-func (s *Store) Load() ([]Entry, error) {
+func (s *Store) Load() ([]tasks.Task, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, err := os.ReadFile(s.path)
@@ -73,11 +67,11 @@ func (s *Store) Load() ([]Entry, error) {
 }
 
 // Save replaces the stored tasks.
-func (s *Store) Save(ts []Entry) error {
+func (s *Store) Save(ts []tasks.Task) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ts == nil {
-		ts = []Entry{}
+		ts = []tasks.Task{}
 	}
 	b, err := json.MarshalIndent(file{Version: version, Tasks: ts}, "", "  ")
 	if err != nil {

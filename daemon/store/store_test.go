@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/tasks"
+	"github.com/bridle-sh/bridle/loader"
+	"github.com/bridle-sh/bridle/policy"
 )
 
 func TestSaveLoad(t *testing.T) {
@@ -18,7 +20,7 @@ func TestSaveLoad(t *testing.T) {
 		t.Fatalf("empty store: %v %v", got, err)
 	}
 	exp := time.Now().Add(time.Hour).UTC().Round(0)
-	in := []Entry{{Task: tasks.Task{ID: "t-1", Workload: "/a/w", CgroupID: 7, Slot: 3, Generation: 9, Expires: exp}, PolicyRevision: "sha256:x"}}
+	in := []tasks.Task{{ID: "t-1", Workload: "/a/w", CgroupID: 7, Slot: 3, Generation: 9, Expires: exp, PolicyRevision: "sha256:x"}}
 	if err := s.Save(in); err != nil {
 		t.Fatal(err)
 	}
@@ -50,5 +52,68 @@ func TestSaveLoad(t *testing.T) {
 	}
 	if _, err := s.Load(); err == nil {
 		t.Fatal("unknown version accepted")
+	}
+}
+
+// The file's format is a contract with the next daemon (and the previous
+// one, after a downgrade): field for field as it always was, and a task's
+// compiled rules never in it.
+func TestFileFormat(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	rs := policy.RuleSet{}
+	in := []tasks.Task{{
+		ID: "t-1", Workload: "/a/w", CgroupID: 7, Identity: "spiffe://x/y", Intent: "fix",
+		Labels: map[string]string{"k": "v"}, Slot: 3, Generation: 9, Started: started,
+		Expires: started.Add(time.Hour), Rules: 2, Mode: loader.WorkloadMode{Audit: true},
+		KeepUnix: []loader.UnixConn{{Inode: 5, Peer: 6}}, PolicyRevision: "sha256:x", Parent: "t-0",
+		Grants: &rs,
+	}}
+	if err := s.Save(in); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{
+  "version": 1,
+  "tasks": [
+    {
+      "id": "t-1",
+      "workload": "/a/w",
+      "cgroup_id": 7,
+      "identity": "spiffe://x/y",
+      "intent": "fix",
+      "labels": {
+        "k": "v"
+      },
+      "slot": 3,
+      "generation": 9,
+      "started": "2026-11-30T12:00:00Z",
+      "expires": "2026-11-30T13:00:00Z",
+      "rules": 2,
+      "mode": {
+        "Audit": true,
+        "EmitAllow": false
+      },
+      "keep_unix": [
+        {
+          "inode": 5,
+          "peer": 6
+        }
+      ],
+      "policy_revision": "sha256:x",
+      "parent": "t-0"
+    }
+  ]
+}
+`
+	if string(got) != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", got, want)
 	}
 }

@@ -1,7 +1,9 @@
 // Package tasks keeps the tasks in force on this node: which workload each
-// task governs, the kernel slot holding its rules, and its lifetime. It is
-// the one place that moves a workload between its baseline and a task's
-// grants, for `bridle run` and the node daemon alike.
+// task governs, the kernel slot holding its rules, its lifetime, the policy
+// revision that decided it and its parent. It is the one place that writes
+// the kernel's workload bindings, task slots and rules (the baseline's
+// included), for `bridle run` and the node daemon alike; what to write is
+// decided by the caller.
 package tasks
 
 import (
@@ -9,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -23,9 +26,14 @@ type Kernel interface {
 	WriteRules(slot uint32, rs policy.RuleSet) error
 	SetTask(slot uint32, expires time.Time, generation uint32) error
 	BindWorkload(cgroupID uint64, slot uint32, mode loader.WorkloadMode) error
+	UnbindWorkload(cgroupID uint64) error
 	ClearSlot(slot uint32) error
 	DestroySockets(cgroupIDs ...uint64) (loader.DestroyStats, error)
 	ShutdownUnix(cgroupID uint64, keep []loader.UnixConn) (loader.UnixStats, error)
+	// Bindings and ClearSlotsExcept are what a restart reads and clears
+	// of a previous daemon's state (see Restore).
+	Bindings() (map[uint64]uint32, error)
+	ClearSlotsExcept(keep map[uint32]bool) error
 }
 
 // Task is one task in force.
@@ -45,6 +53,15 @@ type Task struct {
 	// KeepUnix are the unix connections the workload held before the
 	// task: they were not made under it and stay open at its end.
 	KeepUnix []loader.UnixConn `json:"keep_unix,omitempty"`
+	// PolicyRevision is the policy revision that decided the task's
+	// envelope; its decision records name it.
+	PolicyRevision string `json:"policy_revision"`
+	// Parent is the task this one is a sub-agent of, "" for none.
+	Parent string `json:"parent,omitempty"`
+	// Grants are the compiled rules in force, which bound a sub-agent's.
+	// They are kept in files of their own, not with the task; nil when
+	// unknown (a task restored without them cannot be a parent).
+	Grants *policy.RuleSet `json:"-"`
 }
 
 // StartRequest asks for a task on a workload with a compiled envelope.
@@ -63,6 +80,10 @@ type StartRequest struct {
 	// KeepUnix are the unix connections the workload holds before the
 	// task (loader's UnixConnections), left open at its end.
 	KeepUnix []loader.UnixConn
+	// PolicyRevision decided the rules; Parent is the task this one is a
+	// sub-agent of (its Rules and NotAfter are within the parent's).
+	PolicyRevision string
+	Parent         string
 }
 
 // ErrWorkloadBusy is returned when a workload already has an active task.
@@ -71,7 +92,8 @@ var ErrWorkloadBusy = errors.New("workload already has an active task")
 // ErrNoSlot is returned when every kernel slot is in use.
 var ErrNoSlot = errors.New("no free task slot")
 
-// Manager owns the task slots of one loaded enforcer.
+// Manager owns the task slots of one loaded enforcer: the one map of the
+// node's tasks.
 type Manager struct {
 	mu         sync.Mutex
 	k          Kernel
@@ -83,18 +105,39 @@ type Manager struct {
 	onEnd      func(End)
 	clearing   sync.WaitGroup // slots of ended tasks being cleared
 	stuckSlots int
+
+	// The event path's index, under a lock of its own so that reading
+	// events never waits for a task's kernel writes.
+	index sync.RWMutex
+	// byGeneration names the task of a slot generation: in force, or
+	// ended within EndedRetention, so that decisions it made just before
+	// its end, read from the ring afterwards, still name it.
+	byGeneration map[uint32]indexed
+	// governed counts, per cgroup id, the tasks in force on the workload
+	// and those whose end is still being reported.
+	governed map[uint64]int
 }
+
+type indexed struct {
+	task  Task
+	ended time.Time // zero while in force
+}
+
+// EndedRetention is how long an ended task still names late events.
+const EndedRetention = time.Minute
 
 // NewManager manages the slots of k. onEnd, if set, is told about every task
 // that ends, by call or by expiry.
 func NewManager(k Kernel, onEnd func(End)) *Manager {
 	return &Manager{
-		k:          k,
-		tasks:      map[string]*Task{},
-		byWorkload: map[uint64]string{},
-		usedSlots:  map[uint32]bool{},
-		timers:     map[string]*time.Timer{},
-		onEnd:      onEnd,
+		k:            k,
+		tasks:        map[string]*Task{},
+		byWorkload:   map[uint64]string{},
+		usedSlots:    map[uint32]bool{},
+		timers:       map[string]*time.Timer{},
+		onEnd:        onEnd,
+		byGeneration: map[uint32]indexed{},
+		governed:     map[uint64]int{},
 	}
 }
 
@@ -123,6 +166,7 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity,
 		Intent: req.Intent, Labels: req.Labels, Slot: slot, Generation: m.generation,
 		Started: time.Now().UTC(), Rules: req.Rules.Count(), Mode: req.Mode, KeepUnix: req.KeepUnix,
+		PolicyRevision: req.PolicyRevision, Parent: req.Parent, Grants: &req.Rules,
 	}
 	if req.TTL > 0 {
 		t.Expires = t.Started.Add(req.TTL)
@@ -130,25 +174,52 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	if !req.NotAfter.IsZero() && (t.Expires.IsZero() || t.Expires.After(req.NotAfter)) {
 		t.Expires = req.NotAfter.UTC()
 	}
-	if err := m.k.WriteRules(slot, req.Rules); err != nil {
+	// Named before the binding, so that the task's first events, read
+	// while Start still runs, already name it.
+	m.index.Lock()
+	m.byGeneration[t.Generation] = indexed{task: *t}
+	m.index.Unlock()
+	if err := m.write(slot, t, req); err != nil {
 		_ = m.k.ClearSlot(slot)
-		return Task{}, fmt.Errorf("tasks: write rules: %w", err)
-	}
-	if err := m.k.SetTask(slot, t.Expires, t.Generation); err != nil {
-		_ = m.k.ClearSlot(slot)
-		return Task{}, fmt.Errorf("tasks: set lifetime: %w", err)
-	}
-	if err := m.k.BindWorkload(req.CgroupID, slot, req.Mode); err != nil {
-		_ = m.k.ClearSlot(slot)
-		return Task{}, fmt.Errorf("tasks: bind workload: %w", err)
+		m.index.Lock()
+		delete(m.byGeneration, t.Generation)
+		m.index.Unlock()
+		return Task{}, err
 	}
 	m.usedSlots[slot] = true
-	m.tasks[id] = t
-	m.byWorkload[req.CgroupID] = id
-	if !t.Expires.IsZero() {
+	m.insert(t, false)
+	return *t, nil
+}
+
+// insert registers a task whose rules and binding are in the kernel, and
+// arms its expiry; an adopted task already expired is left to the caller to
+// end (see Restore). Called with mu held.
+func (m *Manager) insert(t *Task, adopted bool) {
+	m.tasks[t.ID] = t
+	m.byWorkload[t.CgroupID] = t.ID
+	m.index.Lock()
+	m.byGeneration[t.Generation] = indexed{task: *t}
+	m.governed[t.CgroupID]++
+	m.index.Unlock()
+	if !t.Expires.IsZero() && (!adopted || time.Until(t.Expires) > 0) {
+		id := t.ID
 		m.timers[id] = time.AfterFunc(time.Until(t.Expires), func() { _ = m.End(id, bpf.TaskExpired) })
 	}
-	return *t, nil
+}
+
+// write puts a task's rules, lifetime and binding in the kernel, the
+// binding last.
+func (m *Manager) write(slot uint32, t *Task, req StartRequest) error {
+	if err := m.k.WriteRules(slot, req.Rules); err != nil {
+		return fmt.Errorf("tasks: write rules: %w", err)
+	}
+	if err := m.k.SetTask(slot, t.Expires, t.Generation); err != nil {
+		return fmt.Errorf("tasks: set lifetime: %w", err)
+	}
+	if err := m.k.BindWorkload(req.CgroupID, slot, req.Mode); err != nil {
+		return fmt.Errorf("tasks: bind workload: %w", err)
+	}
+	return nil
 }
 
 func (m *Manager) freeSlot() (uint32, error) {
@@ -186,6 +257,15 @@ func (m *Manager) End(id, reason string) error {
 	}
 	delete(m.tasks, id)
 	delete(m.byWorkload, t.CgroupID)
+	m.index.Lock()
+	now := time.Now()
+	m.byGeneration[t.Generation] = indexed{task: *t, ended: now}
+	for gen, it := range m.byGeneration {
+		if !it.ended.IsZero() && now.Sub(it.ended) > EndedRetention {
+			delete(m.byGeneration, gen)
+		}
+	}
+	m.index.Unlock()
 	// Connections opened under the task end with it.
 	stats, destroyErr := m.k.DestroySockets(t.CgroupID)
 	ended := End{Task: *t, Reason: reason, Sockets: stats, SocketsErr: destroyErr}
@@ -202,6 +282,13 @@ func (m *Manager) End(id, reason string) error {
 	if m.onEnd != nil {
 		m.onEnd(ended)
 	}
+	// Only now, with the end reported, does the workload count as
+	// without a task (see Governed).
+	m.index.Lock()
+	if m.governed[t.CgroupID]--; m.governed[t.CgroupID] <= 0 {
+		delete(m.governed, t.CgroupID)
+	}
+	m.index.Unlock()
 	return nil
 }
 
@@ -254,7 +341,7 @@ func (m *Manager) Get(id string) (Task, bool) {
 	return *t, true
 }
 
-// List returns the tasks in force.
+// List returns the tasks in force, oldest first.
 func (m *Manager) List() []Task {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -262,18 +349,60 @@ func (m *Manager) List() []Task {
 	for _, t := range m.tasks {
 		out = append(out, *t)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
 	return out
 }
 
-// ByGeneration finds the task a kernel event names (slot generations are
-// unique while the manager lives).
-func (m *Manager) ByGeneration(gen uint32) (Task, bool) {
+// Children returns the ids of the tasks in force that are sub-agents of
+// the task id, sorted.
+func (m *Manager) Children(id string) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var out []string
 	for _, t := range m.tasks {
-		if t.Generation == gen {
-			return *t, true
+		if t.Parent == id {
+			out = append(out, t.ID)
 		}
 	}
-	return Task{}, false
+	sort.Strings(out)
+	return out
+}
+
+// ByGeneration finds the task a kernel event names: in force, or ended
+// within EndedRetention (slot generations are unique while the manager
+// lives, and across restarts).
+func (m *Manager) ByGeneration(gen uint32) (Task, bool) {
+	m.index.RLock()
+	defer m.index.RUnlock()
+	it, ok := m.byGeneration[gen]
+	return it.task, ok
+}
+
+// Governed reports whether a workload has a task: in force, or ended but
+// its end not yet reported to onEnd (so that whoever waits for the
+// workload to be without a task also gets that report).
+func (m *Manager) Governed(cgroupID uint64) bool {
+	m.index.RLock()
+	defer m.index.RUnlock()
+	return m.governed[cgroupID] > 0
+}
+
+// SetBaseline writes the baseline's rules into the slot every workload
+// without a task is bound to. fresh clears the slot first, so that a
+// baseline that shrank leaves nothing behind; for that moment workloads
+// without a task are refused more, never allowed more. Without fresh the
+// rules are rewritten in place and workloads never see the slot empty.
+func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
+	if fresh {
+		if err := m.k.ClearSlot(loader.BaselineSlot); err != nil {
+			return err
+		}
+	}
+	return m.k.WriteRules(loader.BaselineSlot, rs)
+}
+
+// BindRoot binds a root cgroup to the baseline: the workloads below it
+// without a binding of their own are governed by it.
+func (m *Manager) BindRoot(cgroupID uint64) error {
+	return m.k.BindWorkload(cgroupID, loader.BaselineSlot, loader.WorkloadMode{})
 }

@@ -3,6 +3,7 @@ package tasks
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,9 +18,11 @@ import (
 // before deleting); whether the kernel then enforces is proven by the
 // end-to-end tests against real programs.
 type recorder struct {
-	mu    sync.Mutex
-	calls []string
-	fail  string
+	mu       sync.Mutex
+	calls    []string
+	fail     string
+	bindings map[uint64]uint32 // what Bindings reads
+	bindErr  error
 }
 
 func (r *recorder) note(s string) error {
@@ -41,7 +44,19 @@ func (r *recorder) SetTask(slot uint32, expires time.Time, gen uint32) error {
 func (r *recorder) BindWorkload(cg uint64, slot uint32, _ loader.WorkloadMode) error {
 	return r.note(fmt.Sprintf("bind %d %d", cg, slot))
 }
-func (r *recorder) ClearSlot(slot uint32) error { return r.note(fmt.Sprintf("clear %d", slot)) }
+func (r *recorder) UnbindWorkload(cg uint64) error { return r.note(fmt.Sprintf("unbind %d", cg)) }
+func (r *recorder) ClearSlot(slot uint32) error    { return r.note(fmt.Sprintf("clear %d", slot)) }
+func (r *recorder) Bindings() (map[uint64]uint32, error) {
+	return r.bindings, r.bindErr
+}
+func (r *recorder) ClearSlotsExcept(keep map[uint32]bool) error {
+	var slots []uint32
+	for s := range keep {
+		slots = append(slots, s)
+	}
+	slices.Sort(slots)
+	return r.note(fmt.Sprintf("clear all but %v", slots))
+}
 func (r *recorder) DestroySockets(ids ...uint64) (loader.DestroyStats, error) {
 	return loader.DestroyStats{}, r.note(fmt.Sprintf("destroy %v", ids))
 }
@@ -124,5 +139,61 @@ func TestExpiryEndsTheTask(t *testing.T) {
 	}
 	if _, ok := m.Get("t-1"); ok {
 		t.Fatal("expired task still listed")
+	}
+}
+
+// An ended task still names its generation's late events for a while, and
+// its workload counts as governed until its end is reported.
+func TestEndedTaskStillNamesItsEvents(t *testing.T) {
+	var m *Manager
+	governedAtEnd := false
+	m = NewManager(&recorder{}, func(e End) { governedAtEnd = m.Governed(e.Task.CgroupID) })
+	tk, err := m.Start("t-1", StartRequest{CgroupID: 7, PolicyRevision: "rev", Parent: "t-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := m.ByGeneration(tk.Generation); !ok || got.ID != "t-1" || got.PolicyRevision != "rev" || got.Parent != "t-0" {
+		t.Fatalf("in force: %+v %v", got, ok)
+	}
+	if err := m.End("t-1", "done"); err != nil {
+		t.Fatal(err)
+	}
+	if !governedAtEnd {
+		t.Fatal("workload counted as without a task before its end was reported")
+	}
+	if m.Governed(7) {
+		t.Fatal("workload still governed after its task's end was reported")
+	}
+	if got, ok := m.ByGeneration(tk.Generation); !ok || got.ID != "t-1" {
+		t.Fatalf("ended: %+v %v", got, ok)
+	}
+	if _, ok := m.Get("t-1"); ok {
+		t.Fatal("ended task still in force")
+	}
+}
+
+func TestChildrenAndBaselineWrites(t *testing.T) {
+	k := &recorder{}
+	m := NewManager(k, nil)
+	for _, r := range []struct{ id, parent string }{{"t-p", ""}, {"t-b", "t-p"}, {"t-a", "t-p"}, {"t-x", "t-b"}} {
+		if _, err := m.Start(r.id, StartRequest{CgroupID: uint64(len(r.id) + len(m.List())), Parent: r.parent}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := m.Children("t-p"); !slices.Equal(got, []string{"t-a", "t-b"}) {
+		t.Fatalf("children %v", got)
+	}
+	k.calls = nil
+	if err := m.SetBaseline(policy.RuleSet{}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetBaseline(policy.RuleSet{}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.BindRoot(3); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := k.log(), "clear 0; rules 0; rules 0; bind 3 0"; got != want {
+		t.Fatalf("baseline writes %q, want %q", got, want)
 	}
 }

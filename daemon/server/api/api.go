@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
-	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/policy"
 )
 
@@ -74,7 +73,39 @@ func (g *Grants) Envelope() (*policy.Envelope, error) {
 
 // Task is a task as the API reports it, with the policy revision that
 // decided its envelope.
-type Task = store.Entry
+type Task struct {
+	ID         string            `json:"id"`
+	Workload   string            `json:"workload"` // cgroup path below the cgroup v2 mount
+	CgroupID   uint64            `json:"cgroup_id"`
+	Identity   string            `json:"identity"`
+	Intent     string            `json:"intent"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	Slot       uint32            `json:"slot"` // the kernel slot holding its rules
+	Generation uint32            `json:"generation"`
+	Started    time.Time         `json:"started"`
+	Expires    time.Time         `json:"expires,omitzero"` // zero: no expiry
+	Rules      int               `json:"rules"`            // kernel entries in force
+	Mode       Mode              `json:"mode"`
+	// KeepUnix are the unix connections the workload held before the
+	// task: they were not made under it and stay open at its end.
+	KeepUnix       []UnixConn `json:"keep_unix,omitempty"`
+	PolicyRevision string     `json:"policy_revision"`
+	// Parent is the task this one is a sub-agent of, "" for none.
+	Parent string `json:"parent,omitempty"`
+}
+
+// Mode is how the kernel treats a task's decisions. Its fields are named
+// as they always were on the wire, capitalised.
+type Mode struct {
+	Audit     bool // refusals recorded as would-deny and let through
+	EmitAllow bool // allowed decisions recorded too
+}
+
+// UnixConn is a unix connection by its socket's inode and its peer's.
+type UnixConn struct {
+	Inode uint64 `json:"inode"`
+	Peer  uint64 `json:"peer,omitempty"`
+}
 
 // TaskList is the body of GET /v1/tasks.
 type TaskList struct {
