@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bridle-sh/bridle/daemon"
+	"github.com/bridle-sh/bridle/daemon/run"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 )
 
 type runFlags struct {
@@ -57,7 +57,7 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 			sigs := make(chan os.Signal, 4)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 			defer signal.Stop(sigs)
-			status, err := daemon.Run(cmd.Context(), spec, sigs)
+			status, err := run.Run(cmd.Context(), spec, sigs)
 			if err != nil {
 				return err
 			}
@@ -87,9 +87,9 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 }
 
 // spec validates every flag before anything runs.
-func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
+func (f *runFlags) spec(args []string) (run.RunSpec, func(), error) {
 	noop := func() {}
-	spec := daemon.RunSpec{
+	spec := run.RunSpec{
 		Command:    args,
 		User:       f.user,
 		Identity:   f.identity,
@@ -107,7 +107,7 @@ func (f *runFlags) spec(args []string) (daemon.RunSpec, func(), error) {
 	if _, err := grants.Envelope(); err != nil {
 		return spec, noop, err
 	}
-	if _, err := daemon.ResolveUser(f.user); err != nil {
+	if _, err := run.ResolveUser(f.user); err != nil {
 		return spec, noop, err
 	}
 	if len(f.connect)+len(f.unix)+len(f.exec)+len(f.listen) > 0 {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 )
 
 func newTaskCommand() *cobra.Command {

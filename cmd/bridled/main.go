@@ -12,7 +12,7 @@ import (
 	"syscall"
 
 	"github.com/bridle-sh/bridle/daemon/config"
-	"github.com/bridle-sh/bridle/daemon/server"
+	"github.com/bridle-sh/bridle/daemon"
 )
 
 func main() {
@@ -40,7 +40,7 @@ func main() {
 	defer stop()
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP)
-	if err := server.Run(ctx, cfg, log, reload); err != nil {
+	if err := daemon.Run(ctx, cfg, log, reload); err != nil {
 		fmt.Fprintln(os.Stderr, "bridled:", err)
 		os.Exit(1)
 	}

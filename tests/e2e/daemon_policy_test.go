@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 )
 
 // runVia runs `bridle run` against this daemon's socket in the test

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/loader"
 )
 

@@ -1,7 +1,7 @@
-// Package daemon is Bridle's node agent. Run is `bridle run`: one command,
-// as one workload with one task, enforced by bridled when it runs on the
-// machine and by a node in this process otherwise (no other setup).
-package daemon
+// Package run is `bridle run`: one command, as one workload with one task,
+// enforced by bridled when it runs on the machine and by a node in this
+// process otherwise (no other setup).
+package run
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/node"
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"

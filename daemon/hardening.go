@@ -1,4 +1,4 @@
-package server
+package daemon
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/config"
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/workload"
 )
 

@@ -1,8 +1,8 @@
-// Package server is bridled, Bridle's node daemon: it confines every cgroup
+// Package daemon is bridled, Bridle's node daemon: it confines every cgroup
 // below the configured roots with the policy's baseline, serves the task API
 // on a unix socket, keeps tasks across restarts, follows policy updates and
 // turns the kernel's decisions into audit records and metrics.
-package server
+package daemon
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/node"
-	"github.com/bridle-sh/bridle/daemon/server/api"
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy/engine"
