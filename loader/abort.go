@@ -1,8 +1,6 @@
 package loader
 
 import (
-	"errors"
-
 	"github.com/bridle-sh/bridle/loader/sockabort"
 )
 
@@ -38,12 +36,7 @@ const UnixShutdownNone = sockabort.UnixShutdownNone
 // the enforcer was loaded. An *UnsupportedError says the kernel offers no
 // way to do it.
 func (e *Enforcer) DestroySockets(cgroupIDs ...uint64) (DestroyStats, error) {
-	st, err := e.abort.Destroy(cgroupIDs...)
-	var ue *sockabort.UnsupportedError
-	if errors.As(err, &ue) {
-		err = &UnsupportedError{Feature: ue.Feature, Err: ue.Err}
-	}
-	return st, err
+	return e.abort.Destroy(cgroupIDs...)
 }
 
 // UnixConnections lists the unix connections the processes of a workload

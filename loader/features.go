@@ -7,8 +7,9 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/loader/internal/kernel"
 )
 
 // ExecMode is how exec refusals are enforced on this kernel.
@@ -69,20 +70,9 @@ func (f Features) Map() map[string]any {
 	}
 }
 
-// UnsupportedError says that a kernel feature Bridle wanted is missing, and why.
-type UnsupportedError struct {
-	Feature string
-	Err     error
-}
-
-func (e *UnsupportedError) Error() string {
-	return fmt.Sprintf("%s not supported: %v", e.Feature, e.Err)
-}
-
-func (e *UnsupportedError) Unwrap() error { return e.Err }
-
-// Is reports UnsupportedError as ebpf.ErrNotSupported, as cilium/ebpf does.
-func (e *UnsupportedError) Is(target error) bool { return target == ebpf.ErrNotSupported }
+// UnsupportedError says that a kernel feature Bridle wanted is missing, and
+// why; it is errors.Is ebpf.ErrNotSupported.
+type UnsupportedError = kernel.UnsupportedError
 
 func kernelRelease() string {
 	var u unix.Utsname
@@ -134,15 +124,4 @@ func verifierError(err error) string {
 		return fmt.Sprintf("%+v", ve)
 	}
 	return err.Error()
-}
-
-// kernelHasFunc reports whether the kernel's type information names a
-// function (a kfunc or a hook point).
-func kernelHasFunc(name string) bool {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return false
-	}
-	var fn *btf.Func
-	return spec.TypeByName(name, &fn) == nil
 }

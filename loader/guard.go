@@ -6,6 +6,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/bridle-sh/bridle/loader/internal/kernel"
 )
 
 // The guards refuse, for every workload whatever its task, what no task can
@@ -41,7 +43,7 @@ func (e *Enforcer) loadGuards(opts *ebpf.CollectionOptions, wakeup uint64, lsms 
 		f.UsernsGuardReason = f.FamilyGuardReason
 		return
 	}
-	hasUserns := kernelHasFunc(usernsHook)
+	hasUserns := kernel.HasFunc(usernsHook)
 	if !hasUserns {
 		delete(spec.Programs, guardlsmProgBridleUserns)
 		f.UsernsGuardReason = "this kernel has no userns_create LSM hook (6.1+; " + usernsHook + " is not in its BTF)"

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
+
+	"github.com/bridle-sh/bridle/loader/internal/kernel"
 )
 
 // Revocation ends a task's connections, not only its future connects: when a
@@ -102,16 +104,7 @@ func (s *DestroyStats) add(o DestroyStats) {
 
 // UnsupportedError says that the kernel offers no way to do what was asked,
 // and why.
-type UnsupportedError struct {
-	Feature string
-	Err     error
-}
-
-func (e *UnsupportedError) Error() string {
-	return fmt.Sprintf("%s not supported: %v", e.Feature, e.Err)
-}
-
-func (e *UnsupportedError) Unwrap() error { return e.Err }
+type UnsupportedError = kernel.UnsupportedError
 
 // Destroyer aborts the open sockets of workload cgroups. It is safe for
 // concurrent use; calls are serialised.

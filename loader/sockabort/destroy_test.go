@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/loader/internal/kernel"
 )
 
 // The test binary doubles as a helper run inside test cgroups, for what the
@@ -301,7 +303,7 @@ func destroyerFor(t testing.TB, method DestroyMethod) *Destroyer {
 	d, err := NewDestroyer(testCgroupRoot(t), method)
 	if err != nil {
 		var ue *UnsupportedError
-		if errors.As(err, &ue) && !(method == DestroyIter && kernelHasFunc("bpf_sock_destroy")) {
+		if errors.As(err, &ue) && !(method == DestroyIter && kernel.HasFunc("bpf_sock_destroy")) {
 			t.Skipf("%s method not available here: %v", method, err)
 		}
 		t.Fatal(err)

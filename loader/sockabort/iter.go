@@ -7,9 +7,10 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/loader/internal/kernel"
 )
 
 // loadIter loads the iterator programs and creates their links; iterators are
@@ -21,7 +22,7 @@ func (d *Destroyer) loadIter() error {
 	}
 	var objs destroyObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		if !kernelHasFunc("bpf_sock_destroy") {
+		if !kernel.HasFunc("bpf_sock_destroy") {
 			return errors.New("the kernel has no bpf_sock_destroy kfunc (kernel 6.5+)")
 		}
 		return refusal(err)
@@ -55,15 +56,6 @@ func refusal(err error) error {
 		msg += " (verifier: " + strings.Join(tail, " / ") + ")"
 	}
 	return errors.New(msg)
-}
-
-func kernelHasFunc(name string) bool {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return false
-	}
-	var fn *btf.Func
-	return spec.TypeByName(name, &fn) == nil
 }
 
 // iterPass runs both iterators once over the current namespace's tables.
