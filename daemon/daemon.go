@@ -19,10 +19,10 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/time/rate"
 
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/node"
-	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy/engine"

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/api"
+	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/workload"
 )
 

@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bridle-sh/bridle/daemon/run"
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
-	"github.com/bridle-sh/bridle/daemon/api"
+	"github.com/bridle-sh/bridle/daemon/run"
 )
 
 type runFlags struct {

@@ -11,8 +11,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon"
+	"github.com/bridle-sh/bridle/daemon/config"
 )
 
 func main() {

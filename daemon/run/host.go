@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/node"
-	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
