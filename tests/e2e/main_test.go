@@ -68,6 +68,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: these tests load BPF programs and need root (sudo make test)")
 		return 1
 	}
+	sweepLeftovers()
 	var err error
 	binDir, err = os.MkdirTemp("", "bridle-e2e-")
 	if err != nil {
