@@ -51,6 +51,61 @@ type connectVariant struct {
 // the measurement is the hook and the route lookup alone.
 var udpTarget = netip.MustParseAddrPort("127.0.0.1:5353")
 
+// BenchmarkConnectUDPHooksOff: the same connect while no connect4 program
+// is attached anywhere on the machine. The kernel switches its cgroup
+// connect hook on for every cgroup as soon as one program is attached to
+// any (a static key), and the switched-on path costs about as much as an
+// empty program, whether or not the connecting cgroup has one; so the "no
+// hook" variant of BenchmarkConnectUDP, which runs beside Bridle's
+// programs, already pays it. This is the floor without it. It runs before
+// BenchmarkConnectUDP attaches anything, and refuses to measure when
+// another program on the machine (a bridled, say) holds the hook on.
+func BenchmarkConnectUDPHooksOff(b *testing.B) {
+	requireRoot(b)
+	if id, ok := connect4LinkAttached(b); ok {
+		b.Skipf("a connect4 program is attached on this machine (link %d): the hook cannot be measured switched off", id)
+	}
+	tree := newCgroupTree(b)
+	cg := tree.sub(b, "hooksoff")
+	for range rounds {
+		b.Run("floor", func(b *testing.B) {
+			inCgroup(b, tree.root, cg)
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Close(fd)
+			sa := sockaddr4(udpTarget)
+			for b.Loop() {
+				if errno := connectRaw(fd, &sa); errno != 0 {
+					b.Fatalf("connect %s: %v", udpTarget, errno)
+				}
+			}
+		})
+	}
+}
+
+// connect4LinkAttached reports a cgroup connect4 link anywhere on the
+// machine. Programs attached the older way (without a link) are not seen:
+// Bridle and current tools attach with links.
+func connect4LinkAttached(tb testing.TB) (link.ID, bool) {
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if cg := info.Cgroup(); cg != nil && ebpf.AttachType(cg.AttachType) == ebpf.AttachCGroupInet4Connect {
+			return it.ID, true
+		}
+	}
+	if err := it.Err(); err != nil {
+		tb.Fatalf("list the machine's BPF links: %v", err)
+	}
+	return 0, false
+}
+
 // BenchmarkConnectUDP: unconnected-UDP connect() with no hook, under an
 // empty connect4 program (the floor any cgroup connect hook costs), and
 // inside a Bridle workload whose task holds 10, 1k or 100k rules. All three

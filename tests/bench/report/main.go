@@ -194,6 +194,10 @@ func floodValue(v float64, r *results) string {
 
 func table() []row {
 	rows := []row{
+		{label: "UDP connect(), hooks off machine-wide (no connect4 program anywhere)", bench: "BenchmarkConnectUDPHooksOff/floor",
+			base: "BenchmarkConnectUDPHooksOff/floor", target: "floor", optional: true},
+		{label: "UDP connect(), no hook on this cgroup (hook switched on by others)", bench: udp + "nohook",
+			base: "BenchmarkConnectUDPHooksOff/floor", optional: true},
 		{label: "UDP connect(), no hook", bench: udp + "nohook", base: udp + "nohook", target: "baseline"},
 		{label: "UDP connect(), Bridle, 10 rules", bench: udp + "bridle-10", base: udp + "nohook"},
 		{label: "UDP connect(), Bridle, 1k rules", bench: udp + "bridle-1k", base: udp + "nohook"},
