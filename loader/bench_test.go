@@ -95,6 +95,7 @@ func loadRingProducer(tb testing.TB, e *Enforcer) *ringProducer {
 		"bridle_net6":    e.net.BridleNet6,
 		"bridle_exec":    e.net.BridleExec,
 		"bridle_unix":    e.net.BridleUnix,
+		"bridle_listen":  e.net.BridleListen,
 		"bridle_events":  e.net.BridleEvents,
 		"bridle_drops":   e.net.BridleDrops,
 		"bridle_budgets": e.net.BridleBudgets,
