@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -37,7 +38,7 @@ func WritableExec(rs RuleSet, who []Principal) ([]Writer, error) {
 		if id.ScriptOnly {
 			continue
 		}
-		why, err := WritableBy(id.Path, who)
+		why, err := writableFile(id, who)
 		if err != nil {
 			return nil, err
 		}
@@ -63,10 +64,49 @@ func WritableBy(path string, who []Principal) (string, error) {
 	if err := unix.Stat(path, &st); err != nil {
 		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
 	}
-	acl, err := readACL(path)
+	acl, err := readACL(func(buf []byte) (int, error) { return unix.Getxattr(path, aclAccessXattr, buf) })
 	if err != nil {
 		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
 	}
+	return writable(path, st, acl, who)
+}
+
+// writableFile is WritableBy for the file a rule was compiled from. The file
+// is opened once, its identity held against the rule's, and its owner, mode
+// and ACL read from that open file: a name pointed at another file after the
+// rule was made (a symlink or rename swapped in a directory the workload's
+// user can write) is refused, and never judged in the rule's file's place.
+func writableFile(id FileID, who []Principal) (string, error) {
+	f, err := os.OpenFile(id.Path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", id.Path, err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", id.Path, err)
+	}
+	if err := sameFile(id, st); err != nil {
+		return "", err
+	}
+	acl, err := readACL(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, aclAccessXattr, buf) })
+	if err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", id.Path, err)
+	}
+	return writable(id.Path, st, acl, who)
+}
+
+// sameFile refuses a file that is no longer the one the rule names.
+func sameFile(id FileID, st unix.Stat_t) error {
+	if kernelDev(uint64(st.Dev)) != id.Dev || st.Ino != id.Ino {
+		return fmt.Errorf("policy: exec rule %s: the name leads to another file than when the rule was made (inode %d, now %d); refused", id.Path, id.Ino, st.Ino)
+	}
+	return nil
+}
+
+// writable judges a file's owner, mode and ACL, then its directory.
+func writable(path string, st unix.Stat_t, acl []aclEntry, who []Principal) (string, error) {
 	if len(who) == 0 {
 		if why := writableByAnyoneButRoot(st, acl); why != "" {
 			return why, nil
@@ -99,7 +139,16 @@ func removableBy(path string, file unix.Stat_t, who []Principal) (string, error)
 	if err := unix.Stat(dir, &st); err != nil {
 		return "", fmt.Errorf("policy: exec rule %s: directory: %w", path, err)
 	}
-	acl, err := readACL(dir)
+	// The directory judged must hold a name of the file judged: the name
+	// is looked at after the directory, so a swap in between is seen.
+	var named unix.Stat_t
+	if err := unix.Lstat(real, &named); err != nil {
+		return "", fmt.Errorf("policy: exec rule %s: %w", path, err)
+	}
+	if named.Dev != file.Dev || named.Ino != file.Ino {
+		return "", fmt.Errorf("policy: exec rule %s: the name leads to another file than the one checked; refused", path)
+	}
+	acl, err := readACL(func(buf []byte) (int, error) { return unix.Getxattr(dir, aclAccessXattr, buf) })
 	if err != nil {
 		return "", fmt.Errorf("policy: exec rule %s: directory: %w", path, err)
 	}
@@ -146,10 +195,14 @@ const (
 
 // readACL returns the file's access ACL, or nil when it has none (or the
 // filesystem keeps none): then the mode bits are the whole answer.
-func readACL(path string) ([]aclEntry, error) {
+// aclAccessXattr holds a file's POSIX access ACL.
+const aclAccessXattr = "system.posix_acl_access"
+
+// readACL reads an access ACL through get (getxattr by path or fd).
+func readACL(get func(buf []byte) (int, error)) ([]aclEntry, error) {
 	buf := make([]byte, 4+8*32)
 	for {
-		n, err := unix.Getxattr(path, "system.posix_acl_access", buf)
+		n, err := get(buf)
 		if errors.Is(err, unix.ERANGE) {
 			buf = make([]byte, len(buf)*4)
 			continue

@@ -107,3 +107,39 @@ func TestWritableExecSkipsScripts(t *testing.T) {
 		t.Fatalf("got %v, %v", got, err)
 	}
 }
+
+// A rule is compiled from the file a name leads to; if the name is pointed
+// at another file before the check (a symlink swapped in a directory the
+// workload's user can write), the check must refuse rather than judge the
+// new file in the rule's file's place.
+func TestWritableExecRefusesASwappedName(t *testing.T) {
+	dir := t.TempDir()
+	kept, swapped := filepath.Join(dir, "kept"), filepath.Join(dir, "swapped")
+	for _, p := range []string{kept, swapped} {
+		if err := os.WriteFile(p, []byte("\x7fELF"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := filepath.Join(dir, "tool")
+	if err := os.Symlink(kept, name); err != nil {
+		t.Fatal(err)
+	}
+	id, err := FileIDOf(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := RuleSet{Exec: []FileID{id}}
+	if _, err := WritableExec(rs, nil); err != nil {
+		t.Fatalf("before the swap: %v", err)
+	}
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(swapped, name); err != nil {
+		t.Fatal(err)
+	}
+	_, err = WritableExec(rs, nil)
+	if err == nil || !strings.Contains(err.Error(), "another file") {
+		t.Fatalf("after the swap: got %v, want a refusal naming another file", err)
+	}
+}

@@ -392,7 +392,15 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	// A task the store does not hold would be forgotten by the next
 	// daemon and outlive its revocation: undo it instead.
 	if err := n.persist(); err != nil {
-		_ = n.tasks.End(id, "could not be persisted")
+		// Undone with any sub-agent started under it meanwhile, under
+		// the family lock (already held for a sub-agent's own start).
+		if parent == nil {
+			n.family.Lock()
+			defer n.family.Unlock()
+		}
+		if _, endErr := n.end(id, "could not be persisted"); endErr != nil {
+			n.log.Error("undo a task the store could not record", "task", id, "err", endErr)
+		}
 		return Task{}, fmt.Errorf("task %s not started: %w", id, err)
 	}
 	return t, nil

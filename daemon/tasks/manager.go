@@ -180,7 +180,12 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	m.byGeneration[t.Generation] = indexed{task: *t}
 	m.index.Unlock()
 	if err := m.write(slot, t, req); err != nil {
-		_ = m.k.ClearSlot(slot)
+		if m.k.ClearSlot(slot) != nil {
+			// Part of the rules may still be there: a later task given
+			// this slot would inherit them. It stays out of use.
+			m.usedSlots[slot] = true
+			m.stuckSlots++
+		}
 		m.index.Lock()
 		delete(m.byGeneration, t.Generation)
 		m.index.Unlock()
@@ -231,6 +236,9 @@ func (m *Manager) freeSlot() (uint32, error) {
 	return 0, ErrNoSlot
 }
 
+// endRetry is how soon an expiry whose end failed is tried again.
+const endRetry = time.Second
+
 // End revokes a task: its workload falls back to the baseline at once (one
 // map write), the sockets it opened are aborted and its unix connections
 // opened under the task shut down; then, in the background, the task's
@@ -244,16 +252,20 @@ func (m *Manager) End(id, reason string) error {
 		m.mu.Unlock()
 		return fmt.Errorf("tasks: no task %s", id)
 	}
+	err := m.k.BindWorkload(t.CgroupID, loader.BaselineSlot, t.Mode)
+	if err != nil {
+		// The workload still points at the slot: keep the task so the
+		// caller can retry; the kernel's expiry check still applies. An
+		// expiry whose end failed is tried again, not forgotten.
+		if reason == bpf.TaskExpired {
+			m.timers[id] = time.AfterFunc(endRetry, func() { _ = m.End(id, bpf.TaskExpired) })
+		}
+		m.mu.Unlock()
+		return fmt.Errorf("tasks: revoke %s: %w", id, err)
+	}
 	if timer := m.timers[id]; timer != nil {
 		timer.Stop()
 		delete(m.timers, id)
-	}
-	err := m.k.BindWorkload(t.CgroupID, loader.BaselineSlot, t.Mode)
-	if err != nil {
-		m.mu.Unlock()
-		// The workload still points at the slot: keep the task so the
-		// caller can retry; the kernel's expiry check still applies.
-		return fmt.Errorf("tasks: revoke %s: %w", id, err)
 	}
 	delete(m.tasks, id)
 	delete(m.byWorkload, t.CgroupID)

@@ -20,7 +20,7 @@ import (
 type recorder struct {
 	mu       sync.Mutex
 	calls    []string
-	fail     string
+	fail     string // calls starting with one of these ("|"-separated) fail
 	bindings map[uint64]uint32 // what Bindings reads
 	bindErr  error
 }
@@ -29,8 +29,10 @@ func (r *recorder) note(s string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, s)
-	if r.fail != "" && strings.HasPrefix(s, r.fail) {
-		return errors.New("injected failure")
+	for _, f := range strings.Split(r.fail, "|") {
+		if f != "" && strings.HasPrefix(s, f) {
+			return errors.New("injected failure")
+		}
 	}
 	return nil
 }
@@ -195,5 +197,57 @@ func TestChildrenAndBaselineWrites(t *testing.T) {
 	}
 	if got, want := k.log(), "clear 0; rules 0; rules 0; bind 3 0"; got != want {
 		t.Fatalf("baseline writes %q, want %q", got, want)
+	}
+}
+
+// A start that fails after writing rules, in a slot that then cannot be
+// cleared, must not hand that slot to the next task: it could inherit the
+// leftover rules.
+func TestUnclearedSlotIsNotReused(t *testing.T) {
+	k := &recorder{fail: "bind|clear"}
+	m := NewManager(k, nil)
+	if _, err := m.Start("t-1", StartRequest{CgroupID: 7}); err == nil {
+		t.Fatal("start succeeded with a failing bind")
+	}
+	if m.StuckSlots() != 1 {
+		t.Fatalf("stuck slots %d, want 1", m.StuckSlots())
+	}
+	k.mu.Lock()
+	k.fail = ""
+	k.mu.Unlock()
+	task, err := m.Start("t-2", StartRequest{CgroupID: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.Slot == 1 {
+		t.Fatalf("the next task got slot 1, which may still hold t-1's rules (calls %s)", k.log())
+	}
+}
+
+// An expiry whose rebind fails is tried again until it succeeds.
+func TestFailedExpiryIsRetried(t *testing.T) {
+	k := &recorder{}
+	ended := make(chan string, 1)
+	m := NewManager(k, func(e End) { ended <- e.Task.ID + " " + e.Reason })
+	if _, err := m.Start("t-1", StartRequest{CgroupID: 7, TTL: 20 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	k.mu.Lock()
+	k.fail = "bind 7 0" // the return to the baseline fails at first
+	k.mu.Unlock()
+	time.Sleep(200 * time.Millisecond)
+	if _, ok := m.Get("t-1"); !ok {
+		t.Fatal("the task was dropped although its end failed")
+	}
+	k.mu.Lock()
+	k.fail = ""
+	k.mu.Unlock()
+	select {
+	case got := <-ended:
+		if got != "t-1 expired" {
+			t.Fatalf("ended %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the failed expiry was not tried again (calls %s)", k.log())
 	}
 }
