@@ -20,7 +20,7 @@ import (
 type recorder struct {
 	mu       sync.Mutex
 	calls    []string
-	fail     string // calls starting with one of these ("|"-separated) fail
+	fail     string            // calls starting with one of these ("|"-separated) fail
 	bindings map[uint64]uint32 // what Bindings reads
 	bindErr  error
 }
