@@ -171,10 +171,14 @@ func TestEscapeUnixAfterTaskEnd(t *testing.T) {
 	srv := newUnixHoldServer(t, path)
 	chmodAll(t, dir)
 	// Without unix sock_diag Bridle cannot tell a socketpair inside the
-	// workload from a connection leaving it, and ends both.
-	want, wantShut := "closed EPIPE; pair ok", "shut down 1 unix connection(s)"
+	// workload from a connection leaving it, and ends every connection it
+	// finds: the pair too, unless the sweep ran before the probe made it
+	// (under emulation a 3 s task can expire that early). Shutting the pair
+	// there is a side effect, not a guarantee; the connection leaving the
+	// workload is what must end.
+	want, wantShut := []string{"closed EPIPE; pair ok"}, "shut down 1 unix connection(s)"
 	if features.UnixShutdown != "sock_diag" {
-		want, wantShut = "closed EPIPE; pair EPIPE", "shut down 2 unix connection(s)"
+		want, wantShut = []string{"closed EPIPE; pair EPIPE", "closed EPIPE; pair ok"}, "unix connection(s)"
 	}
 
 	t.Run("bridle run ttl", func(t *testing.T) {
@@ -184,7 +188,7 @@ func TestEscapeUnixAfterTaskEnd(t *testing.T) {
 		}()
 		srv.next(t).wantEOF(t, "connection opened under an expired task")
 		r := <-done
-		if !strings.Contains(r.stdout, "ok connected") || !strings.Contains(r.stdout, want) {
+		if !strings.Contains(r.stdout, "ok connected") || !slices.ContainsFunc(want, func(w string) bool { return strings.Contains(r.stdout, w) }) {
 			t.Fatalf("want the agent's writes refused after expiry (%q), got %q", want, r.stdout)
 		}
 		if !strings.Contains(r.stderr, wantShut) {
@@ -232,7 +236,7 @@ func TestEscapeUnixAfterTaskEnd(t *testing.T) {
 				}
 			}
 			conn.wantEOF(t, c.name+": connection opened under the task")
-			if line := waitLine(t, c.name, held); line != want {
+			if line := waitLine(t, c.name, held); !slices.Contains(want, line) {
 				t.Fatalf("%s: the agent's connection after the task: %q, want %q", c.name, line, want)
 			}
 			preConn.wantAlive(t, c.name+": connection held before the task")
