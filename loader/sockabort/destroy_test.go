@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -151,42 +150,7 @@ type holder struct {
 // must begin with "ok".
 func startIn(t testing.TB, cgroup, name string, env []string, bin string, args ...string) *holder {
 	t.Helper()
-	fd, err := syscall.Open(cgroup, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := &holder{name: name, cmd: cmd, lines: make(chan string, 16), stdin: stdin}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			h.lines <- sc.Text()
-		}
-		close(h.lines)
-	}()
-	if l := h.next(t, 10*time.Second); !strings.HasPrefix(l, "ok") {
-		t.Fatalf("%s: %q", name, l)
-	}
-	return h
+	return startInWith(t, cgroup, name, env, nil, bin, args...)
 }
 
 // next is the holder's next line, or "" when it ends or the wait runs out.
