@@ -15,10 +15,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -421,15 +423,12 @@ func summarize(w io.Writer, runs []guestRun, expected []string) bool {
 			if b.Ended && b.Exit == 0 && len(b.Results) > 0 {
 				continue
 			}
-			fmt.Fprintf(w, "  --- output of %s ---\n", b.Name)
-			lines := b.Output
-			const keep = 300
-			if len(lines) > keep {
-				fmt.Fprintf(w, "  (first %d lines omitted)\n", len(lines)-keep)
-				lines = lines[len(lines)-keep:]
-			}
-			for _, l := range lines {
-				fmt.Fprintf(w, "  %s\n", l)
+			fmt.Fprintf(w, "  --- end of the output of %s ---\n", b.Name)
+			printTail(w, b.Output, 150)
+			tests := failedTestOutput(b)
+			for _, name := range slices.Sorted(maps.Keys(tests)) {
+				fmt.Fprintf(w, "  --- output of %s's %s ---\n", b.Name, name)
+				printTail(w, tests[name], 300)
 			}
 		}
 		if len(r.Report.Dmesg) > 0 {
@@ -439,7 +438,27 @@ func summarize(w io.Writer, runs []guestRun, expected []string) bool {
 			}
 		}
 	}
+	// Last, where a log's tail shows it: which guest failed and how.
+	if failed {
+		fmt.Fprintln(w, "\nfailures:")
+		for _, r := range runs {
+			for _, p := range guestProblems(r, expected) {
+				fmt.Fprintf(w, "  %s: %s\n", r.Guest.Name, p)
+			}
+		}
+	}
 	return failed
+}
+
+// printTail prints the last keep lines, indented, saying what it left out.
+func printTail(w io.Writer, lines []string, keep int) {
+	if len(lines) > keep {
+		fmt.Fprintf(w, "  (first %d lines omitted)\n", len(lines)-keep)
+		lines = lines[len(lines)-keep:]
+	}
+	for _, l := range lines {
+		fmt.Fprintf(w, "  %s\n", l)
+	}
 }
 
 func orDash(s string) string {

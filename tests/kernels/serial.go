@@ -150,3 +150,38 @@ func failedNames(b binaryReport) string {
 	}
 	return " (failed: " + strings.Join(fs, ", ") + ")"
 }
+
+// failedTestOutput returns, for each failed top-level test, its own lines:
+// from its "=== RUN" to its "--- FAIL" line and the subtest results under it.
+// A failing test's messages can sit thousands of lines before the binary's
+// end, out of reach of a tail.
+func failedTestOutput(b binaryReport) map[string][]string {
+	out := map[string][]string{}
+	for _, t := range b.Results {
+		if t.Status != "FAIL" || strings.Contains(t.Name, "/") {
+			continue
+		}
+		start, end := -1, -1
+		for i, l := range b.Output {
+			if start < 0 && strings.TrimSpace(strings.TrimPrefix(l, "=== RUN")) == t.Name && strings.HasPrefix(l, "=== RUN") {
+				start = i
+			}
+			if strings.HasPrefix(l, "--- FAIL: "+t.Name+" (") {
+				end = i
+				break
+			}
+		}
+		if end < 0 {
+			continue
+		}
+		if start < 0 {
+			start = end
+		}
+		// The subtests' results follow the parent's, indented.
+		for end+1 < len(b.Output) && strings.HasPrefix(b.Output[end+1], "    ") {
+			end++
+		}
+		out[t.Name] = b.Output[start : end+1]
+	}
+	return out
+}

@@ -101,3 +101,18 @@ func TestProblems(t *testing.T) {
 		}
 	}
 }
+
+func TestFailedTestOutput(t *testing.T) {
+	r := parseSerial(sampleConsole)
+	got := failedTestOutput(r.Binaries[0])
+	want := []string{
+		"=== RUN   TestExec",
+		"=== RUN   TestExec/memfd",
+		"    exec_test.go:10: denied",
+		"--- FAIL: TestExec (0.20s)",
+		"    --- FAIL: TestExec/memfd (0.10s)",
+	}
+	if len(got) != 1 || !slices.Equal(got["TestExec"], want) {
+		t.Errorf("failed output %q, want only TestExec's %q", got, want)
+	}
+}
