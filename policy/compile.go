@@ -34,6 +34,11 @@ type RuleSet struct {
 	// with sorted, merged ports (at most MaxPortRanges): the ports the
 	// task may bind and accept connections on.
 	Listen []ListenRule
+	// Names are the name rules, sorted and unique by (Protocol, Pattern),
+	// ProtoAny expanded. They take no kernel entries up front: the
+	// resolver writes an address for the task each time it answers a
+	// query for a matching name (see PortsForName).
+	Names []NameRule
 }
 
 // Count returns how many kernel map entries r needs.

@@ -50,11 +50,15 @@ func (p Protocol) String() string {
 	return "proto(" + strconv.Itoa(int(p)) + ")"
 }
 
-// EgressRule allows connections (and datagrams) to one address prefix.
+// EgressRule allows connections (and datagrams) to one address prefix, or
+// to the addresses a name resolves to.
 type EgressRule struct {
 	Protocol Protocol
 	Prefix   netip.Prefix // masked; IPv4-mapped IPv6 prefixes are stored as IPv4
-	Ports    []PortRange  // empty means all ports
+	// Host, when set instead of Prefix, is a name or "*.suffix" wildcard
+	// as ParseHostPattern returns it.
+	Host  string
+	Ports []PortRange // empty means all ports
 }
 
 // String renders r in --allow-connect syntax, so a denial can tell the user
