@@ -238,8 +238,8 @@ func wantSockoptRefused(t *testing.T, r result, other netip.Addr) bool {
 func TestEscapeIPv6RoutingHeaderSockopt(t *testing.T) {
 	routeHosts(t)
 	w := watchWire(t)
-	allow := []string{"--allow-connect", "udp:[fd99::2]:53"}
-	to := "[fd99::2]:53"
+	allow := []string{"--allow-connect", "udp:[fd99::2]:5300"}
+	to := "[fd99::2]:5300"
 
 	t.Run("without a header the datagram goes where it was sent", func(t *testing.T) {
 		wantAllowed(t, probe(t, allow, "udp-sendto", to))
@@ -268,9 +268,9 @@ func TestEscapeIPv6RoutingHeaderSockopt(t *testing.T) {
 func TestEscapeIPv6RoutingHeaderCmsg(t *testing.T) {
 	routeHosts(t)
 	w := watchWire(t)
-	allow := []string{"--allow-connect", "udp:[fd99::2]:53"}
-	to := "[fd99::2]:53"
-	dropped := func(rec audit.Record) bool { return rec.Address == other6.String() && rec.Port == 53 }
+	allow := []string{"--allow-connect", "udp:[fd99::2]:5300"}
+	to := "[fd99::2]:5300"
+	dropped := func(rec audit.Record) bool { return rec.Address == other6.String() && rec.Port == 5300 }
 
 	t.Run("ancillary data", func(t *testing.T) {
 		m := w.marker("rthdr6-cmsg")
@@ -300,10 +300,10 @@ func TestEscapeIPv6RoutingHeaderCmsg(t *testing.T) {
 // check, so its refusal and record are the same on every kernel.
 func TestEscapeIPv4OptionsSockopt(t *testing.T) {
 	w := watchWire(t)
-	allow := []string{"--allow-connect", "udp:127.0.0.2:53"}
+	allow := []string{"--allow-connect", "udp:127.0.0.2:5300"}
 	t.Run("source route refused", func(t *testing.T) {
 		m := w.marker("srr4")
-		r := probe(t, allow, "srr4", "127.0.0.2:53", other4.String(), m)
+		r := probe(t, allow, "srr4", "127.0.0.2:5300", other4.String(), m)
 		w.wantNotDelivered(t, m, other4)
 		if !wantSockoptRefused(t, r, other4) {
 			return
@@ -321,28 +321,28 @@ func TestEscapeIPv4OptionsSockopt(t *testing.T) {
 
 func TestEscapeIPv4OptionsCmsg(t *testing.T) {
 	w := watchWire(t)
-	allow := []string{"--allow-connect", "udp:127.0.0.2:53"}
+	allow := []string{"--allow-connect", "udp:127.0.0.2:5300"}
 	t.Run("source route", func(t *testing.T) {
 		m := w.marker("srr4-cmsg")
-		r := probe(t, allow, "srr4-cmsg", "127.0.0.2:53", other4.String(), m)
+		r := probe(t, allow, "srr4-cmsg", "127.0.0.2:5300", other4.String(), m)
 		w.wantNotDelivered(t, m, other4)
 		if strings.HasPrefix(r.probeLine(), "EPERM") && len(r.records) == 0 {
 			t.Skipf("kernel %s refuses source routes to processes without CAP_NET_RAW before any packet is built: this path does not exist on it", features.Kernel)
 		}
 		wantRouteRefused(t, r, "sendmsg", reasonExtHeader, func(rec audit.Record) bool {
-			return rec.Address == other4.String() && rec.Port == 53
+			return rec.Address == other4.String() && rec.Port == 5300
 		})
 	})
 	// Any process may still put options on its packets (record route): the
 	// packet check drops every IPv4 packet of a workload that has options.
 	t.Run("record route", func(t *testing.T) {
 		m := w.marker("rr4-cmsg")
-		r := probe(t, allow, "rr4-cmsg", "127.0.0.2:53", m)
+		r := probe(t, allow, "rr4-cmsg", "127.0.0.2:5300", m)
 		if dsts := w.destinations(m); len(dsts) != 0 {
 			t.Fatalf("a packet with IP options left the workload for %v", dsts)
 		}
 		wantRouteRefused(t, r, "sendmsg", reasonExtHeader, func(rec audit.Record) bool {
-			return rec.Address == allowed4.String() && rec.Port == 53
+			return rec.Address == allowed4.String() && rec.Port == 5300
 		})
 	})
 }

@@ -157,6 +157,8 @@ func init() {
 		"fd-connect":      actFDConnect,
 		"fd-write":        actFDWrite,
 		"reuse-inode":     actReuseInode,
+		"resolve":         actResolve,
+		"resolve-tcp":     actResolveTCP,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,
