@@ -42,6 +42,13 @@ func TestParseConnect(t *testing.T) {
 		{"tcp:[::ffff:192.0.2.7]:80", EgressRule{ProtoTCP, pfx("192.0.2.7/32"), "", []PortRange{{80, 80}}}, "tcp:192.0.2.7:80"},
 		{"tcp:[::ffff:c000:207]", EgressRule{ProtoTCP, pfx("192.0.2.7/32"), "", nil}, "tcp:192.0.2.7"},
 		{"tcp:[::ffff:0:0]/96", EgressRule{ProtoTCP, pfx("0.0.0.0/0"), "", nil}, "tcp:0.0.0.0/0"},
+		// A name where the address stands.
+		{"tcp:api.github.com:443", EgressRule{Protocol: ProtoTCP, Host: "api.github.com", Ports: []PortRange{{443, 443}}}, ""},
+		{"tcp:*.example.com:443", EgressRule{Protocol: ProtoTCP, Host: "*.example.com", Ports: []PortRange{{443, 443}}}, ""},
+		{"any:example.com", EgressRule{Protocol: ProtoAny, Host: "example.com"}, ""},
+		{"icmp:Router.Example.COM", EgressRule{Protocol: ProtoICMP, Host: "router.example.com"}, "icmp:router.example.com"},
+		{"udp:localhost:53,5353", EgressRule{Protocol: ProtoUDP, Host: "localhost", Ports: []PortRange{{53, 53}, {5353, 5353}}}, ""},
+		{"tcp:1a.example:80", EgressRule{Protocol: ProtoTCP, Host: "1a.example", Ports: []PortRange{{80, 80}}}, ""},
 	}
 	for _, tt := range tests {
 		got, err := ParseConnect(tt.in)
@@ -71,7 +78,18 @@ func TestParseConnectErrors(t *testing.T) {
 		{"sctp:10.0.0.1", "unknown protocol"},
 		{"TCP:10.0.0.1", "unknown protocol"},
 		{"tcp:10.0.0.256", "not an IPv4 address"},
-		{"tcp:example.com:443", "not an IPv4 address"},
+		{"tcp:1.2.3", "not an IPv4 address"},
+		{"tcp:example.com/24", "not an IPv4 address"},
+		{"tcp:a*.example.com:443", "'*' is allowed only as the first label"},
+		{"tcp:api.*.example.com", "'*' is allowed only as the first label"},
+		{"tcp:*:443", "'*' is allowed only as the first label"},
+		{"tcp:*.com:443", "two labels or more"},
+		{"tcp:example.com.:443", "trailing dot"},
+		{"tcp:exa_mple..com", "empty label"},
+		{"tcp:ex!ample.com", "has '!'"},
+		{"tcp:example.com:0", "not a number from 1 to 65535"},
+		{"icmp:example.com:80", "icmp has no ports"},
+		{"tcp:example.com:", "empty port list"},
 		{"tcp:10.0.0.0/33", "prefix length"},
 		{"tcp:10.0.0.0/-1", "prefix length"},
 		{"tcp:10.0.0.0/", "prefix length"},
@@ -193,5 +211,5 @@ func TestProtocolString(t *testing.T) {
 }
 
 func equalEgress(a, b EgressRule) bool {
-	return a.Protocol == b.Protocol && a.Prefix == b.Prefix && slices.Equal(a.Ports, b.Ports)
+	return a.Protocol == b.Protocol && a.Prefix == b.Prefix && a.Host == b.Host && slices.Equal(a.Ports, b.Ports)
 }
