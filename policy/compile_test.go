@@ -143,20 +143,20 @@ func TestCompileEgressErrors(t *testing.T) {
 		in   []EgressRule
 		why  string
 	}{
-		{"too many ranges", []EgressRule{{ProtoTCP, pfx("10.0.0.0/8"), ports(MaxPortRanges + 1)}}, "tcp 10.0.0.0/8 needs 17 port ranges"},
+		{"too many ranges", []EgressRule{{ProtoTCP, pfx("10.0.0.0/8"), "", ports(MaxPortRanges + 1)}}, "tcp 10.0.0.0/8 needs 17 port ranges"},
 		{"too many ranges once inherited", []EgressRule{
-			{ProtoTCP, pfx("10.0.0.0/8"), ports(MaxPortRanges)},
-			{ProtoTCP, pfx("10.1.0.0/16"), []PortRange{{1, 1}}},
+			{ProtoTCP, pfx("10.0.0.0/8"), "", ports(MaxPortRanges)},
+			{ProtoTCP, pfx("10.1.0.0/16"), "", []PortRange{{1, 1}}},
 		}, "tcp 10.1.0.0/16 needs 17 port ranges"},
 		{"too many ranges once duplicates merge", []EgressRule{
-			{ProtoUDP, pfx("2001:db8::/32"), ports(MaxPortRanges)},
-			{ProtoUDP, pfx("2001:db8::/32"), []PortRange{{1, 1}}},
+			{ProtoUDP, pfx("2001:db8::/32"), "", ports(MaxPortRanges)},
+			{ProtoUDP, pfx("2001:db8::/32"), "", []PortRange{{1, 1}}},
 		}, "udp 2001:db8::/32 needs 17"},
 		{"invalid prefix", []EgressRule{{Protocol: ProtoTCP}}, "invalid prefix"},
-		{"short mapped prefix", []EgressRule{{ProtoTCP, pfx("::ffff:0:0/90"), nil}}, "shorter than /96"},
-		{"backwards range", []EgressRule{{ProtoTCP, pfx("10.0.0.0/8"), []PortRange{{9, 8}}}}, "runs backwards"},
-		{"icmp with ports", []EgressRule{{ProtoICMP, pfx("10.0.0.0/8"), []PortRange{{9, 9}}}}, "icmp has no ports"},
-		{"unknown protocol", []EgressRule{{132, pfx("10.0.0.0/8"), nil}}, "unknown protocol 132"},
+		{"short mapped prefix", []EgressRule{{ProtoTCP, pfx("::ffff:0:0/90"), "", nil}}, "shorter than /96"},
+		{"backwards range", []EgressRule{{ProtoTCP, pfx("10.0.0.0/8"), "", []PortRange{{9, 8}}}}, "runs backwards"},
+		{"icmp with ports", []EgressRule{{ProtoICMP, pfx("10.0.0.0/8"), "", []PortRange{{9, 9}}}}, "icmp has no ports"},
+		{"unknown protocol", []EgressRule{{132, pfx("10.0.0.0/8"), "", nil}}, "unknown protocol 132"},
 	}
 	for _, tt := range tests {
 		_, err := Compile(Envelope{Egress: tt.in})
@@ -165,7 +165,7 @@ func TestCompileEgressErrors(t *testing.T) {
 		}
 	}
 	// Exactly MaxPortRanges fits.
-	if _, err := Compile(Envelope{Egress: []EgressRule{{ProtoTCP, pfx("10.0.0.0/8"), ports(MaxPortRanges)}}}); err != nil {
+	if _, err := Compile(Envelope{Egress: []EgressRule{{ProtoTCP, pfx("10.0.0.0/8"), "", ports(MaxPortRanges)}}}); err != nil {
 		t.Errorf("Compile with %d ranges: %v", MaxPortRanges, err)
 	}
 	if _, err := Compile(Envelope{TTL: -1}); err == nil {
@@ -175,7 +175,7 @@ func TestCompileEgressErrors(t *testing.T) {
 
 func TestCompileNormalizesHandBuiltRules(t *testing.T) {
 	rs, err := Compile(Envelope{Egress: []EgressRule{
-		{ProtoTCP, netip.MustParsePrefix("::ffff:10.1.2.3/104"), []PortRange{{90, 100}, {80, 89}}},
+		{ProtoTCP, netip.MustParsePrefix("::ffff:10.1.2.3/104"), "", []PortRange{{90, 100}, {80, 89}}},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -509,7 +509,7 @@ func BenchmarkCompile100k(b *testing.B) {
 	env := benchEnvelope(100_000)
 	// Bound the inherited port lists: prefixes near the top carry all
 	// ports, as a broad grant would.
-	env.Egress = append(env.Egress, EgressRule{ProtoAny, netip.MustParsePrefix("10.0.0.0/8"), nil}, EgressRule{ProtoAny, netip.MustParsePrefix("2001:db8::/32"), nil})
+	env.Egress = append(env.Egress, EgressRule{ProtoAny, netip.MustParsePrefix("10.0.0.0/8"), "", nil}, EgressRule{ProtoAny, netip.MustParsePrefix("2001:db8::/32"), "", nil})
 	b.ReportAllocs()
 	var rs RuleSet
 	for b.Loop() {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -14,13 +15,6 @@ import (
 // purpose: a key Bridle does not know is more likely a typo than a
 // harmless extra, and a grant that is silently dropped or widened is worse
 // than a task start that is refused with the reason.
-
-// errHostReserved is returned for {host: NAME} egress entries. Name-based
-// egress needs the DNS proxy to learn which addresses a name stands for
-// while the task runs; until that exists, accepting the entry would either
-// allow nothing (surprising) or tempt an implementation that resolves the
-// name once at task start (wrong as soon as the name moves).
-var errHostReserved = errors.New("{host: NAME} entries are reserved for name-based egress, which Bridle does not support yet; allow the addresses by cidr instead")
 
 // errSHA256Unsupported is returned for {sha256: DIGEST} exec entries. The
 // kernel identifies a program by the (device, inode) of the file being
@@ -54,7 +48,7 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 			for i, item := range items {
 				r, unix, err := decodeEgress(item)
 				if err != nil {
-					return fail("egress[%d] %s: %v", i, compactJSON(item), err)
+					return Envelope{}, 0, entryError(rule, fmt.Sprintf("egress[%d]", i), item, err)
 				}
 				if unix != "" {
 					env.Unix = append(env.Unix, unix)
@@ -70,7 +64,7 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 			for i, item := range items {
 				r, err := decodeExec(item)
 				if err != nil {
-					return fail("exec[%d] %s: %v", i, compactJSON(item), err)
+					return Envelope{}, 0, entryError(rule, fmt.Sprintf("exec[%d]", i), item, err)
 				}
 				env.Exec = append(env.Exec, r)
 			}
@@ -82,7 +76,7 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 			for i, item := range items {
 				r, err := decodeListen(item)
 				if err != nil {
-					return fail("listen[%d] %s: %v", i, compactJSON(item), err)
+					return Envelope{}, 0, entryError(rule, fmt.Sprintf("listen[%d]", i), item, err)
 				}
 				env.Listen = append(env.Listen, r)
 			}
@@ -111,15 +105,58 @@ func DecodeEnvelope(v any, rule string, withTTL bool) (Envelope, time.Duration, 
 	return env, maxTTL, nil
 }
 
+// EntryError is an entry of a policy's envelope that DecodeEnvelope
+// refused. It keeps the entry, and the string within it that is wrong when
+// one is, so that whoever holds the policy's source (the engine) can say
+// where the policy wrote them.
+type EntryError struct {
+	Rule  string // the rule whose value held the entry: "data.bridle.envelope"
+	Where string // the entry's place in that value: "egress[2]"
+	Entry any    // the entry as the policy gave it
+	Value string // the string in Entry the error is about; "" if none is
+	Err   error
+}
+
+func (e *EntryError) Error() string {
+	return fmt.Sprintf("%s: %s %s: %v", e.Rule, e.Where, compactJSON(e.Entry), e.Err)
+}
+
+func (e *EntryError) Unwrap() error { return e.Err }
+
+// fieldError is an error about one key of an entry; its message leads with
+// the key, as every message about an entry's field does.
+type fieldError struct {
+	key string
+	err error
+}
+
+func (e *fieldError) Error() string {
+	msg := e.err.Error()
+	if strings.HasPrefix(msg, e.key+" ") { // ParseHostPattern's `host "x": ...`
+		return msg
+	}
+	return e.key + ": " + msg
+}
+func (e *fieldError) Unwrap() error { return e.err }
+
+func entryError(rule, where string, entry any, err error) *EntryError {
+	ee := &EntryError{Rule: rule, Where: where, Entry: entry, Err: err}
+	var fe *fieldError
+	if obj, ok := entry.(map[string]any); ok && errors.As(err, &fe) {
+		ee.Value, _ = obj[fe.key].(string)
+	}
+	return ee
+}
+
 // decodeEgress converts one egress entry. It returns either a network rule
 // or, for {unix: PATH}, the socket path.
 func decodeEgress(v any) (EgressRule, string, error) {
 	obj, ok := v.(map[string]any)
 	if !ok {
-		return EgressRule{}, "", fmt.Errorf("want an object {protocol, cidr, ports} or {unix}, got %s", describe(v))
+		return EgressRule{}, "", fmt.Errorf("want an object {protocol, cidr, ports}, {protocol, host, ports} or {unix}, got %s", describe(v))
 	}
 	if _, ok := obj["host"]; ok {
-		return EgressRule{}, "", errHostReserved
+		return decodeHost(obj)
 	}
 	if u, ok := obj["unix"]; ok {
 		if err := onlyKeys(obj, "unix"); err != nil {
@@ -131,40 +168,93 @@ func decodeEgress(v any) (EgressRule, string, error) {
 		}
 		p, err := checkUnix(s)
 		if err != nil {
-			return EgressRule{}, "", fmt.Errorf("unix: %w", err)
+			return EgressRule{}, "", &fieldError{"unix", err}
 		}
 		return EgressRule{}, p, nil
 	}
 	if err := onlyKeys(obj, "protocol", "cidr", "ports"); err != nil {
-		return EgressRule{}, "", fmt.Errorf("%w (want protocol, cidr, ports; or unix)", err)
+		return EgressRule{}, "", fmt.Errorf("%w (want protocol, cidr, ports; protocol, host, ports; or unix)", err)
 	}
 	var r EgressRule
-	proto, ok := obj["protocol"].(string)
-	if !ok {
-		return EgressRule{}, "", fmt.Errorf("protocol: want one of \"tcp\", \"udp\", \"icmp\", \"any\", got %s", describe(obj["protocol"]))
-	}
 	var err error
-	if r.Protocol, err = parseProtocol(proto); err != nil {
-		return EgressRule{}, "", fmt.Errorf("protocol: %w", err)
+	if r.Protocol, err = decodeProtocol(obj); err != nil {
+		return EgressRule{}, "", err
 	}
 	cidr, ok := obj["cidr"].(string)
 	if !ok {
 		return EgressRule{}, "", fmt.Errorf("cidr: want an address or CIDR string such as \"192.0.2.0/24\" or \"2001:db8::/32\", got %s", describe(obj["cidr"]))
 	}
 	if r.Prefix, err = parseAddrOrPrefix(cidr, formCIDR); err != nil {
-		return EgressRule{}, "", fmt.Errorf("cidr: %w", err)
+		if looksLikeName(cidr) && !strings.Contains(cidr, ":") {
+			err = fmt.Errorf("%w; allow a name with {\"host\": %q}", err, cidr)
+		}
+		return EgressRule{}, "", &fieldError{"cidr", err}
 	}
-	ports, hasPorts := obj["ports"]
-	if !hasPorts {
-		return r, "", nil
-	}
-	if r.Protocol == ProtoICMP {
-		return EgressRule{}, "", errors.New("ports: icmp has no ports")
-	}
-	if r.Ports, err = decodePorts(ports, "leave ports out to allow every port"); err != nil {
+	if r.Ports, err = decodeEgressPorts(obj, r.Protocol); err != nil {
 		return EgressRule{}, "", err
 	}
 	return r, "", nil
+}
+
+// decodeHost converts an egress entry {protocol, host, ports}: a name, or
+// a wildcard over the names below a suffix, as ParseHostPattern takes it.
+func decodeHost(obj map[string]any) (EgressRule, string, error) {
+	if _, ok := obj["cidr"]; ok {
+		return EgressRule{}, "", errors.New("host and cidr together: an entry names a host or an address prefix, not both; write two entries")
+	}
+	if err := onlyKeys(obj, "protocol", "host", "ports"); err != nil {
+		return EgressRule{}, "", fmt.Errorf("%w (a host entry has protocol, host, ports)", err)
+	}
+	var r EgressRule
+	var err error
+	if r.Protocol, err = decodeProtocol(obj); err != nil {
+		return EgressRule{}, "", err
+	}
+	host, ok := obj["host"].(string)
+	if !ok {
+		return EgressRule{}, "", fmt.Errorf("host: want a name string such as \"api.example.com\" or \"*.example.com\", got %s", describe(obj["host"]))
+	}
+	if _, err := netip.ParsePrefix(host); err == nil || isAddr(host) {
+		return EgressRule{}, "", &fieldError{"host", fmt.Errorf("%q is an address, not a name; use cidr: {\"cidr\": %q}", host, host)}
+	}
+	if r.Host, err = ParseHostPattern(host); err != nil {
+		return EgressRule{}, "", &fieldError{"host", err}
+	}
+	if r.Ports, err = decodeEgressPorts(obj, r.Protocol); err != nil {
+		return EgressRule{}, "", err
+	}
+	return r, "", nil
+}
+
+func isAddr(s string) bool {
+	_, err := netip.ParseAddr(s)
+	return err == nil
+}
+
+// decodeProtocol reads the protocol of an egress entry.
+func decodeProtocol(obj map[string]any) (Protocol, error) {
+	proto, ok := obj["protocol"].(string)
+	if !ok {
+		return 0, fmt.Errorf("protocol: want one of \"tcp\", \"udp\", \"icmp\", \"any\", got %s", describe(obj["protocol"]))
+	}
+	p, err := parseProtocol(proto)
+	if err != nil {
+		return 0, fmt.Errorf("protocol: %w", err)
+	}
+	return p, nil
+}
+
+// decodeEgressPorts reads the optional ports of an egress entry; none
+// means every port.
+func decodeEgressPorts(obj map[string]any, proto Protocol) ([]PortRange, error) {
+	ports, hasPorts := obj["ports"]
+	if !hasPorts {
+		return nil, nil
+	}
+	if proto == ProtoICMP {
+		return nil, errors.New("ports: icmp has no ports")
+	}
+	return decodePorts(ports, "leave ports out to allow every port")
 }
 
 // decodePorts converts a non-empty list of port numbers and "N-M" strings.
@@ -261,7 +351,7 @@ func decodeExec(v any) (ExecRule, error) {
 	}
 	r, err := checkExec(s)
 	if err != nil {
-		return ExecRule{}, fmt.Errorf("%s: %w", k, err)
+		return ExecRule{}, &fieldError{k, err}
 	}
 	r.ScriptOnly = k == "script" // a file run only as a #! script
 	return r, nil

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -29,7 +30,9 @@ func TestDecodeEnvelope(t *testing.T) {
 			{"protocol": "any", "cidr": "::ffff:198.51.100.0/120"},
 			{"protocol": "icmp", "cidr": "203.0.113.0/24"},
 			{"unix": "/run/agent//tools.sock"},
-			{"unix": "@broker"}
+			{"unix": "@broker"},
+			{"protocol": "tcp", "host": "API.GitHub.com", "ports": [443]},
+			{"protocol": "any", "host": "*.githubusercontent.com"}
 		],
 		"exec": [{"path": "/usr/bin/git"}, {"dir": "/usr/local/go/bin"}, {"dir": "/opt/tools/"}],
 		"ttl": "90m"
@@ -45,6 +48,8 @@ func TestDecodeEnvelope(t *testing.T) {
 			// IPv4-mapped prefixes become IPv4, as for the flag.
 			{Protocol: ProtoAny, Prefix: netip.MustParsePrefix("198.51.100.0/24")},
 			{Protocol: ProtoICMP, Prefix: netip.MustParsePrefix("203.0.113.0/24")},
+			{Protocol: ProtoTCP, Host: "api.github.com", Ports: []PortRange{{443, 443}}},
+			{Protocol: ProtoAny, Host: "*.githubusercontent.com"},
 		},
 		Unix: []string{"/run/agent/tools.sock", "@broker"},
 		Exec: []ExecRule{{Path: "/usr/bin/git"}, {Path: "/usr/local/go/bin", Dir: true}, {Path: "/opt/tools", Dir: true}},
@@ -89,7 +94,7 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 		{"egress not a list", `{"egress": {"protocol": "tcp"}}`, false, []string{"egress: want an array or set"}},
 		{"bad cidr", `{"egress": [{"protocol": "tcp", "cidr": "10.0.0.0/8"}, {"protocol": "tcp", "cidr": "10.0.0.0/33"}]}`, false,
 			[]string{`egress[1] {"cidr":"10.0.0.0/33","protocol":"tcp"}`, `prefix length "33" out of range 0-32`}},
-		{"name as cidr", `{"egress": [{"protocol": "tcp", "cidr": "example.com"}]}`, false, []string{`"example.com" is not an IPv4 or IPv6 address`}},
+		{"name as cidr", `{"egress": [{"protocol": "tcp", "cidr": "example.com"}]}`, false, []string{`"example.com" is not an IPv4 or IPv6 address`, `{"host": "example.com"}`}},
 		{"bracketed cidr", `{"egress": [{"protocol": "tcp", "cidr": "[2001:db8::1]"}]}`, false, []string{"cidr:", "not an IPv4 or IPv6 address"}},
 		{"zone", `{"egress": [{"protocol": "tcp", "cidr": "fe80::1%eth0"}]}`, false, []string{"zones are not allowed"}},
 		{"missing cidr", `{"egress": [{"protocol": "tcp"}]}`, false, []string{"cidr: want an address or CIDR string", "got null"}},
@@ -105,8 +110,22 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 		{"empty ports", `{"egress": [{"protocol": "tcp", "cidr": "192.0.2.1", "ports": []}]}`, false, []string{"empty list; leave ports out"}},
 		{"port as bool", `{"egress": [{"protocol": "tcp", "cidr": "192.0.2.1", "ports": [true]}]}`, false, []string{"got a boolean"}},
 		{"icmp ports", `{"egress": [{"protocol": "icmp", "cidr": "192.0.2.1", "ports": [1]}]}`, false, []string{"icmp has no ports"}},
-		{"host reserved", `{"egress": [{"host": "api.example.com", "ports": [443]}]}`, false, []string{`egress[0] {"host":"api.example.com","ports":[443]}`, "reserved", "not support"}},
-		{"host with cidr", `{"egress": [{"protocol": "tcp", "cidr": "192.0.2.1", "host": "x"}]}`, false, []string{"reserved"}},
+		{"host without protocol", `{"egress": [{"host": "api.example.com", "ports": [443]}]}`, false, []string{`egress[0] {"host":"api.example.com","ports":[443]}`, "protocol: want one of"}},
+		{"host with cidr", `{"egress": [{"protocol": "tcp", "cidr": "192.0.2.1", "host": "x.example"}]}`, false, []string{"host and cidr together"}},
+		{"host star inside", `{"egress": [{"protocol": "tcp", "host": "api.*.example.com"}]}`, false, []string{`host "api.*.example.com": '*' is allowed only as the first label`}},
+		{"host star in label", `{"egress": [{"protocol": "tcp", "host": "*api.example.com"}]}`, false, []string{"'*' is allowed only as the first label"}},
+		{"host star alone", `{"egress": [{"protocol": "tcp", "host": "*"}]}`, false, []string{"'*' is allowed only as the first label"}},
+		{"host wildcard over a tld", `{"egress": [{"protocol": "tcp", "host": "*.com"}]}`, false, []string{"two labels or more"}},
+		{"host trailing dot", `{"egress": [{"protocol": "tcp", "host": "example.com."}]}`, false, []string{"without a trailing dot"}},
+		{"host ipv4", `{"egress": [{"protocol": "tcp", "host": "192.0.2.1"}]}`, false, []string{`"192.0.2.1" is an address, not a name; use cidr`}},
+		{"host ipv6", `{"egress": [{"protocol": "tcp", "host": "2001:db8::1"}]}`, false, []string{"is an address, not a name; use cidr"}},
+		{"host prefix", `{"egress": [{"protocol": "tcp", "host": "10.0.0.0/8"}]}`, false, []string{"is an address, not a name; use cidr"}},
+		{"host numeric", `{"egress": [{"protocol": "tcp", "host": "10.1"}]}`, false, []string{"is an address, not a name"}},
+		{"host bad byte", `{"egress": [{"protocol": "tcp", "host": "exa mple.com"}]}`, false, []string{`label "exa mple" has ' '`}},
+		{"host not string", `{"egress": [{"protocol": "tcp", "host": ["a.example"]}]}`, false, []string{"host: want a name string", "got an array"}},
+		{"host unknown key", `{"egress": [{"protocol": "tcp", "host": "a.example", "port": 443}]}`, false, []string{`unknown key "port"`, "a host entry has protocol, host, ports"}},
+		{"host icmp ports", `{"egress": [{"protocol": "icmp", "host": "a.example", "ports": [1]}]}`, false, []string{"icmp has no ports"}},
+		{"host empty ports", `{"egress": [{"protocol": "tcp", "host": "a.example", "ports": []}]}`, false, []string{"empty list"}},
 		{"unix extra key", `{"egress": [{"unix": "/run/x.sock", "protocol": "tcp"}]}`, false, []string{`unknown key "protocol"`, "only the key unix"}},
 		{"unix relative", `{"egress": [{"unix": "run/x.sock"}]}`, false, []string{"unix: path is relative"}},
 		{"unix not string", `{"egress": [{"unix": 1}]}`, false, []string{"unix: want a socket path string"}},
@@ -164,6 +183,9 @@ func TestDecodeMatchesFlags(t *testing.T) {
 		{`{"protocol": "udp", "cidr": "2001:db8::1", "ports": [53]}`, "udp:[2001:db8::1]:53"},
 		{`{"protocol": "any", "cidr": "::ffff:10.0.0.0/104"}`, "any:[::ffff:10.0.0.0]/104"},
 		{`{"protocol": "icmp", "cidr": "0.0.0.0/0"}`, "icmp:0.0.0.0/0"},
+		{`{"protocol": "tcp", "host": "api.github.com", "ports": [443]}`, "tcp:api.github.com:443"},
+		{`{"protocol": "any", "host": "*.Example.com"}`, "any:*.example.com"},
+		{`{"protocol": "udp", "host": "_sip._udp.example.com", "ports": ["5060-5061"]}`, "udp:_sip._udp.example.com:5060-5061"},
 	}
 	for _, p := range pairs {
 		got, _, err := decodeEgress(jsonValue(t, p.entry))
@@ -177,5 +199,22 @@ func TestDecodeMatchesFlags(t *testing.T) {
 		if !equalEgress(got, want) {
 			t.Errorf("%s = %v, flag %s = %v", p.entry, got, p.flag, want)
 		}
+	}
+}
+
+// A refused entry carries itself and the string that is wrong, which the
+// engine looks up in the policy's source.
+func TestDecodeEnvelopeEntryError(t *testing.T) {
+	_, _, err := DecodeEnvelope(jsonValue(t, `{"egress": [{"protocol": "tcp", "host": "a.*.example.com"}]}`), "data.bridle.envelope", true)
+	var ee *EntryError
+	if !errors.As(err, &ee) {
+		t.Fatalf("error %v is not an *EntryError", err)
+	}
+	if ee.Where != "egress[0]" || ee.Value != "a.*.example.com" || ee.Rule != "data.bridle.envelope" {
+		t.Errorf("EntryError = %+v", ee)
+	}
+	_, _, err = DecodeEnvelope(jsonValue(t, `{"exec": [{"path": "bin/git"}]}`), "data.bridle.envelope", true)
+	if !errors.As(err, &ee) || ee.Value != "bin/git" || ee.Where != "exec[0]" {
+		t.Errorf("exec error %v: EntryError %+v", err, ee)
 	}
 }

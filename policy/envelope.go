@@ -62,9 +62,14 @@ type EgressRule struct {
 }
 
 // String renders r in --allow-connect syntax, so a denial can tell the user
-// the exact flag that would have allowed it.
+// the exact flag that would have allowed it. A rule naming a host renders
+// the host where the address stands.
 func (r EgressRule) String() string {
-	s := r.Protocol.String() + ":" + formatPrefix(r.Prefix)
+	dest := r.Host
+	if dest == "" {
+		dest = formatPrefix(r.Prefix)
+	}
+	s := r.Protocol.String() + ":" + dest
 	if len(r.Ports) > 0 {
 		s += ":" + formatPorts(r.Ports)
 	}

@@ -17,16 +17,20 @@ import (
 // the limit applies to name.
 const MaxUnixPath = bpf.UnixPathMax - 1
 
-const connectForm = "want PROTO:ADDR[:PORTS], e.g. tcp:10.0.0.0/8:443, udp:[2001:db8::1]:53 or icmp:192.0.2.7"
+const connectForm = "want PROTO:ADDR[:PORTS] or PROTO:NAME[:PORTS], e.g. tcp:10.0.0.0/8:443, udp:[2001:db8::1]:53, icmp:192.0.2.7, tcp:api.example.com:443 or tcp:*.example.com:443"
 
-// ParseConnect parses the value of --allow-connect PROTO:ADDR[:PORTS].
+// ParseConnect parses the value of --allow-connect PROTO:ADDR[:PORTS] or
+// PROTO:NAME[:PORTS].
 //
 // PROTO is tcp, udp, icmp or any. ADDR is an IPv4 address or CIDR, or an
 // IPv6 address or CIDR in brackets ("[2001:db8::]/32"); host bits are
 // masked off. An IPv4-mapped IPv6 address or prefix becomes its IPv4
 // equivalent, because the kernel side judges mapped destinations by the
-// IPv4 rules. PORTS is a comma list of N or N-M; without it every port is
-// allowed. icmp takes no ports.
+// IPv4 rules. NAME is a host name or a "*.suffix" wildcard, checked as a
+// policy's host is (ParseHostPattern); it allows the addresses Bridle's
+// resolver learns for the name. An unbracketed value with anything but
+// digits and dots (and no '/' or '%') is a name. PORTS is a comma list of
+// N or N-M; without it every port is allowed. icmp takes no ports.
 func ParseConnect(s string) (EgressRule, error) {
 	fail := func(format string, args ...any) (EgressRule, error) {
 		return EgressRule{}, fmt.Errorf("policy: bad connect rule %q: %s (%s)", s, fmt.Sprintf(format, args...), connectForm)
@@ -68,15 +72,20 @@ func ParseConnect(s string) (EgressRule, error) {
 	if addrStr == "" {
 		return fail("empty address")
 	}
-	form := formFlagV4
-	if strings.HasPrefix(rest, "[") {
-		form = formFlagV6
+	switch {
+	case strings.HasPrefix(rest, "["):
+		if r.Prefix, err = parseAddrOrPrefix(addrStr, formFlagV6); err != nil {
+			return fail("%v", err)
+		}
+	case looksLikeName(addrStr):
+		if r.Host, err = ParseHostPattern(addrStr); err != nil {
+			return fail("%v", err)
+		}
+	default:
+		if r.Prefix, err = parseAddrOrPrefix(addrStr, formFlagV4); err != nil {
+			return fail("%v", err)
+		}
 	}
-	prefix, err := parseAddrOrPrefix(addrStr, form)
-	if err != nil {
-		return fail("%v", err)
-	}
-	r.Prefix = prefix
 
 	if hasPorts {
 		if r.Protocol == ProtoICMP {
@@ -91,6 +100,15 @@ func ParseConnect(s string) (EgressRule, error) {
 		}
 	}
 	return r, nil
+}
+
+// looksLikeName tells an unbracketed flag destination that is meant as a
+// name from one meant as an IPv4 address or prefix: an address has only
+// digits and dots, a prefix a '/', a zoned address a '%'. A mistyped
+// address ("10.0.0.256") is then explained as an address, and a name that
+// is all digits would be read as an address by resolvers anyway.
+func looksLikeName(s string) bool {
+	return !strings.ContainsAny(s, "/%") && strings.Trim(s, "0123456789.") != ""
 }
 
 // parseProtocol parses the protocol name of a connect flag or of a policy's

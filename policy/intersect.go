@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // Intersect returns the rule set that allows exactly what both a and b
@@ -17,7 +18,10 @@ import (
 // For Net4 and Net6, "allows" is what the kernel does with a destination
 // (protocol, address, port): it finds the longest prefix of that protocol
 // containing the address and consults only that entry's ports; no entry
-// means refused. The result allows a destination iff a and b both do. Listen
+// means refused. The result allows a destination iff a and b both do. Names
+// are intersected pattern by pattern, per protocol (see intersectNames):
+// the result's PortsForName of any name is what both a and b give it. An
+// address prefix never grants a name, nor a name an address prefix. Listen
 // ports are intersected per transport. Unix socket names are intersected
 // as exact strings, executables by (Dev, Ino),
 // keeping a's Path and a's order, so passing the wider grant as a keeps the
@@ -45,6 +49,9 @@ func Intersect(a, b RuleSet) (RuleSet, error) {
 		return RuleSet{}, err
 	}
 	if out.Net6, err = intersectNet(a.Net6, b.Net6, true); err != nil {
+		return RuleSet{}, err
+	}
+	if out.Names, err = intersectNames(a.Names, b.Names); err != nil {
 		return RuleSet{}, err
 	}
 	out.Unix = intersectUnix(a.Unix, b.Unix)
@@ -356,4 +363,113 @@ func intersectExec(a, b []FileID) []FileID {
 		}
 	}
 	return out
+}
+
+// nameKey identifies a name rule.
+type nameKey struct {
+	proto   Protocol
+	pattern string
+}
+
+// intersectNames intersects the name rules of two rule sets.
+//
+// A rule set allows a name the union of the ports of its rules that match
+// the name (PortsForName), so the intersection of two sets' answers is the
+// union, over every pair of a rule of a and a rule of b that both match
+// the name, of the pair's common ports. Two patterns match a common name
+// only when one covers the other ("*.a.com" covers "x.a.com" and
+// "*.b.a.com"; a pattern covers itself), and then the names they share are
+// exactly the narrower pattern's. So the result is, for each such pair, the
+// narrower pattern with the ports both rules give, merged per (protocol,
+// pattern). The pairs are found by looking each pattern's covering
+// patterns up in the other side: itself and a wildcard over each of its
+// proper ancestors, a handful of map lookups per rule rather than a
+// comparison of every rule with every other.
+//
+// Any list of valid rules is accepted, since PortsForName reads any list
+// the same way; the result has the shape Compile gives (sorted, unique,
+// within MaxNames and MaxPortRanges) or is an error.
+func intersectNames(a, b []NameRule) ([]NameRule, error) {
+	if len(a) == 0 || len(b) == 0 {
+		return nil, nil
+	}
+	ma, err := indexNames(a, "first")
+	if err != nil {
+		return nil, err
+	}
+	mb, err := indexNames(b, "second")
+	if err != nil {
+		return nil, err
+	}
+	var out []NameRule
+	pair := func(narrow nameKey, pa, pb []PortRange) {
+		if ports := appendIntersection(nil, pa, pb); len(ports) > 0 {
+			out = append(out, NameRule{Protocol: narrow.proto, Pattern: narrow.pattern, Ports: ports})
+		}
+	}
+	for k, pa := range ma {
+		for _, cover := range coveringPatterns(k.pattern) {
+			if pb, ok := mb[nameKey{k.proto, cover}]; ok {
+				pair(k, pa, pb)
+			}
+		}
+	}
+	for k, pb := range mb {
+		// Equal patterns were paired above; here a's pattern must be
+		// strictly wider.
+		for _, cover := range coveringPatterns(k.pattern)[1:] {
+			if pa, ok := ma[nameKey{k.proto, cover}]; ok {
+				pair(k, pa, pb)
+			}
+		}
+	}
+	out, err = foldNames(out)
+	if err != nil {
+		return nil, fmt.Errorf("policy: intersect: %w", err)
+	}
+	return out, nil
+}
+
+// indexNames checks rules and maps each (protocol, pattern) to the union
+// of its ports.
+func indexNames(rules []NameRule, which string) (map[nameKey][]PortRange, error) {
+	m := make(map[nameKey][]PortRange, len(rules))
+	for i, r := range rules {
+		switch r.Protocol {
+		case ProtoTCP, ProtoUDP, ProtoICMP:
+		default:
+			return nil, fmt.Errorf("policy: intersect: %s rule set: name entry %d: protocol %s: not a compiled rule set", which, i, r.Protocol)
+		}
+		if p, err := ParseHostPattern(r.Pattern); err != nil || p != r.Pattern {
+			return nil, fmt.Errorf("policy: intersect: %s rule set: name entry %d: pattern %q is not canonical", which, i, r.Pattern)
+		}
+		if len(r.Ports) == 0 {
+			return nil, fmt.Errorf("policy: intersect: %s rule set: %s %s has no ports", which, r.Protocol, r.Pattern)
+		}
+		for _, pr := range r.Ports {
+			if pr.First > pr.Last {
+				return nil, fmt.Errorf("policy: intersect: %s rule set: %s %s: port range %d-%d runs backwards", which, r.Protocol, r.Pattern, pr.First, pr.Last)
+			}
+		}
+		k := nameKey{r.Protocol, r.Pattern}
+		m[k] = normalizePorts(append(m[k], r.Ports...))
+	}
+	return m, nil
+}
+
+// coveringPatterns returns the patterns whose names include all those of
+// the canonical pattern p: p first, then "*.S" for each proper ancestor S
+// of the name p stands on ("x.a.com" and "*.x.a.com" both give "*.a.com"
+// and "*.com"; a wildcard never covers its own suffix).
+func coveringPatterns(p string) []string {
+	base := strings.TrimPrefix(p, "*.")
+	out := []string{p}
+	for {
+		dot := strings.IndexByte(base, '.')
+		if dot < 0 {
+			return out
+		}
+		base = base[dot+1:]
+		out = append(out, "*."+base)
+	}
 }

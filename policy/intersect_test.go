@@ -115,11 +115,11 @@ func TestIntersectTooManyPortRanges(t *testing.T) {
 		pa = append(pa, PortRange{p, p + 7})
 		pb = append(pb, PortRange{p + 5, p + 11})
 	}
-	a, err := Compile(Envelope{Egress: []EgressRule{{ProtoTCP, netip.MustParsePrefix("10.0.0.0/8"), pa}}})
+	a, err := Compile(Envelope{Egress: []EgressRule{{ProtoTCP, netip.MustParsePrefix("10.0.0.0/8"), "", pa}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Compile(Envelope{Egress: []EgressRule{{ProtoTCP, netip.MustParsePrefix("10.1.0.0/16"), pb}}})
+	b, err := Compile(Envelope{Egress: []EgressRule{{ProtoTCP, netip.MustParsePrefix("10.1.0.0/16"), "", pb}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +377,7 @@ func BenchmarkIntersect(b *testing.B) {
 						a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 4: byte(rng.IntN(256)), 5: byte(rng.IntN(256)), 6: byte(rng.IntN(256))})
 					}
 					bits := a.BitLen() - rng.IntN(a.BitLen()-8)
-					rules[i] = EgressRule{ProtoTCP, netip.PrefixFrom(a, bits).Masked(), ports[rng.IntN(len(ports))]}
+					rules[i] = EgressRule{ProtoTCP, netip.PrefixFrom(a, bits).Masked(), "", ports[rng.IntN(len(ports))]}
 				}
 				rs, err := Compile(Envelope{Egress: rules})
 				if err != nil {

@@ -148,8 +148,20 @@ func ParseHostPattern(s string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("host %q: %w", s, err)
 	}
+	// Resolvers read a name whose last label is all digits ("10.0.0.1",
+	// but also inet_aton's "10.1" or "0x7f.1") as an address and never
+	// ask DNS for it, so such a rule could only mislead: an address is
+	// allowed by address.
+	if last := name[strings.LastIndexByte(name, '.')+1:]; strings.Trim(last, "0123456789") == "" {
+		return "", fmt.Errorf("host %q is an address, not a name (its last label is all digits); allow addresses by address", s)
+	}
 	if !strings.Contains(name, ".") && wild {
 		return "", fmt.Errorf("host %q: a wildcard needs a suffix of two labels or more", s)
+	}
+	// A wildcard matches only names longer than "x." plus its suffix; a
+	// suffix with no room below it within MaxNameLen would match nothing.
+	if wild && len(name) > MaxNameLen-2 {
+		return "", fmt.Errorf("host %q: the suffix is %d bytes long; names below it would pass the %d-byte limit", s, len(name), MaxNameLen)
 	}
 	if wild {
 		return "*." + name, nil

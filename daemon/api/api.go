@@ -45,7 +45,7 @@ type RunAs struct {
 
 // Grants are what a task may do at most, in `bridle run`'s flag syntax.
 type Grants struct {
-	Connect []string `json:"connect"` // PROTO:ADDR[:PORTS]
+	Connect []string `json:"connect"` // PROTO:ADDR[:PORTS] or PROTO:NAME[:PORTS]
 	Unix    []string `json:"unix"`    // PATH or @NAME
 	Exec    []string `json:"exec"`    // PATH, DIR/ for the executables below it, script:PATH
 	// AllowWritableExec (--allow-writable-exec) accepts exec rules whose

@@ -2,6 +2,7 @@ package store
 
 import (
 	"os"
+	"reflect"
 	"testing"
 	"time"
 
@@ -115,5 +116,34 @@ func TestFileFormat(t *testing.T) {
 `
 	if string(got) != want {
 		t.Fatalf("file:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// A task's name rules are kept with its other rules, so that a sub-agent
+// started after a restart is held within its parent's names too.
+func TestRulesKeepNames(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := policy.Compile(policy.Envelope{Egress: []policy.EgressRule{
+		{Protocol: policy.ProtoTCP, Host: "api.github.com", Ports: []policy.PortRange{{First: 443, Last: 443}}},
+		{Protocol: policy.ProtoAny, Host: "*.githubusercontent.com"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveRules("t-1", rs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.LoadRules("t-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Names, rs.Names) || len(got.Names) != 4 {
+		t.Fatalf("names after a round trip = %+v, want %+v", got.Names, rs.Names)
+	}
+	if p := got.PortsForName("raw.githubusercontent.com"); !p.ICMP || !p.Wildcard {
+		t.Errorf("restored rules allow raw.githubusercontent.com %+v", p)
 	}
 }

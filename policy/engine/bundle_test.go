@@ -203,7 +203,7 @@ func TestBundleUpdates(t *testing.T) {
 	}{
 		{"parse error", makeBundle(t, "rev-3", map[string]string{"/bridle/policy.rego": "package bridle\n\nenvelope := {\n"}, ""), "/bridle/policy.rego:4: rego_parse_error"},
 		{"type error", makeBundle(t, "rev-4", map[string]string{"/bridle/policy.rego": "package bridle\n\nenvelope := {} if input.task.intnet\n"}, ""), "/bridle/policy.rego:3: rego_type_error"},
-		{"schema error", makeBundle(t, "rev-5", map[string]string{"/bridle/policy.rego": "package bridle\n\nenvelope := {\"egress\": [{\"host\": \"x.example\"}]}\n"}, ""), "reserved"},
+		{"schema error", makeBundle(t, "rev-5", map[string]string{"/bridle/policy.rego": "package bridle\n\nenvelope := {\"egress\": [{\"protocol\": \"tcp\", \"host\": \"x.*.example\"}]}\n"}, ""), "/bridle/policy.rego:3: data.bridle.envelope: egress[0]"},
 		{"not a tarball", []byte("<html>maintenance</html>"), "gzip"},
 	}
 	for i, tc := range broken {

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -111,6 +112,9 @@ type prepared struct {
 	envelope rego.PreparedEvalQuery
 	baseline rego.PreparedEvalQuery
 	deny     rego.PreparedEvalQuery
+	// modules are the policy's parsed modules, sorted by path, where a
+	// refused envelope entry is looked up to say where it was written.
+	modules []*ast.Module
 }
 
 // Option configures an Engine.
@@ -352,6 +356,9 @@ func (e *Engine) prepare(ctx context.Context, source string, b *bundle.Bundle, r
 		).PrepareForEval(ctx)
 	}
 	p := &prepared{revision: revision, source: source, loaded: time.Now()}
+	for _, path := range slices.Sorted(maps.Keys(modules)) {
+		p.modules = append(p.modules, modules[path])
+	}
 	var err error
 	if p.envelope, err = prep(envelopeQuery); err != nil {
 		return nil, err
@@ -364,7 +371,7 @@ func (e *Engine) prepare(ctx context.Context, source string, b *bundle.Bundle, r
 	}
 
 	// Whatever a policy yields without looking at its input is checked
-	// now, so that a constant mistake (a bad CIDR, a {host} entry, a
+	// now, so that a constant mistake (a bad CIDR, a bad host, a
 	// rule conflict) is refused at load, with the policy in force kept,
 	// rather than at the first task start. Parts that depend on the input
 	// are checked at each evaluation, where a bad entry refuses the task.
@@ -486,7 +493,58 @@ func (p *prepared) evalEnvelope(ctx context.Context, q rego.PreparedEvalQuery, n
 	if err != nil || v == nil {
 		return policy.Envelope{}, 0, err
 	}
-	return policy.DecodeEnvelope(v, name, withTTL)
+	env, maxTTL, err := policy.DecodeEnvelope(v, name, withTTL)
+	if err != nil {
+		return policy.Envelope{}, 0, p.locate(err)
+	}
+	return env, maxTTL, nil
+}
+
+// locate leads the error of a refused envelope entry with the file:line
+// where the policy wrote it: of a literal equal to the whole entry, or
+// else of the string within it the error is about. An entry built from
+// the input, from data files or by string functions has no such literal;
+// its error stays as it is, naming the rule and the entry.
+func (p *prepared) locate(err error) error {
+	var ee *policy.EntryError
+	if !errors.As(err, &ee) {
+		return err
+	}
+	var targets []ast.Value
+	if v, verr := ast.InterfaceToValue(ee.Entry); verr == nil {
+		targets = append(targets, v)
+	}
+	if ee.Value != "" {
+		targets = append(targets, ast.String(ee.Value))
+	}
+	for _, target := range targets {
+		if loc := p.find(target); loc != nil {
+			return fmt.Errorf("%s: %w", loc, err)
+		}
+	}
+	return err
+}
+
+// find returns the location of the first term of the policy's modules
+// equal to v, nil if none is.
+func (p *prepared) find(v ast.Value) *ast.Location {
+	var loc *ast.Location
+	for _, m := range p.modules {
+		ast.WalkTerms(m, func(t *ast.Term) bool {
+			if loc != nil {
+				return true
+			}
+			if t.Location != nil && t.Value.Compare(v) == 0 {
+				loc = t.Location
+				return true
+			}
+			return false
+		})
+		if loc != nil {
+			return loc
+		}
+	}
+	return nil
 }
 
 // printHook sends the output of print() calls in a policy to the log, with

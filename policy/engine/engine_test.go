@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -204,10 +205,16 @@ func TestBadPolicyKeepsThePolicyInForce(t *testing.T) {
 			[]string{"eval_conflict_error", "data.bridle.baseline", "a.rego:3", "b.rego:3"}},
 		{"no package bridle", map[string]string{"p.rego": "package brdle\n\nenvelope := {}\n"}, []string{"no module declares package bridle"}},
 		{"empty directory", map[string]string{"README": "nothing here"}, []string{"no module declares package bridle"}},
-		{"constant host entry", map[string]string{"p.rego": "package bridle\n\nenvelope := {\"egress\": [{\"host\": \"api.example.com\"}]}\n"},
-			[]string{"data.bridle.envelope", "egress[0]", "reserved"}},
+		{"star inside a host", map[string]string{"p.rego": "package bridle\n\nenvelope := {\"egress\": [\n\t{\"protocol\": \"tcp\", \"host\": \"api.*.example.com\", \"ports\": [443]},\n]}\n"},
+			[]string{"p.rego:4:", "data.bridle.envelope", "egress[0]", `host "api.*.example.com": '*' is allowed only as the first label`}},
+		{"host built from a list", map[string]string{"p.rego": "package bridle\n\nhosts := [\n\t\"ok.example.com\",\n\t\"*x.example.com\",\n]\n\nenvelope := {\"egress\": [{\"protocol\": \"tcp\", \"host\": h} | some h in hosts]}\n"},
+			[]string{"p.rego:5:", "egress[1]", "'*' is allowed only as the first label"}},
+		{"address as host", map[string]string{"p.rego": "package bridle\n\nbaseline := {\"egress\": [{\"protocol\": \"tcp\", \"host\": \"192.0.2.1\"}]}\n"},
+			[]string{"p.rego:3:", "data.bridle.baseline", "use cidr"}},
+		{"host and cidr", map[string]string{"p.rego": "package bridle\n\nenvelope := {\"egress\": [{\"protocol\": \"tcp\", \"host\": \"a.example.com\", \"cidr\": \"192.0.2.1\"}]}\n"},
+			[]string{"p.rego:3:", "host and cidr together"}},
 		{"constant bad cidr", map[string]string{"p.rego": "package bridle\n\nbaseline := {\"egress\": [{\"protocol\": \"tcp\", \"cidr\": \"10.0.0.0/40\"}]}\n"},
-			[]string{"data.bridle.baseline", "egress[0]", "prefix length"}},
+			[]string{"p.rego:3:", "data.bridle.baseline", "egress[0]", "prefix length"}},
 		{"deny not strings", map[string]string{"p.rego": "package bridle\n\ndeny := true\n"}, []string{"data.bridle.deny", "want a set of message strings"}},
 		{"bad data file", map[string]string{"p.rego": "package bridle\n", "data.json": "{nope"}, []string{"data.json"}},
 	}
@@ -249,6 +256,30 @@ func TestBadPolicyKeepsThePolicyInForce(t *testing.T) {
 	}
 	if st := e.Status(); st.LastError != nil || st.Revision == good {
 		t.Errorf("status after a good load = %+v", st)
+	}
+}
+
+// Host entries become name rules, in the case the policy wrote them or
+// not.
+func TestEvaluateHost(t *testing.T) {
+	e := mustLoad(t, map[string]string{"p.rego": `package bridle
+
+envelope := {"egress": [
+	{"protocol": "tcp", "host": "API.GitHub.com", "ports": [443]},
+	{"protocol": "any", "host": "*.githubusercontent.com"},
+]}
+`})
+	d, err := e.Evaluate(context.Background(), taskInput("fix", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range d.Envelope.Egress {
+		got = append(got, r.String())
+	}
+	want := []string{"tcp:api.github.com:443", "any:*.githubusercontent.com"}
+	if !slices.Equal(got, want) {
+		t.Errorf("egress = %q, want %q", got, want)
 	}
 }
 
