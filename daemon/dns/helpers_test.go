@@ -183,7 +183,7 @@ func (u *upstreamServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 	name := strings.ToLower(q.Name)
 	rrs, ok := u.zone[name]
 	if !ok && strings.HasSuffix(name, ".wild.example.") {
-		rrs, ok = []dns.RR{mustRR(name+" 300 IN A 192.0.2.40")}, true
+		rrs, ok = []dns.RR{mustRR(name + " 300 IN A 192.0.2.40")}, true
 	}
 	if !ok {
 		m.Rcode = dns.RcodeNameError

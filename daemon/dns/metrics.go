@@ -22,8 +22,8 @@ type Metrics interface {
 
 type noMetrics struct{}
 
-func (noMetrics) Query(bpf.Verdict, string)     {}
-func (noMetrics) CacheHit()                     {}
+func (noMetrics) Query(bpf.Verdict, string)      {}
+func (noMetrics) CacheHit()                      {}
 func (noMetrics) Forwarded(time.Duration, error) {}
 
 // Stats are the resolver's counters since it started.
