@@ -58,7 +58,7 @@ func (s *Server) answer(ctx context.Context, proto policy.Protocol, src netip.Ad
 	}
 	deny := func(rcode int, reason string) (*dns.Msg, audit.Record) {
 		rec.Verdict, rec.Reason = bpf.VerdictDeny, reason
-		return s.reply(req, proto, rcode), rec
+		return s.reply(req, rcode), rec
 	}
 
 	peer, err := s.cfg.Kernel.Peer(proto, src)
@@ -128,7 +128,7 @@ func (s *Server) answer(ctx context.Context, proto policy.Protocol, src netip.Ad
 			return deny(dns.RcodeServerFailure, audit.DNSKernel+": "+err.Error())
 		}
 	}
-	reply := s.reply(req, proto, got.msg.Rcode)
+	reply := s.reply(req, got.msg.Rcode)
 	reply.Truncated = got.msg.Truncated
 	reply.Answer, reply.Ns = got.msg.Answer, got.msg.Ns
 	fit(reply, req, proto)
@@ -182,7 +182,7 @@ func (s *Server) forward(ctx context.Context, proto policy.Protocol, req *dns.Ms
 }
 
 // reply starts the reply to req.
-func (s *Server) reply(req *dns.Msg, proto policy.Protocol, rcode int) *dns.Msg {
+func (s *Server) reply(req *dns.Msg, rcode int) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetRcode(req, rcode)
 	m.RecursionAvailable = true
