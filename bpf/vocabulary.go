@@ -49,6 +49,8 @@ const (
 	ActionTaskEnd    Action = "task_end"
 	ActionAPI        Action = "api"        // a refused call to bridled's API
 	ActionSuppressed Action = "suppressed" // records left out of the audit file
+	// ActionDNS is a query to Bridle's resolver: one record per query.
+	ActionDNS Action = "dns"
 )
 
 var actions = [...]Action{
@@ -109,6 +111,9 @@ const (
 	// EnforcementDaemon is bridled's own records: tasks, API refusals,
 	// the audit file's accounting.
 	EnforcementDaemon Enforcement = "daemon"
+	// EnforcementResolver is Bridle's resolver (daemon/dns), which
+	// answers the queries the kernel steers to it.
+	EnforcementResolver Enforcement = "resolver"
 )
 
 var enforcements = [...]Enforcement{1: EnforcementCgroup, 2: EnforcementLSM, 3: EnforcementKill}

@@ -17,6 +17,8 @@ func (r Record) Target() string {
 
 func (r Record) target() string {
 	switch {
+	case r.Action == bpf.ActionDNS:
+		return r.QueryType + " " + r.Name
 	case r.Protocol == bpf.ProtocolUnix:
 		return "unix:" + r.Path
 	case r.Action == bpf.ActionExec:
@@ -61,6 +63,13 @@ func (r Record) allowFlag() string {
 	switch {
 	case r.noFlag():
 		return ""
+	case r.Action == bpf.ActionDNS:
+		// A name's port is not in the query; an exact name also lifts
+		// the wildcard budget, which counts only wildcard-matched names.
+		if r.Reason != DNSNotAllowed && r.Reason != DNSBudget || r.Name == "" {
+			return ""
+		}
+		return "--allow-connect tcp:" + r.Name + ":PORT"
 	case r.Action == bpf.ActionBind || r.Action == bpf.ActionAccept:
 		if r.Protocol != bpf.ProtocolTCP && r.Protocol != bpf.ProtocolUDP {
 			return ""
@@ -96,7 +105,10 @@ func (r Record) line() string {
 		verb = string(r.Verdict)
 	}
 	who := fmt.Sprintf("%s[%d]", r.Comm, r.PID)
-	if r.PID == 0 {
+	switch {
+	case r.Action == bpf.ActionDNS:
+		who = "the workload"
+	case r.PID == 0:
 		who = "the workload (packet check)"
 	}
 	fmt.Fprintf(&b, "%s %s %s by %s: %s", verb, r.Action, r.target(), who, r.Reason)
@@ -158,6 +170,9 @@ func (r Record) noFlag() bool {
 	switch r.Action {
 	case bpf.ActionSocket, bpf.ActionSetsockopt, bpf.ActionNamespace:
 		return true
+	case bpf.ActionDNS:
+		cause, _, _ := strings.Cut(r.Reason, ": ")
+		return cause == DNSType || cause == DNSInvalid || cause == DNSUnattributed
 	}
 	return bpf.Reason(r.Reason) == bpf.ReasonExtHeader
 }

@@ -27,7 +27,7 @@ type Record struct {
 	Intent   string       `json:"intent"`
 	PID      uint32       `json:"pid"`
 	Comm     string       `json:"comm"`
-	Action   bpf.Action   `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed
+	Action   bpf.Action   `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed | dns
 	Protocol bpf.Protocol `json:"protocol"` // tcp | udp | icmp | unix | raw | packet | other
 	Address  string       `json:"address"`  // IP address, "" when none
 	Port     uint16       `json:"port"`
@@ -39,7 +39,7 @@ type Record struct {
 	// Reason is the kernel's (a bpf.Reason) or, on bridled's own records,
 	// free text.
 	Reason      string          `json:"reason"`
-	Enforcement bpf.Enforcement `json:"enforcement"` // cgroup | lsm | kill | seccomp | daemon
+	Enforcement bpf.Enforcement `json:"enforcement"` // cgroup | lsm | kill | seccomp | daemon | resolver
 	// PolicyRevision names the policy that decided: the revision of the
 	// task's envelope, or of the baseline for a workload without a task.
 	PolicyRevision string `json:"policy_revision"`
@@ -49,6 +49,15 @@ type Record struct {
 	// file, past the workload's share of the file (on a "suppressed"
 	// record).
 	Suppressed uint64 `json:"suppressed"`
+
+	// Name, QueryType and Answers describe a query to Bridle's resolver
+	// (action "dns"): the name asked for (canonical when it is a valid
+	// name), the record type ("A", "AAAA", "TXT", "TYPE65"), and the
+	// addresses the answer gave for the name, which became the task's
+	// learned entries. Absent on other records.
+	Name      string   `json:"name,omitempty"`
+	QueryType string   `json:"qtype,omitempty"`
+	Answers   []string `json:"answers,omitempty"`
 
 	// CgroupID is the workload's cgroup id (its directory's inode), for
 	// routing a kernel decision to the workload's subscribers inside the

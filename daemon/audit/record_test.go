@@ -20,6 +20,7 @@ func TestRecordJSONLine(t *testing.T) {
 			PolicyRevision: "r1", Suppressed: 3, CgroupID: 7, // not written
 		},
 		{Action: "socket", Protocol: "other", Family: 40, Verdict: "would-deny", Reason: "address family not allowed", Enforcement: "seccomp"},
+		{Action: "dns", Protocol: "udp", Address: "8.8.8.8", Port: 53, Name: "api.example", QueryType: "A", Answers: []string{"192.0.2.1", "192.0.2.2"}, Verdict: "allow", Reason: "allowed by rule", Enforcement: "resolver"},
 		{Action: "task_end", Verdict: "allow", Reason: "expired; aborted 1 open connection(s) (1 tcp, 0 udp)", Enforcement: "daemon"},
 		{},
 	} {
@@ -29,6 +30,7 @@ func TestRecordJSONLine(t *testing.T) {
 	}
 	const want = `{"time":"2026-12-01T10:00:00.5Z","node":"n1","workload":"/bridle.run/w","identity":"spiffe://x/y","task":"t-1","intent":"fix \u003cbug\u003e \u0026 test","pid":42,"comm":"curl","action":"connect","protocol":"tcp","address":"10.0.0.1","port":443,"path":"","verdict":"deny","reason":"no rule allows it","enforcement":"cgroup","policy_revision":"r1","suppressed":3}
 {"time":"","node":"","workload":"","identity":"","task":"","intent":"","pid":0,"comm":"","action":"socket","protocol":"other","address":"","port":0,"path":"","family":40,"verdict":"would-deny","reason":"address family not allowed","enforcement":"seccomp","policy_revision":"","suppressed":0}
+{"time":"","node":"","workload":"","identity":"","task":"","intent":"","pid":0,"comm":"","action":"dns","protocol":"udp","address":"8.8.8.8","port":53,"path":"","verdict":"allow","reason":"allowed by rule","enforcement":"resolver","policy_revision":"","suppressed":0,"name":"api.example","qtype":"A","answers":["192.0.2.1","192.0.2.2"]}
 {"time":"","node":"","workload":"","identity":"","task":"","intent":"","pid":0,"comm":"","action":"task_end","protocol":"","address":"","port":0,"path":"","verdict":"allow","reason":"expired; aborted 1 open connection(s) (1 tcp, 0 udp)","enforcement":"daemon","policy_revision":"","suppressed":0}
 {"time":"","node":"","workload":"","identity":"","task":"","intent":"","pid":0,"comm":"","action":"","protocol":"","address":"","port":0,"path":"","verdict":"","reason":"","enforcement":"","policy_revision":"","suppressed":0}
 `

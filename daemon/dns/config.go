@@ -1,0 +1,118 @@
+package dns
+
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/bridle-sh/bridle/daemon/audit"
+)
+
+// Defaults of Config.
+const (
+	DefaultTTLFloor       = 30 * time.Second
+	DefaultNegativeTTLCap = 30 * time.Second
+	DefaultCacheSize      = 4096
+	DefaultTimeout        = 5 * time.Second
+	// DefaultWildcardNames is how many distinct names one task may
+	// resolve through wildcard rules alone, over its whole life.
+	DefaultWildcardNames = 1000
+	// DefaultWildcardRate is how many new such names a task may resolve
+	// per second, after a burst of DefaultWildcardBurst.
+	DefaultWildcardRate  = 10
+	DefaultWildcardBurst = 50
+)
+
+// Config configures a Server. Zero fields take the defaults above.
+type Config struct {
+	// Upstream is the resolver allowed queries are forwarded to.
+	Upstream netip.AddrPort
+	// Listen4 and Listen6 are where to listen, UDP and TCP on the same
+	// port. Zero: 127.0.0.1:0 and [::1]:0 (an ephemeral port each); a
+	// host without IPv6 loopback then listens on IPv4 only. The port is
+	// the same for UDP and TCP because the kernel steers both to one
+	// address and port per family.
+	Listen4, Listen6 netip.AddrPort
+	// NoIPv6 listens on IPv4 only.
+	NoIPv6 bool
+
+	// TTLFloor is the shortest life of a learned address, whatever the
+	// answer's TTL: a name with TTL 0 must still be connectable right
+	// after it resolved.
+	TTLFloor time.Duration
+	// NegativeTTLCap caps how long an NXDOMAIN or empty answer from the
+	// upstream is cached.
+	NegativeTTLCap time.Duration
+	// CacheSize is how many (name, type) answers are cached at most.
+	CacheSize int
+	// Timeout bounds one exchange with the upstream.
+	Timeout time.Duration
+	// WildcardNames, WildcardRate and WildcardBurst are the per-task
+	// budget of distinct names matched only by wildcard rules.
+	WildcardNames int
+	WildcardRate  float64
+	WildcardBurst int
+
+	Kernel Kernel
+	Tasks  Tasks
+	// Records receives one record per query. Nil: none.
+	Records audit.Sink
+	// Metrics is told about each query. Nil: nothing.
+	Metrics Metrics
+	// Node is the host name records carry.
+	Node string
+	Log  *slog.Logger
+	// Now is the clock; nil: time.Now. Learned entries' expiry and the
+	// cache read it.
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if !c.Upstream.IsValid() {
+		return c, errors.New("dns: no upstream resolver")
+	}
+	if c.Kernel == nil || c.Tasks == nil {
+		return c, errors.New("dns: the kernel and the tasks are required")
+	}
+	if !c.Listen4.IsValid() {
+		c.Listen4 = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0)
+	}
+	if !c.Listen6.IsValid() && !c.NoIPv6 {
+		c.Listen6 = netip.AddrPortFrom(netip.IPv6Loopback(), 0)
+	}
+	if c.TTLFloor <= 0 {
+		c.TTLFloor = DefaultTTLFloor
+	}
+	if c.NegativeTTLCap <= 0 {
+		c.NegativeTTLCap = DefaultNegativeTTLCap
+	}
+	if c.CacheSize <= 0 {
+		c.CacheSize = DefaultCacheSize
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.WildcardNames <= 0 {
+		c.WildcardNames = DefaultWildcardNames
+	}
+	if c.WildcardRate <= 0 {
+		c.WildcardRate = DefaultWildcardRate
+	}
+	if c.WildcardBurst <= 0 {
+		c.WildcardBurst = DefaultWildcardBurst
+	}
+	if c.Records == nil {
+		c.Records = audit.Sinks(nil)
+	}
+	if c.Metrics == nil {
+		c.Metrics = noMetrics{}
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
+}
