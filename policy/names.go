@@ -59,33 +59,90 @@ type NamePorts struct {
 func (p NamePorts) Allowed() bool { return len(p.TCP) > 0 || len(p.UDP) > 0 || p.ICMP }
 
 // PortsForName returns what rs's name rules allow for name, which must be
-// canonical.
+// canonical. It scans the rules; a caller asking often builds a NameIndex.
 func (rs RuleSet) PortsForName(name string) NamePorts {
-	var p NamePorts
-	exact := false
+	var m nameMatch
 	for _, r := range rs.Names {
-		if !r.Matches(name) {
-			continue
-		}
-		if !r.Wildcard() {
-			exact = true
-		}
-		switch r.Protocol {
-		case ProtoTCP:
-			p.TCP = append(p.TCP, r.Ports...)
-		case ProtoUDP:
-			p.UDP = append(p.UDP, r.Ports...)
-		case ProtoICMP:
-			p.ICMP = true
+		if r.Matches(name) {
+			m.add(r)
 		}
 	}
+	return m.ports()
+}
+
+// NameIndex answers PortsForName in time that grows with the name's labels,
+// not with the number of rules: exact names from a map, wildcards from the
+// name's suffixes.
+type NameIndex struct {
+	exact map[string][]NameRule // by pattern
+	below map[string][]NameRule // by ".suffix" of "*.suffix"
+}
+
+// NewNameIndex indexes rules (compiled, as RuleSet.Names holds them).
+func NewNameIndex(rules []NameRule) *NameIndex {
+	x := &NameIndex{exact: map[string][]NameRule{}, below: map[string][]NameRule{}}
+	for _, r := range rules {
+		if r.Wildcard() {
+			suffix := r.Pattern[1:]
+			x.below[suffix] = append(x.below[suffix], r)
+		} else {
+			x.exact[r.Pattern] = append(x.exact[r.Pattern], r)
+		}
+	}
+	return x
+}
+
+// PortsForName is RuleSet.PortsForName over the indexed rules. A nil
+// index allows nothing.
+func (x *NameIndex) PortsForName(name string) NamePorts {
+	var m nameMatch
+	if x == nil {
+		return m.ports()
+	}
+	for _, r := range x.exact[name] {
+		m.add(r)
+	}
+	// Every ".suffix" with at least one byte before it: the wildcards
+	// that cover name, and never the suffix itself.
+	for i := 1; i < len(name); i++ {
+		if name[i] == '.' {
+			for _, r := range x.below[name[i:]] {
+				m.add(r)
+			}
+		}
+	}
+	return m.ports()
+}
+
+// nameMatch gathers the rules that match one name.
+type nameMatch struct {
+	p     NamePorts
+	exact bool
+}
+
+func (m *nameMatch) add(r NameRule) {
+	if !r.Wildcard() {
+		m.exact = true
+	}
+	switch r.Protocol {
+	case ProtoTCP:
+		m.p.TCP = append(m.p.TCP, r.Ports...)
+	case ProtoUDP:
+		m.p.UDP = append(m.p.UDP, r.Ports...)
+	case ProtoICMP:
+		m.p.ICMP = true
+	}
+}
+
+func (m *nameMatch) ports() NamePorts {
+	p := m.p
 	if len(p.TCP) > 0 {
 		p.TCP = normalizePorts(p.TCP)
 	}
 	if len(p.UDP) > 0 {
 		p.UDP = normalizePorts(p.UDP)
 	}
-	p.Wildcard = p.Allowed() && !exact
+	p.Wildcard = p.Allowed() && !m.exact
 	return p
 }
 

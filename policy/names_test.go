@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -286,9 +287,13 @@ func TestIntersectNamesMatchesPortsForName(t *testing.T) {
 		}) {
 			t.Fatalf("round %d: names not sorted: %q", round, namesString(got.Names))
 		}
+		ia, ig := NewNameIndex(a.Names), NewNameIndex(got.Names)
 		for range 50 {
 			n := randName()
 			pa, pb, pg := a.PortsForName(n), b.PortsForName(n), got.PortsForName(n)
+			if xa, xg := ia.PortsForName(n), ig.PortsForName(n); !reflect.DeepEqual(xa, pa) || !reflect.DeepEqual(xg, pg) {
+				t.Fatalf("round %d: %s: the index gives %+v and %+v, the scan %+v and %+v", round, n, xa, xg, pa, pg)
+			}
 			wantTCP := appendIntersection(nil, pa.TCP, pb.TCP)
 			wantUDP := appendIntersection(nil, pa.UDP, pb.UDP)
 			if !slices.Equal(pg.TCP, wantTCP) || !slices.Equal(pg.UDP, wantUDP) || pg.ICMP != (pa.ICMP && pb.ICMP) {
@@ -312,5 +317,22 @@ func BenchmarkPortsForName(b *testing.B) {
 	}
 	for b.Loop() {
 		rs.PortsForName("host1000.example.com")
+	}
+}
+
+// BenchmarkNameIndex is the same check through the index the resolver
+// keeps per task.
+func BenchmarkNameIndex(b *testing.B) {
+	var env Envelope
+	for i := range MaxNames {
+		env.Egress = append(env.Egress, EgressRule{Protocol: ProtoAny, Host: fmt.Sprintf("host%d.example.com", i)})
+	}
+	rs, err := Compile(env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	x := NewNameIndex(rs.Names)
+	for b.Loop() {
+		x.PortsForName("host1000.example.com")
 	}
 }

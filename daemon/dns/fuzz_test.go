@@ -72,7 +72,7 @@ func FuzzQuery(f *testing.F) {
 			return
 		}
 		k := &fakeKernel{peers: map[netip.Addr]Peer{srcA: {Slot: 1, Generation: 1}}}
-		tasks := fakeTasks{1: {TaskID: "t", Rules: rules}}
+		tasks := fakeTasks{1: {TaskID: "t", Names: policy.NewNameIndex(rules.Names)}}
 		srv, err := New(Config{Upstream: netip.MustParseAddrPort("192.0.2.53:53"), Kernel: k, Tasks: tasks,
 			WildcardBurst: 1000})
 		if err != nil {

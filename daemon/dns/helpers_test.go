@@ -259,8 +259,8 @@ func start(t *testing.T, tweak func(*Config)) *harness {
 			srcB: {CgroupID: 200, Slot: 2, Generation: 9, Dest: netip.MustParseAddrPort("1.1.1.1:53")},
 		}},
 		tasks: fakeTasks{
-			1: {TaskID: "t-a", Identity: "spiffe://test/a", Workload: "/bridle.run/a", PolicyRevision: "r1", Rules: testRules()},
-			2: {TaskID: "t-b", Identity: "spiffe://test/b", Workload: "/bridle.run/b", PolicyRevision: "r1", Rules: testRules()},
+			1: {TaskID: "t-a", Identity: "spiffe://test/a", Workload: "/bridle.run/a", PolicyRevision: "r1", Names: policy.NewNameIndex(testRules().Names)},
+			2: {TaskID: "t-b", Identity: "spiffe://test/b", Workload: "/bridle.run/b", PolicyRevision: "r1", Names: policy.NewNameIndex(testRules().Names)},
 		},
 		up:      newUpstream(t),
 		records: &recorder{},

@@ -46,7 +46,8 @@ type Kernel interface {
 // Asker is the task, or the baseline, that governs a workload.
 type Asker struct {
 	TaskID, Identity, Intent, Workload, PolicyRevision string
-	Rules                                              policy.RuleSet
+	// Names answers what the task's name rules allow for a name.
+	Names *policy.NameIndex
 	// Ends is when the task ends; zero for none.
 	Ends time.Time
 }

@@ -92,7 +92,7 @@ func (s *Server) answer(ctx context.Context, proto policy.Protocol, src netip.Ad
 	}
 	rec.Name = name
 
-	ports := asker.Rules.PortsForName(name)
+	ports := asker.Names.PortsForName(name)
 	if !ports.Allowed() {
 		reply, rec := deny(dns.RcodeNameError, audit.DNSNotAllowed)
 		blocked(reply, req)
