@@ -2,9 +2,14 @@ package dns
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
 )
@@ -115,4 +120,39 @@ func (c Config) withDefaults() (Config, error) {
 		c.Now = time.Now
 	}
 	return c, nil
+}
+
+// ResolvConf is where the system's resolver configuration lives.
+const ResolvConf = "/etc/resolv.conf"
+
+// SystemUpstream returns the first nameserver of a resolv.conf file, as
+// the C library would ask it; a file without one means 127.0.0.1:53, as
+// it does for the C library.
+func SystemUpstream(path string) (netip.AddrPort, error) {
+	cc, err := dns.ClientConfigFromFile(path)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("dns: read %s: %w", path, err)
+	}
+	port := uint16(53)
+	if p, err := strconv.ParseUint(cc.Port, 10, 16); err == nil && p != 0 {
+		port = uint16(p)
+	}
+	for _, s := range cc.Servers {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return netip.AddrPortFrom(a.Unmap(), port), nil
+		}
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port), nil
+}
+
+// ParseUpstream parses an upstream resolver as flags and the config file
+// write it: ADDR:PORT, [ADDR6]:PORT, or an address alone for port 53.
+func ParseUpstream(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), 53), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("dns upstream %q: want ADDR:PORT, [ADDR6]:PORT or an address", s)
 }
