@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bridle-sh/bridle/daemon/dns"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -63,6 +66,53 @@ type Config struct {
 	// are checked for the unit settings adopted workloads need (also at
 	// each task start). Default 30s, at least 1s.
 	HardeningCheckInterval time.Duration `yaml:"hardening_check_interval"`
+	// DNS configures Bridle's resolver, to which the kernel steers every
+	// confined workload's DNS (docs/DNS.md).
+	DNS DNS `yaml:"dns"`
+}
+
+// DNS configures the resolver. Zero values take the resolver's defaults.
+type DNS struct {
+	// Upstream is where allowed queries go: ADDR:PORT, or an address for
+	// port 53. Default: the first nameserver in /etc/resolv.conf.
+	Upstream string `yaml:"upstream"`
+	// Listen4 and Listen6 are the resolver's addresses (UDP and TCP on
+	// one port): default 127.0.0.1 and ::1 on an ephemeral port. The
+	// workloads must reach them from their network namespace.
+	Listen4 string `yaml:"listen4"`
+	Listen6 string `yaml:"listen6"`
+	// TTLFloor is the shortest life of a learned address.
+	TTLFloor time.Duration `yaml:"ttl_floor"`
+	// WildcardNames, WildcardRate and WildcardBurst are each task's
+	// budget of names allowed by wildcard rules alone.
+	WildcardNames int     `yaml:"wildcard_names"`
+	WildcardRate  float64 `yaml:"wildcard_rate"`
+	WildcardBurst int     `yaml:"wildcard_burst"`
+}
+
+// check refuses values that cannot work, with the field's name.
+func (d DNS) check() error {
+	if d.Upstream != "" {
+		if _, err := dns.ParseUpstream(d.Upstream); err != nil {
+			return fmt.Errorf("dns.upstream: %w", err)
+		}
+	}
+	for name, v := range map[string]string{"dns.listen4": d.Listen4, "dns.listen6": d.Listen6} {
+		if v == "" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil || (name == "dns.listen4") != ap.Addr().Is4() {
+			return fmt.Errorf("%s %q: want an IPv%s ADDR:PORT (port 0: any free one)", name, v, map[bool]string{true: "4", false: "6"}[name == "dns.listen4"])
+		}
+	}
+	switch {
+	case d.TTLFloor < 0:
+		return fmt.Errorf("dns.ttl_floor %v: must not be negative", d.TTLFloor)
+	case d.WildcardNames < 0, d.WildcardRate < 0, d.WildcardBurst < 0:
+		return errors.New("dns.wildcard_names, wildcard_rate and wildcard_burst must not be negative")
+	}
+	return nil
 }
 
 // DefaultHardeningCheckInterval is HardeningCheckInterval's default.
@@ -246,6 +296,9 @@ func (c *Config) complete() error {
 		return fmt.Errorf("hardening_check_interval %v: at least 1s", c.HardeningCheckInterval)
 	}
 	if err := c.APILimits.complete(); err != nil {
+		return err
+	}
+	if err := c.DNS.check(); err != nil {
 		return err
 	}
 	ids := make(map[string]string, len(c.Identities))

@@ -132,3 +132,26 @@ func TestReadersAndLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestDNSSettings(t *testing.T) {
+	good := "roots: [/a]\npolicy_dir: /p\ndns:\n  upstream: 10.0.0.2\n  listen4: 127.0.0.1:0\n  listen6: \"[::1]:5300\"\n  ttl_floor: 5s\n  wildcard_names: 10\n"
+	c, err := Parse([]byte(good), "bridled.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DNS.Upstream != "10.0.0.2" || c.DNS.TTLFloor.String() != "5s" || c.DNS.WildcardNames != 10 {
+		t.Errorf("dns settings %+v", c.DNS)
+	}
+	for _, bad := range []string{
+		"dns:\n  upstream: resolver.example\n",
+		"dns:\n  listen4: \"[::1]:53\"\n",
+		"dns:\n  listen6: 127.0.0.1:53\n",
+		"dns:\n  ttl_floor: -1s\n",
+		"dns:\n  wildcard_rate: -1\n",
+		"dns:\n  upstrem: 10.0.0.2\n",
+	} {
+		if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\n"+bad), "bridled.yaml"); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
