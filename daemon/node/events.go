@@ -18,7 +18,7 @@ import (
 // metrics, the subscriptions of its workload, then extra in order (another
 // consumer of decisions plugs in here).
 func (n *Node) ReadEvents(r *loader.EventReader, extra ...audit.Sink) {
-	sinks := append(audit.Sinks{audit.SinkFunc(n.record), n.opt.Metrics, audit.SinkFunc(n.deliverRecord)}, extra...)
+	sinks := n.sinks(extra...)
 	r.OnIdle = n.idle
 	for {
 		ev, err := r.Read()

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
+	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/daemon/tasks"
@@ -41,6 +43,10 @@ type Kernel interface {
 	TakeSuppressed(cgroupID uint64, generation uint32) (uint64, error)
 	// AttachCgroup attaches the programs to a cgroup and its subtree.
 	AttachCgroup(path string) error
+	// SetResolver steers the workloads' DNS to the resolver's addresses;
+	// DNSPeer names the workload that sent a query to it.
+	SetResolver(v4, v6 netip.AddrPort) error
+	DNSPeer(proto policy.Protocol, src netip.AddrPort) (loader.DNSPeer, error)
 }
 
 // Options wires a Node.
@@ -125,6 +131,11 @@ type Node struct {
 	// suppressed is the kernel's running total of suppressed events last
 	// reported per task (cgroup id and generation); see Enrich.
 	suppressed map[budgetKey]uint32
+	// names indexes the name rules of tasks in force, by slot
+	// generation, for the resolver; baselineNames the baseline's.
+	names         map[uint32]*policy.NameIndex
+	baselineNames *policy.NameIndex
+	resolver      *dns.Server // nil until StartResolver
 }
 
 type budgetKey struct {
@@ -146,7 +157,7 @@ func New(opt Options) *Node {
 	n := &Node{
 		opt: opt, log: opt.Log,
 		paths: map[uint64]string{}, subs: map[*Subscription]struct{}{},
-		suppressed: map[budgetKey]uint32{},
+		suppressed: map[budgetKey]uint32{}, names: map[uint32]*policy.NameIndex{},
 	}
 	n.tasks = tasks.NewManager(opt.Kernel, n.taskEnded)
 	return n
@@ -221,6 +232,7 @@ func (n *Node) SetBaseline(ctx context.Context) (Baseline, error) {
 	}
 	n.mu.Lock()
 	n.baseline = dec.Revision
+	n.baselineNames = policy.NewNameIndex(rs.Names)
 	n.mu.Unlock()
 	return Baseline{Revision: dec.Revision, Rules: rs.Count()}, nil
 }
@@ -514,6 +526,13 @@ func (n *Node) taskEnded(e tasks.End) {
 		log.Info("task ended")
 	}
 	rev := e.Task.PolicyRevision
+	n.mu.Lock()
+	delete(n.names, e.Task.Generation)
+	resolver := n.resolver
+	n.mu.Unlock()
+	if resolver != nil {
+		resolver.TaskEnded(e.Task.ID)
+	}
 	_ = n.persist()
 	if n.opt.Store != nil {
 		n.opt.Store.RemoveRules(e.Task.ID)

@@ -34,6 +34,8 @@ type Kernel interface {
 	// of a previous daemon's state (see Restore).
 	Bindings() (map[uint64]uint32, error)
 	ClearSlotsExcept(keep map[uint32]bool) error
+	// Learn writes addresses the resolver learned for a task's names.
+	Learn(slot, generation uint32, addrs []loader.LearnedAddr) error
 }
 
 // Task is one task in force.
@@ -411,6 +413,35 @@ func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
 		}
 	}
 	return m.k.WriteRules(loader.BaselineSlot, rs)
+}
+
+// ErrNotInForce is returned by Learn for a slot generation whose task has
+// ended (or never was).
+var ErrNotInForce = errors.New("task not in force")
+
+// Learn writes addresses the resolver learned for a name into the rules of
+// the task at slot and generation, or of the baseline (BaselineSlot,
+// generation 0), while it is in force. The kernel honours an entry only
+// for its generation and until its expiry; checking here as well keeps an
+// ended task's slot, about to be cleared or given to another task, free of
+// entries written after the end.
+func (m *Manager) Learn(slot, generation uint32, addrs []loader.LearnedAddr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if slot != loader.BaselineSlot {
+		m.index.RLock()
+		it, ok := m.byGeneration[generation]
+		m.index.RUnlock()
+		if !ok || !it.ended.IsZero() || it.task.Slot != slot || m.tasks[it.task.ID] == nil {
+			return fmt.Errorf("tasks: learn for slot %d generation %d: %w", slot, generation, ErrNotInForce)
+		}
+	} else if generation != 0 {
+		return fmt.Errorf("tasks: learn for the baseline at generation %d: %w", generation, ErrNotInForce)
+	}
+	if err := m.k.Learn(slot, generation, addrs); err != nil {
+		return fmt.Errorf("tasks: learn: %w", err)
+	}
+	return nil
 }
 
 // BindRoot binds a root cgroup to the baseline: the workloads below it
