@@ -13,6 +13,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/daemon/run"
 )
 
@@ -27,6 +28,8 @@ type runFlags struct {
 	standalone          bool
 	logAllowed, verbose bool
 	writableExec        bool
+	dnsUpstream         string
+	dnsTTLFloor         time.Duration
 }
 
 func newRunCommand() *cobra.Command {
@@ -42,7 +45,8 @@ kernel refuses every connection, datagram and exec the flags do not allow
 is printed as it happens with the flag that would allow it, and a
 summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 		Example: `  sudo bridle run --allow-connect tcp:127.0.0.1:8080 --allow-exec /usr/bin/ -- curl http://127.0.0.1:8080/
-  sudo bridle run --allow-connect udp:[2001:db8::53]:53 --ttl 10m --audit audit.jsonl -- ./agent`,
+  sudo bridle run --allow-connect tcp:api.github.com:443 --allow-connect tcp:*.githubusercontent.com:443 --allow-exec /usr/bin/ -- git clone https://github.com/bridle-sh/bridle
+  sudo bridle run --allow-connect udp:[2001:db8::53]:123 --ttl 10m --audit audit.jsonl -- ./agent`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec, closeAudit, err := f.spec(args)
@@ -67,7 +71,7 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 	}
 	fl := cmd.Flags()
 	fl.SetInterspersed(false) // everything from COMMAND on belongs to COMMAND
-	fl.StringArrayVar(&f.connect, "allow-connect", nil, "allow PROTO:ADDR[:PORTS] (PROTO tcp|udp|icmp|any; ADDR IPv4 or [IPv6], address or CIDR; PORTS N, N-M or a list); repeatable")
+	fl.StringArrayVar(&f.connect, "allow-connect", nil, "allow PROTO:ADDR[:PORTS] (PROTO tcp|udp|icmp|any; ADDR IPv4 or [IPv6], address or CIDR, or a host name, *.SUFFIX for any name below SUFFIX; PORTS N, N-M or a list); repeatable")
 	fl.StringArrayVar(&f.unix, "allow-unix", nil, "allow connecting to the unix socket PATH (@NAME for an abstract name); repeatable")
 	fl.StringArrayVar(&f.listen, "allow-listen", nil, "allow binding and accepting connections on PROTO:PORTS (PROTO tcp|udp|any; PORTS N, N-M or a list); repeatable")
 	fl.StringArrayVar(&f.exec, "allow-exec", nil, "allow running PATH; a directory ending in / allows the executables below it; script:PATH allows PATH only as a #! script; repeatable")
@@ -81,6 +85,8 @@ summary at exit. The exit status is COMMAND's (128+N for signal N).`,
 	fl.StringVar(&f.policy, "policy", "", "decide the task's envelope with this Rego policy (a directory or an OPA bundle file); --allow-* flags then cap it")
 	fl.StringVar(&f.socket, "socket", config.DefaultSocket, "bridled's API socket: when a daemon answers there, it enforces the run under the node's policy")
 	fl.BoolVar(&f.standalone, "standalone", false, "enforce in this process even if bridled runs")
+	fl.StringVar(&f.dnsUpstream, "dns-upstream", "", "forward the names the task may resolve to this resolver, ADDR:PORT (default: the first nameserver in /etc/resolv.conf); standalone runs")
+	fl.DurationVar(&f.dnsTTLFloor, "dns-ttl-floor", 0, "keep a resolved address allowed at least this long, whatever its TTL (default 30s); standalone runs")
 	fl.BoolVar(&f.logAllowed, "log-allowed", false, "record allowed decisions too, not only refusals")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "report what the kernel supports and how the task is enforced")
 	return cmd
@@ -124,6 +130,17 @@ func (f *runFlags) spec(args []string) (run.RunSpec, func(), error) {
 		return spec, noop, fmt.Errorf("--ttl %v: must be positive", f.ttl)
 	}
 	spec.TTL = f.ttl
+	if f.dnsUpstream != "" {
+		up, err := dns.ParseUpstream(f.dnsUpstream)
+		if err != nil {
+			return spec, noop, fmt.Errorf("--dns-upstream: %w", err)
+		}
+		spec.DNS.Upstream = up
+	}
+	if f.dnsTTLFloor < 0 {
+		return spec, noop, fmt.Errorf("--dns-ttl-floor %v: must be positive", f.dnsTTLFloor)
+	}
+	spec.DNS.TTLFloor = f.dnsTTLFloor
 	if f.policy != "" {
 		if _, err := os.Stat(f.policy); err != nil {
 			return spec, noop, fmt.Errorf("--policy: %w", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/audit"
+	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
@@ -73,11 +74,12 @@ type embeddedHost struct {
 	node    *node.Node
 	reader  *loader.EventReader
 	readWG  sync.WaitGroup
+	dns     DNSSettings
 	cleanup []func()
 }
 
-func newEmbeddedHost(ctx context.Context, runID, policyPath string) (*embeddedHost, error) {
-	h := &embeddedHost{runID: runID}
+func newEmbeddedHost(ctx context.Context, runID, policyPath string, dnsSettings DNSSettings) (*embeddedHost, error) {
+	h := &embeddedHost{runID: runID, dns: dnsSettings}
 	if policyPath != "" {
 		h.engine = engine.NewEngine()
 		if err := loadPolicy(ctx, h.engine, policyPath); err != nil {
@@ -162,6 +164,19 @@ func (h *embeddedHost) newWorkload(runID string) (workload.Cgroup, error) {
 		_ = h.enf.Close()
 	})
 	h.defer_(h.node.Wait)
+	// The resolver first: from the workload's first instruction its DNS
+	// is steered there.
+	upstream := h.dns.Upstream
+	if !upstream.IsValid() {
+		if upstream, err = dns.SystemUpstream(dns.ResolvConf); err != nil {
+			return cg, fmt.Errorf("%w (name an upstream resolver with --dns-upstream)", err)
+		}
+	}
+	resolver, err := h.node.StartResolver(context.Background(), dns.Config{Upstream: upstream, TTLFloor: h.dns.TTLFloor})
+	if err != nil {
+		return cg, err
+	}
+	h.defer_(func() { _ = resolver.Shutdown(context.Background()) })
 	// Nothing is bound yet: until the task is, the cgroup's processes
 	// (there are none) would be refused everything.
 	if err := h.enf.AttachCgroup(cg.Path); err != nil {
@@ -340,11 +355,14 @@ func pickHost(ctx context.Context, spec RunSpec, runID string) (host, error) {
 			if spec.Identity != "" {
 				return nil, fmt.Errorf("--identity: bridled runs on this node (%s) and maps identities itself; pass --standalone to name one", spec.Socket)
 			}
+			if spec.DNS != (DNSSettings{}) {
+				return nil, fmt.Errorf("--dns-upstream, --dns-ttl-floor: bridled runs on this node (%s) and resolves for its workloads (its config's dns settings); pass --standalone to resolve in this process", spec.Socket)
+			}
 			return newRemoteHost(client, st)
 		case !errors.Is(err, api.ErrNotRunning):
 			return nil, fmt.Errorf("bridled at %s: %w (pass --standalone to run without it)", spec.Socket, err)
 		}
 		slog.Debug("no daemon; running standalone", "err", err)
 	}
-	return newEmbeddedHost(ctx, runID, spec.Policy)
+	return newEmbeddedHost(ctx, runID, spec.Policy, spec.DNS)
 }

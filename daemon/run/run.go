@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,15 @@ type RunSpec struct {
 	// AllowWritableExec (--allow-writable-exec) accepts exec rules whose
 	// file the workload's user can write.
 	AllowWritableExec bool
+	// DNS configures the resolver of a standalone run.
+	DNS DNSSettings
+}
+
+// DNSSettings are a standalone run's resolver settings; zero values take
+// the defaults (the first nameserver of /etc/resolv.conf; dns's floor).
+type DNSSettings struct {
+	Upstream netip.AddrPort // --dns-upstream
+	TTLFloor time.Duration  // --dns-ttl-floor
 }
 
 // pinParent is where standalone runs pin their programs and maps, one
