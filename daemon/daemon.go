@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/store"
@@ -38,6 +40,7 @@ type Daemon struct {
 	watcher *engine.BundleWatcher // nil for a policy directory
 	enf     *loader.Enforcer
 	node    *node.Node
+	dns     *dns.Server
 	store   *store.Store
 	audit   *auditLog
 	metrics *metrics.Metrics
@@ -126,6 +129,9 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if err := d.writeBaseline(ctx); err != nil {
 		return err
 	}
+	if err := d.startResolver(); err != nil {
+		return err
+	}
 	if err := d.attachRoots(); err != nil {
 		return err
 	}
@@ -212,6 +218,36 @@ func (d *Daemon) writeBaseline(ctx context.Context) error {
 	if err == nil {
 		d.log.Info("baseline in force", "revision", b.Revision, "rules", b.Rules)
 	}
+	return err
+}
+
+// startResolver starts the resolver the workloads' DNS is steered to,
+// before any root is confined, so that no workload's first query finds
+// none. It lives as long as bridled; while bridled is away the kernel
+// still steers queries to its address, where nothing answers: DNS fails
+// closed.
+func (d *Daemon) startResolver() error {
+	c := d.cfg.DNS
+	cfg := dns.Config{
+		TTLFloor: c.TTLFloor, WildcardNames: c.WildcardNames, WildcardRate: c.WildcardRate,
+		WildcardBurst: c.WildcardBurst, Metrics: d.metrics,
+	}
+	var err error
+	if c.Upstream != "" {
+		cfg.Upstream, err = dns.ParseUpstream(c.Upstream)
+	} else {
+		cfg.Upstream, err = dns.SystemUpstream(dns.ResolvConf)
+	}
+	if err != nil {
+		return fmt.Errorf("dns: %w (set dns.upstream)", err)
+	}
+	if c.Listen4 != "" {
+		cfg.Listen4 = netip.MustParseAddrPort(c.Listen4) // checked at load
+	}
+	if c.Listen6 != "" {
+		cfg.Listen6 = netip.MustParseAddrPort(c.Listen6)
+	}
+	d.dns, err = d.node.StartResolver(context.Background(), cfg)
 	return err
 }
 
@@ -439,6 +475,11 @@ func traversable(dir string, log *slog.Logger) error {
 // close releases this process's handles only: pins stay, so the kernel
 // keeps enforcing.
 func (d *Daemon) close() {
+	if d.dns != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = d.dns.Shutdown(ctx)
+		cancel()
+	}
 	if d.node != nil {
 		d.node.Wait()
 	}

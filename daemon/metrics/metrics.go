@@ -88,6 +88,17 @@ type Metrics struct {
 	apiUnrecorded   prometheus.Counter
 	apiConnRefused  prometheus.Counter
 	listenerUp      map[string]prometheus.Gauge
+	dnsQueries      map[string]map[string]prometheus.Counter // verdict → reason
+	dnsCacheHits    prometheus.Counter
+	dnsUpstream     prometheus.Histogram
+	dnsUpstreamErrs prometheus.Counter
+}
+
+// dnsReasons are the resolver's reasons (daemon/audit), the label values
+// of bridle_dns_queries_total.
+var dnsReasons = []string{
+	audit.DNSAllowed, audit.DNSNotAllowed, audit.DNSBudget, audit.DNSType, audit.DNSInvalid,
+	audit.DNSUnattributed, audit.DNSNoTask, audit.DNSUpstream, audit.DNSKernel, other,
 }
 
 // listeners are bridled's own listeners, for bridle_listener_up.
@@ -111,6 +122,32 @@ func New(src Sources) *Metrics {
 		}
 		m.decisions[a] = row
 	}
+
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_dns_queries_total",
+		Help: "Queries Bridle's resolver answered, by verdict (allow, deny) and reason (the dns record's reason, docs/EVENTS.md).",
+	}, []string{"verdict", "reason"})
+	m.dnsQueries = make(map[string]map[string]prometheus.Counter, len(verdicts))
+	for _, v := range verdicts {
+		row := make(map[string]prometheus.Counter, len(dnsReasons))
+		for _, r := range dnsReasons {
+			row[r] = queries.WithLabelValues(v, r)
+		}
+		m.dnsQueries[v] = row
+	}
+	m.dnsCacheHits = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_dns_cache_hits_total",
+		Help: "Allowed queries the resolver answered from its cache.",
+	})
+	m.dnsUpstream = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "bridle_dns_upstream_duration_seconds",
+		Help:    "Time of one exchange with the upstream resolver.",
+		Buckets: durationBuckets,
+	})
+	m.dnsUpstreamErrs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_dns_upstream_failures_total",
+		Help: "Exchanges with the upstream resolver that failed (timeout, refused, malformed answer).",
+	})
 
 	m.tasksStarted = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "bridle_tasks_started_total",
@@ -202,6 +239,7 @@ func New(src Sources) *Metrics {
 		m.policyEval, m.apply, m.revoke,
 		loads, m.policyInfo, m.apiRefused, m.eventsLost,
 		m.unhardened, lacks,
+		queries, m.dnsCacheHits, m.dnsUpstream, m.dnsUpstreamErrs,
 		m.apiUnrecorded, m.apiConnRefused, listenerUp,
 	)
 	if src.Drops != nil {
@@ -271,8 +309,43 @@ func (m *Metrics) Decision(action bpf.Action, verdict bpf.Verdict) {
 }
 
 // Record counts a kernel decision's record: the metrics as a sink of the
-// node's event reader.
-func (m *Metrics) Record(r audit.Record) { m.Decision(r.Action, r.Verdict) }
+// node's event reader. The resolver's records are counted by Query.
+func (m *Metrics) Record(r audit.Record) {
+	if r.Action != bpf.ActionDNS {
+		m.Decision(r.Action, r.Verdict)
+	}
+}
+
+// Query counts a query the resolver answered.
+func (m *Metrics) Query(verdict bpf.Verdict, reason string) {
+	if m == nil {
+		return
+	}
+	row, ok := m.dnsQueries[string(verdict)]
+	if !ok {
+		row = m.dnsQueries[other]
+	}
+	pick(row, reason).Inc()
+}
+
+// CacheHit counts a query answered from the resolver's cache.
+func (m *Metrics) CacheHit() {
+	if m == nil {
+		return
+	}
+	m.dnsCacheHits.Inc()
+}
+
+// Forwarded observes one exchange with the upstream resolver.
+func (m *Metrics) Forwarded(rtt time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	m.dnsUpstream.Observe(rtt.Seconds())
+	if err != nil {
+		m.dnsUpstreamErrs.Inc()
+	}
+}
 
 // TaskStarted counts a task that started.
 func (m *Metrics) TaskStarted() {

@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/bridle-sh/bridle/bpf"
+	"github.com/bridle-sh/bridle/daemon/audit"
 )
 
 func TestDecisionClampsUnknownValues(t *testing.T) {
@@ -380,5 +381,36 @@ func TestHardening(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(m.registry, "bridle_workload_hardening_missing"); err != nil || n != 10 {
 		t.Fatalf("unknown settings made series: %d, %v", n, err)
+	}
+}
+
+func TestDNSQueries(t *testing.T) {
+	m := New(Sources{})
+	m.Query(bpf.VerdictAllow, audit.DNSAllowed)
+	m.Query(bpf.VerdictDeny, audit.DNSNotAllowed)
+	m.Query(bpf.VerdictDeny, audit.DNSNotAllowed)
+	m.Query(bpf.VerdictDeny, "a reason from a newer resolver")
+	m.Record(audit.Record{Action: bpf.ActionDNS, Verdict: bpf.VerdictDeny}) // counted by Query, not twice
+	m.CacheHit()
+	m.Forwarded(300*time.Microsecond, nil)
+	m.Forwarded(5*time.Second, errors.New("timeout"))
+	for _, c := range []struct {
+		verdict, reason string
+		want            float64
+	}{
+		{"allow", audit.DNSAllowed, 1}, {"deny", audit.DNSNotAllowed, 2}, {"deny", other, 1},
+	} {
+		if got := testutil.ToFloat64(m.dnsQueries[c.verdict][c.reason]); got != c.want {
+			t.Errorf("queries %s/%s = %v, want %v", c.verdict, c.reason, got, c.want)
+		}
+	}
+	if got := testutil.ToFloat64(m.decisions[other][other]) + testutil.ToFloat64(m.decisions[other]["deny"]); got != 0 {
+		t.Errorf("a dns record was counted as a kernel decision (%v)", got)
+	}
+	if testutil.ToFloat64(m.dnsCacheHits) != 1 || testutil.ToFloat64(m.dnsUpstreamErrs) != 1 {
+		t.Error("cache hits or upstream failures not counted")
+	}
+	if n, err := testutil.GatherAndCount(m.registry, "bridle_dns_upstream_duration_seconds"); err != nil || n != 1 {
+		t.Errorf("upstream histogram: %d, %v", n, err)
 	}
 }
