@@ -39,8 +39,11 @@ static __always_inline void restore4(struct bpf_sock_addr *ctx)
 
 /*
  * An IPv6 socket sees the IPv4 resolver as ::ffff:a.b.c.d; the original
- * destination replaces it only if it was of the same kind (mapped or
- * not), since one socket may have queried servers of both.
+ * destination replaces it only if it was of the same kind (IPv4 or not),
+ * since one socket may have queried servers of both. An IPv4 destination
+ * of an IPv6 socket was kept by connect6 as IPv4-mapped, or by sendmsg4
+ * (the kernel sends a datagram to an IPv4-mapped address through the IPv4
+ * path and its hook) as IPv4.
  */
 static __always_inline void restore6(struct bpf_sock_addr *ctx)
 {
@@ -61,12 +64,21 @@ static __always_inline void restore6(struct bpf_sock_addr *ctx)
 	}
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct bridle_sockaddr *o = bpf_map_lookup_elem(&bridle_dnsorig, &cookie);
-	if (!o || o->family != 6)
+	if (!o)
 		return;
 	__u32 orig[4];
-	__builtin_memcpy(orig, o->addr, 16);
-	if (dns_is_v4_mapped(orig[0], orig[1], orig[2]) != mapped)
-		return;
+	if (o->family == 4) {
+		if (!mapped)
+			return;
+		orig[0] = 0;
+		orig[1] = 0;
+		orig[2] = bpf_htonl(0x0000ffff);
+		__builtin_memcpy(&orig[3], o->addr, 4);
+	} else {
+		__builtin_memcpy(orig, o->addr, 16);
+		if (dns_is_v4_mapped(orig[0], orig[1], orig[2]) != mapped)
+			return;
+	}
 	ctx->user_ip6[0] = orig[0];
 	ctx->user_ip6[1] = orig[1];
 	ctx->user_ip6[2] = orig[2];

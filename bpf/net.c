@@ -128,13 +128,11 @@ static __always_inline int learned_allows(const struct bridle_ctx *c, __u32 prot
  * attribution (dns_attribute). An IPv4-mapped destination on an IPv6
  * socket goes to the IPv4 resolver, mapped. Returns 0, changing nothing,
  * when no resolver is set for that family: the rules judge it as any
- * other destination.
+ * other destination. Always returns 1.
  */
-static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const struct dest *d, int v6)
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const struct bridle_resolver *r,
+					const struct dest *d, int v6)
 {
-	struct bridle_resolver *r = dns_resolver();
-	if (!r || !(r->flags & (d->family == 4 ? BRIDLE_RESOLVER_V4 : BRIDLE_RESOLVER_V6)))
-		return 0;
 
 	struct bridle_sockaddr orig = {.port = BRIDLE_DNS_PORT, .family = v6 ? 6 : 4};
 	if (v6) {
@@ -170,6 +168,30 @@ static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const struct 
 	return 1;
 }
 
+/*
+ * Whether a workload's TCP or UDP to d, port goes to Bridle's resolver:
+ * port 53 anywhere is steered there (redirect_dns), and the resolver's own
+ * address and port are allowed as they are. The kernel itself sends there
+ * directly: a connected IPv6 socket's datagram to an IPv4-mapped address
+ * passes sendmsg4 with the address connect was steered to. Nothing sent
+ * there escapes attribution: the egress check records every packet to the
+ * resolver, however it was addressed (dns_attribute).
+ */
+static __always_inline int to_resolver(struct bpf_sock_addr *ctx, const struct dest *d, __u16 port, int v6)
+{
+	struct bridle_resolver *r = dns_resolver();
+	if (!r || !(r->flags & (d->family == 4 ? BRIDLE_RESOLVER_V4 : BRIDLE_RESOLVER_V6)))
+		return 0;
+	if (port == BRIDLE_DNS_PORT)
+		return redirect_dns(ctx, r, d, v6);
+	if (d->family == 4) {
+		__u32 ip4;
+		__builtin_memcpy(&ip4, r->addr4, 4);
+		return port == r->port4 && d->ip4 == ip4;
+	}
+	return port == r->port6 && dns_same_addr6(d->ip6, r->addr6);
+}
+
 static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, int v6)
 {
 	struct bridle_ctx c;
@@ -190,8 +212,7 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 	}
 
 	/* A workload's DNS is Bridle's resolver's to answer, never a rule's. */
-	if (c.found && port == BRIDLE_DNS_PORT && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) &&
-	    redirect_dns(ctx, &d, v6))
+	if (c.found && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && to_resolver(ctx, &d, port, v6))
 		return CGROUP_ALLOW;
 
 	int allowed = 0;

@@ -204,12 +204,14 @@ struct bridle_resolver {
 	__u16 port6;
 };
 
-/* A socket address as a workload gave it: on an IPv6 socket the 16 bytes
- * it passed (IPv4-mapped included), on an IPv4 socket the first 4. */
+/* A socket address as a workload gave it: the 16 bytes it passed to an
+ * IPv6 hook (IPv4-mapped included), the first 4 to an IPv4 hook. (The
+ * kernel runs sendmsg4, not sendmsg6, for a datagram an IPv6 socket sends
+ * to an IPv4-mapped address.) */
 struct bridle_sockaddr {
 	__u8 addr[16];
 	__u16 port;   /* host order */
-	__u8 family;  /* 4 or 6: the socket's family */
+	__u8 family;  /* 4 or 6: the hook's family */
 	__u8 _pad;
 };
 
