@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,14 +42,23 @@ func init() {
 // dnsClient runs one client action:
 //
 //	udp ADDRPORT            unconnected sendto, recvfrom; prints the reply's source
+//	udp-from SRC ADDRPORT   udp, from IPv4 source SRC (SO_REUSEADDR)
 //	udp-connected ADDRPORT  connect, send, recvfrom; prints the reply's source
 //	tcp ADDRPORT            connect, a length-prefixed query and its answer; prints getpeername
 //	connect ADDRPORT        a TCP connect; prints "ok"
 //
 // An IPv4-mapped ADDRPORT is sent from an IPv6 socket.
 func dnsClient(args []string) (string, error) {
+	var src netip.AddrPort
+	if len(args) == 3 && args[0] == "udp-from" {
+		var err error
+		if src, err = netip.ParseAddrPort(args[1]); err != nil {
+			return "", err
+		}
+		args = []string{"udp", args[2]}
+	}
 	if len(args) != 2 {
-		return "", fmt.Errorf("usage: udp|udp-connected|tcp|connect ADDRPORT")
+		return "", fmt.Errorf("usage: udp|udp-connected|tcp|connect ADDRPORT, udp-from SRC ADDRPORT")
 	}
 	dst, err := netip.ParseAddrPort(args[1])
 	if err != nil {
@@ -69,6 +79,15 @@ func dnsClient(args []string) (string, error) {
 		return "", fmt.Errorf("socket: %w", err)
 	}
 	defer unix.Close(fd)
+	if src.IsValid() {
+		// As a second socket on another's source would.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return "", fmt.Errorf("SO_REUSEADDR: %w", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.Addr().As4(), Port: int(src.Port())}); err != nil {
+			return "", fmt.Errorf("bind: %w", err)
+		}
+	}
 	tv := unix.NsecToTimeval(int64(3 * time.Second))
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	query := []byte("bridle-query")
@@ -202,13 +221,13 @@ func (r *testResolver) serve(t *testing.T, e *Enforcer, addr string) netip.AddrP
 
 // dnsWorkload is a confined cgroup bound to slot 1 (generation 1), whose
 // task may run this test binary and nothing else.
-func dnsWorkload(t *testing.T, e *Enforcer, rules ...policy.EgressRule) (string, uint64) {
+func dnsWorkload(t *testing.T, e *Enforcer, listen ...policy.ListenRule) (string, uint64) {
 	t.Helper()
 	cg, id := testCgroup(t)
 	if err := e.AttachCgroup(cg); err != nil {
 		t.Fatal(err)
 	}
-	rs, err := policy.Compile(policy.Envelope{Egress: rules, Exec: []policy.ExecRule{{Path: os.Args[0]}}})
+	rs, err := policy.Compile(policy.Envelope{Listen: listen, Exec: []policy.ExecRule{{Path: os.Args[0]}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,4 +480,100 @@ func acceptAll(t *testing.T, network, addr string) uint16 {
 	_, p, _ := net.SplitHostPort(ln.Addr().String())
 	n, _ := strconv.Atoi(p)
 	return uint16(n)
+}
+
+// Two workloads' sockets can send from one source address and port
+// (SO_REUSEADDR, or one after the other): the second may not take over the
+// first one's attribution while it is held, so its packet is dropped and
+// the resolver still sees the first.
+func TestDNSSourceTakeoverRefused(t *testing.T) {
+	e := testEnforcer(t)
+	var res testResolver
+	v4 := res.serve(t, e, "127.0.0.1")
+	if err := e.SetResolver(v4, netip.AddrPort{}); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	pc.Close()
+	listen := policy.ListenRule{Protocol: policy.ProtoUDP, Ports: []policy.PortRange{{First: src.Port(), Last: src.Port()}}}
+	cgA, idA := dnsWorkload(t, e, listen)
+	cgB, idB := dnsWorkload(t, e, listen)
+	if err := e.BindWorkload(idB, 2, WorkloadMode{}); err != nil {
+		t.Fatal(err)
+	}
+
+	if out, err := runClient(t, cgA, "udp-from", src.String(), "192.0.2.1:53"); err != nil || out != "192.0.2.1:53" {
+		t.Fatalf("first workload: %v %q", err, out)
+	}
+	out, err := runClient(t, cgB, "udp-from", src.String(), "192.0.2.9:53")
+	if err == nil || !strings.Contains(out, "operation not permitted") {
+		t.Fatalf("second workload from the same source: %v %q, want EPERM", err, out)
+	}
+	p, err := e.DNSPeer(policy.ProtoUDP, src)
+	if err != nil || p.CgroupID != idA || p.Slot != 1 || p.Dest.String() != "192.0.2.1:53" {
+		t.Fatalf("peer of %s: %+v %v, want the first workload (cgroup %d)", src, p, err, idA)
+	}
+	// The first workload itself may send from it again, from a new socket.
+	if out, err := runClient(t, cgA, "udp-from", src.String(), "192.0.2.3:53"); err != nil || out != "192.0.2.3:53" {
+		t.Fatalf("first workload again: %v %q", err, out)
+	}
+	if p, err := e.DNSPeer(policy.ProtoUDP, src); err != nil || p.CgroupID != idA || p.Dest.String() != "192.0.2.3:53" {
+		t.Fatalf("peer of %s: %+v %v", src, p, err)
+	}
+}
+
+// The resolver setting and learned addresses are pinned: a restarted
+// daemon finds them. A pin directory of a version without these maps (an
+// upgrade) gets them created.
+func TestDNSStateSurvivesReload(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(DefaultPinRoot, "test", fmt.Sprintf("dns-reload-%d", time.Now().UnixNano()))
+	t.Cleanup(func() { _ = RemovePins(dir) })
+
+	first, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	// As an earlier version left the directory.
+	for _, name := range []string{"bridle_dnsconf", "bridle_dnsorig", "bridle_dnspeers", "bridle_learn4", "bridle_learn6"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	second, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatalf("load over a pin directory without the DNS maps: %v", err)
+	}
+	resolver := netip.MustParseAddrPort("127.0.0.1:5353")
+	if err := second.SetResolver(resolver, netip.AddrPort{}); err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("198.51.100.7")
+	err = second.Learn(5, 9, []LearnedAddr{{Protocol: policy.ProtoTCP, Addr: addr,
+		Ports: []policy.PortRange{{First: 443, Last: 443}}, Expires: time.Now().Add(time.Hour)}})
+	second.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	third, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	var r netBridleResolver
+	if err := third.net.BridleDnsconf.Lookup(uint32(0), &r); err != nil || r.Addr4 != resolver.Addr().As4() || r.Port4 != resolver.Port() {
+		t.Fatalf("resolver after reload: %+v %v", r, err)
+	}
+	var v netBridleLearned
+	k := netBridleLearn4Key{Slot: 5, Proto: uint32(policy.ProtoTCP), Addr: addr.As4()}
+	if err := third.net.BridleLearn4.Lookup(&k, &v); err != nil || v.Generation != 9 || v.Ports.Count != 1 {
+		t.Fatalf("learned address after reload: %+v %v", v, err)
+	}
 }
