@@ -542,7 +542,10 @@ static __always_inline int dns_attribute(struct __sk_buff *skb, const struct bri
  *
  * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
  * sendto() of an ICMP echo would pass unseen: their packets are judged by
- * the same rules here.
+ * the same rules here, learned addresses included.
+ *
+ * With a resolver set, packets to it are recorded for attribution (see
+ * dns_attribute); without one that costs one compare.
  *
  * (The name predates the extension header check; it stays, because the
  * links pinned by earlier versions are found and updated by it.)
