@@ -193,7 +193,9 @@ func bootNow() (uint64, error) {
 // until each one's expiry, checked by the kernel itself; an entry of an
 // earlier task of the slot allows nothing. Learning an address again
 // replaces its entry. Written with batch updates, before the resolver
-// answers, so a connect right after the answer is never refused.
+// answers, so a connect right after the answer is never refused. The
+// baseline slot's entries count with generation 0, and only while a
+// workload has no task in force.
 func (e *Enforcer) Learn(slot, generation uint32, addrs []LearnedAddr) error {
 	if slot >= MaxSlots {
 		return fmt.Errorf("learn: slot %d out of range", slot)
