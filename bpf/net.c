@@ -14,6 +14,7 @@
 #include "lib/types.h"
 #include "lib/ports.h"
 #include "lib/uapi.h"
+#include "lib/dns.h"
 
 /* Maps the socket to the protocol number rules are keyed by; 0 if none. */
 static __always_inline __u32 rule_proto(__u32 type, __u32 protocol, __u8 *event_proto)
@@ -79,6 +80,118 @@ static __always_inline void event_set_dest(struct bridle_event *e, const struct 
 		__builtin_memcpy(e->addr, d->ip6, 16);
 }
 
+/*
+ * The generation learned entries of c's slot must carry. A workload whose
+ * task has expired is judged by the baseline (slot 0), whose entries carry
+ * generation 0, not by its task's.
+ */
+static __always_inline __u32 learned_generation(const struct bridle_ctx *c)
+{
+	return c->slot == BRIDLE_BASELINE_SLOT ? 0 : c->generation;
+}
+
+/*
+ * Whether an address the slot's task learned from a resolver answer allows
+ * d: the entry must be of the task now in the slot (its generation) and not
+ * expired; then the port must be one of its ports (ICMP has none: pass
+ * check_port 0). *port_refused says the address was learned, the port not.
+ */
+static __always_inline int learned_allows(const struct bridle_ctx *c, __u32 proto, const struct dest *d,
+					  __u16 port, int check_port, int *port_refused)
+{
+	struct bridle_learned *l;
+	if (d->family == 4) {
+		struct bridle_learn4_key k = {.slot = c->slot, .proto = proto};
+		__builtin_memcpy(k.addr, &d->ip4, 4);
+		l = bpf_map_lookup_elem(&bridle_learn4, &k);
+	} else {
+		struct bridle_learn6_key k = {.slot = c->slot, .proto = proto};
+		__builtin_memcpy(k.addr, d->ip6, 16);
+		l = bpf_map_lookup_elem(&bridle_learn6, &k);
+	}
+	if (!l || l->generation != learned_generation(c))
+		return 0;
+	/* The kernel ends the entry itself, as it ends a task. */
+	if (bpf_ktime_get_boot_ns() >= l->expires_ns)
+		return 0;
+	if (check_port && !port_allowed(&l->ports, port)) {
+		*port_refused = 1;
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * Steers a workload's DNS (TCP or UDP to port 53, any address) to the
+ * resolver of the destination's family, and keeps the original destination
+ * under the socket's cookie for the reply hooks (bpf/dns.c) and the
+ * attribution (dns_attribute). An IPv4-mapped destination on an IPv6
+ * socket goes to the IPv4 resolver, mapped. Returns 0, changing nothing,
+ * when no resolver is set for that family: the rules judge it as any
+ * other destination. Always returns 1.
+ */
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, const struct bridle_resolver *r,
+					const struct dest *d, int v6)
+{
+
+	struct bridle_sockaddr orig = {.port = BRIDLE_DNS_PORT, .family = v6 ? 6 : 4};
+	if (v6) {
+		__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+		__builtin_memcpy(orig.addr, ip6, 16);
+	} else {
+		__builtin_memcpy(orig.addr, &d->ip4, 4);
+	}
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_update_elem(&bridle_dnsorig, &cookie, &orig, BPF_ANY);
+
+	__u32 ip4;
+	__builtin_memcpy(&ip4, r->addr4, 4);
+	if (d->family == 4) {
+		if (v6) {
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+			ctx->user_ip6[3] = ip4;
+		} else {
+			ctx->user_ip4 = ip4;
+		}
+		ctx->user_port = bpf_htons(r->port4);
+		return 1;
+	}
+	__u32 ip6[4];
+	__builtin_memcpy(ip6, r->addr6, 16);
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+	ctx->user_port = bpf_htons(r->port6);
+	return 1;
+}
+
+/*
+ * Whether a workload's TCP or UDP to d, port goes to Bridle's resolver:
+ * port 53 anywhere is steered there (redirect_dns), and the resolver's own
+ * address and port are allowed as they are. The kernel itself sends there
+ * directly: a connected IPv6 socket's datagram to an IPv4-mapped address
+ * passes sendmsg4 with the address connect was steered to. Nothing sent
+ * there escapes attribution: the egress check records every packet to the
+ * resolver, however it was addressed (dns_attribute).
+ */
+static __always_inline int to_resolver(struct bpf_sock_addr *ctx, const struct dest *d, __u16 port, int v6)
+{
+	struct bridle_resolver *r = dns_resolver();
+	if (!r || !(r->flags & (d->family == 4 ? BRIDLE_RESOLVER_V4 : BRIDLE_RESOLVER_V6)))
+		return 0;
+	if (port == BRIDLE_DNS_PORT)
+		return redirect_dns(ctx, r, d, v6);
+	if (d->family == 4) {
+		__u32 ip4;
+		__builtin_memcpy(&ip4, r->addr4, 4);
+		return port == r->port4 && d->ip4 == ip4;
+	}
+	return port == r->port6 && dns_same_addr6(d->ip6, r->addr6);
+}
+
 static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, int v6)
 {
 	struct bridle_ctx c;
@@ -98,6 +211,10 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 		d.ip4 = ctx->user_ip4;
 	}
 
+	/* A workload's DNS is Bridle's resolver's to answer, never a rule's. */
+	if (c.found && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && to_resolver(ctx, &d, port, v6))
+		return CGROUP_ALLOW;
+
 	int allowed = 0;
 	__u8 reason = c.reason_if_unmatched;
 	if (!proto) {
@@ -107,6 +224,14 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 		if (ports) {
 			allowed = port_allowed(ports, port);
 			reason = allowed ? BRIDLE_REASON_RULE : BRIDLE_REASON_PORT;
+		}
+		if (!allowed) {
+			int port_refused = 0;
+			allowed = learned_allows(&c, proto, &d, port, 1, &port_refused);
+			if (allowed)
+				reason = BRIDLE_REASON_RULE;
+			else if (port_refused)
+				reason = BRIDLE_REASON_PORT;
 		}
 	}
 
@@ -296,6 +421,114 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
 }
 
 /*
+ * Records who sends a packet to the resolver, before it leaves: the
+ * resolver attributes each query by its source (transport, address, port)
+ * to the workload, slot and task generation found here from the packet's
+ * socket, never from anything the packet says. Every workload packet to
+ * the resolver's address and port is recorded, steered or sent there
+ * directly, so no path to the resolver escapes attribution; one sent
+ * directly records the resolver itself as its original destination.
+ *
+ * Two sockets can share a source address and port (SO_REUSEADDR,
+ * SO_REUSEPORT; for UDP even across users), so one workload could send
+ * from another's DNS source and have its queries, or the other's, judged
+ * as the wrong task's. An entry is therefore only replaced by the same
+ * socket, by the same workload, or once it has been quiet for
+ * BRIDLE_DNS_PEER_HOLD_NS; a packet of another workload's socket from a
+ * source held that way is dropped (fail closed): the sender retries from
+ * a fresh port, and neither workload's queries are answered as the
+ * other's.
+ *
+ * Returns the verdict for the packet, or -1 when it does not go to the
+ * resolver. first is the byte bridle_ping_egress read: the IPv6 next
+ * header (extension headers were refused before) or the IPv4 version and
+ * header length (options were refused before, so the header is 20 bytes).
+ */
+static __always_inline int dns_attribute(struct __sk_buff *skb, const struct bridle_resolver *r, __u8 first)
+{
+	struct bridle_dns_peer_key k = {};
+	__u32 l4;
+	__u16 dport, want_port;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (!(r->flags & BRIDLE_RESOLVER_V4) || bpf_skb_load_bytes(skb, 9, &k.proto, 1))
+			return -1;
+		l4 = 20;
+		want_port = r->port4;
+		k.family = 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (!(r->flags & BRIDLE_RESOLVER_V6))
+			return -1;
+		k.proto = first;
+		l4 = IPV6_HDR_LEN;
+		want_port = r->port6;
+		k.family = 6;
+	} else {
+		return -1;
+	}
+	if (k.proto != IPPROTO_TCP && k.proto != IPPROTO_UDP)
+		return -1;
+	if (bpf_skb_load_bytes(skb, l4 + 2, &dport, 2) || bpf_ntohs(dport) != want_port)
+		return -1;
+	if (k.family == 4) {
+		__u32 daddr, want;
+		__builtin_memcpy(&want, r->addr4, 4);
+		if (bpf_skb_load_bytes(skb, 16, &daddr, 4) || daddr != want) /* iphdr.daddr */
+			return -1;
+		if (bpf_skb_load_bytes(skb, 12, k.addr, 4)) /* iphdr.saddr */
+			return CGROUP_REFUSE;
+	} else {
+		__u32 daddr[4];
+		if (bpf_skb_load_bytes(skb, 24, daddr, 16) || !dns_same_addr6(daddr, r->addr6)) /* ipv6hdr.daddr */
+			return -1;
+		if (bpf_skb_load_bytes(skb, 8, k.addr, 16)) /* ipv6hdr.saddr */
+			return CGROUP_REFUSE;
+	}
+	__u16 sport;
+	if (bpf_skb_load_bytes(skb, l4, &sport, 2))
+		return CGROUP_REFUSE;
+	k.port = bpf_ntohs(sport);
+
+	/* Only a full socket sends queries; time-wait and request sockets
+	 * send bare acknowledgements and resets, which carry none. */
+	struct bpf_sock *sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return CGROUP_ALLOW;
+	struct bridle_ctx c;
+	if (!bridle_find_workload_skb(&c, skb))
+		return CGROUP_ALLOW; /* attributed to nobody: the resolver refuses it */
+
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct bridle_dns_peer *old = bpf_map_lookup_elem(&bridle_dnspeers, &k);
+	if (old && old->cookie != cookie && old->cgroup_id != c.cgroup_id && now - old->seen_ns < BRIDLE_DNS_PEER_HOLD_NS)
+		return CGROUP_REFUSE;
+
+	struct bridle_dns_peer v = {
+		.cgroup_id = c.cgroup_id,
+		.cookie = cookie,
+		.seen_ns = now,
+		.slot = c.slot,
+		.generation = learned_generation(&c),
+	};
+	struct bridle_sockaddr *orig = bpf_map_lookup_elem(&bridle_dnsorig, &cookie);
+	if (orig) {
+		v.dest = *orig;
+	} else {
+		v.dest.family = k.family;
+		v.dest.port = want_port;
+		if (k.family == 4)
+			__builtin_memcpy(v.dest.addr, r->addr4, 4);
+		else
+			__builtin_memcpy(v.dest.addr, r->addr6, 16);
+	}
+	if (bpf_map_update_elem(&bridle_dnspeers, &k, &v, BPF_ANY))
+		return CGROUP_REFUSE; /* unattributed, it would only be refused */
+	return CGROUP_ALLOW;
+}
+
+/*
  * Every packet a workload's sockets send passes here, so the common case
  * costs one read of one header byte: the IPv6 next header or the IPv4
  * header length. Only a packet with extension headers or options, or one
@@ -309,7 +542,10 @@ static __always_inline int refuse_ext_header(struct __sk_buff *skb, int v6)
  *
  * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
  * sendto() of an ICMP echo would pass unseen: their packets are judged by
- * the same rules here.
+ * the same rules here, learned addresses included.
+ *
+ * With a resolver set, packets to it are recorded for attribution (see
+ * dns_attribute); without one that costs one compare.
  *
  * (The name predates the extension header check; it stays, because the
  * links pinned by earlier versions are found and updated by it.)
@@ -328,6 +564,14 @@ int bridle_ping_egress(struct __sk_buff *skb)
 			return CGROUP_REFUSE;
 		if ((first & 0x0f) > 5)
 			return refuse_ext_header(skb, 0);
+	}
+
+	/* With no resolver set, one compare more. */
+	struct bridle_resolver *r = dns_resolver();
+	if (r && r->flags) {
+		int verdict = dns_attribute(skb, r, first);
+		if (verdict >= 0)
+			return verdict;
 	}
 
 	struct bpf_sock *sk = skb->sk;
@@ -352,7 +596,8 @@ int bridle_ping_egress(struct __sk_buff *skb)
 		return CGROUP_REFUSE;
 	}
 	struct bridle_ports *ports = lookup_dest(c.slot, IPPROTO_ICMP, &d);
-	int allowed = ports != 0;
+	int port_refused = 0;
+	int allowed = ports != 0 || learned_allows(&c, IPPROTO_ICMP, &d, 0, 0, &port_refused);
 	int refuse;
 	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_SENDMSG,
 						     allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -60,7 +61,11 @@ type Enforcer struct {
 	unix    *unixObjects
 	listen  *listenObjects
 	sockopt *sockoptObjects
-	exec    io.Closer // execlsmObjects or execkillObjects
+	// The reply half of DNS steering (dns.go); nil where the kernel
+	// refuses it. dnsPeername is optional on top.
+	dns         *dnsHooks
+	dnsPeername *peernameHooks
+	exec        io.Closer // execlsmObjects or execkillObjects
 
 	execLink link.Link
 	cgLinks  []link.Link
@@ -128,6 +133,15 @@ func Load(opts Options) (*Enforcer, error) {
 		e.features.ListenReason = "cgroup bind4 and bind6, and inbound connections checked by cgroup_skb ingress"
 	}
 	e.features.SockoptReason = e.loadSockopt(collOpts, opts.WakeupBytes)
+	e.loadDNS(collOpts)
+	if !e.features.DNSRedirect {
+		// A resolver pinned by an earlier load would steer queries whose
+		// answers no hook restores: stub resolvers would drop them all.
+		if err := e.SetResolver(netip.AddrPort{}, netip.AddrPort{}); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("load: %w", err)
+		}
+	}
 	e.features.SockoptHook = e.sockopt != nil
 
 	if err := e.loadExec(collOpts, opts, lsms, lsmErr); err != nil {
@@ -490,6 +504,16 @@ func (e *Enforcer) cgroupHooks() []cgroupHook {
 	if e.sockopt != nil {
 		list = append(list, attach{"setsockopt", ebpf.AttachCGroupSetsockopt, e.sockopt.BridleSockopt})
 	}
+	if e.dns != nil {
+		list = append(list,
+			attach{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, e.dns.Recvmsg4},
+			attach{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, e.dns.Recvmsg6})
+	}
+	if e.dnsPeername != nil {
+		list = append(list,
+			attach{"getpeername4", ebpf.AttachCgroupInet4GetPeername, e.dnsPeername.Peername4},
+			attach{"getpeername6", ebpf.AttachCgroupInet6GetPeername, e.dnsPeername.Peername6})
+	}
 	return list
 }
 
@@ -537,6 +561,7 @@ func (e *Enforcer) Close() error {
 		errs = append(errs, e.sockopt.Close())
 		e.sockopt = nil
 	}
+	errs = append(errs, e.closeDNS())
 	if e.abort != nil {
 		errs = append(errs, e.abort.Close())
 	}

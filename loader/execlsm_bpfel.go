@@ -27,12 +27,54 @@ type execlsmBridleBudgetKey struct {
 	Pad        uint32
 }
 
+type execlsmBridleDnsPeer struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Cookie     uint64
+	SeenNs     uint64
+	Slot       uint32
+	Generation uint32
+	Dest       execlsmBridleSockaddr
+	_          [4]byte
+}
+
+type execlsmBridleDnsPeerKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
 type execlsmBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
 	Pad  uint32
 	Dev  uint64
 	Ino  uint64
+}
+
+type execlsmBridleLearn4Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [4]uint8
+}
+
+type execlsmBridleLearn6Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [16]uint8
+}
+
+type execlsmBridleLearned struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+	Ports      execlsmBridlePorts
+	_          [4]byte
 }
 
 type execlsmBridleListenKey struct {
@@ -67,6 +109,23 @@ type execlsmBridlePorts struct {
 	}
 }
 
+type execlsmBridleResolver struct {
+	_     structs.HostLayout
+	Flags uint32
+	Addr4 [4]uint8
+	Addr6 [16]uint8
+	Port4 uint16
+	Port6 uint16
+}
+
+type execlsmBridleSockaddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type execlsmBridleTask struct {
 	_          structs.HostLayout
 	ExpiresNs  uint64
@@ -95,9 +154,14 @@ type execlsmBridleWorkload struct {
 const (
 	execlsmMapBridleBudgets        = "bridle_budgets"
 	execlsmMapBridleCgroups        = "bridle_cgroups"
+	execlsmMapBridleDnsconf        = "bridle_dnsconf"
+	execlsmMapBridleDnsorig        = "bridle_dnsorig"
+	execlsmMapBridleDnspeers       = "bridle_dnspeers"
 	execlsmMapBridleDrops          = "bridle_drops"
 	execlsmMapBridleEvents         = "bridle_events"
 	execlsmMapBridleExec           = "bridle_exec"
+	execlsmMapBridleLearn4         = "bridle_learn4"
+	execlsmMapBridleLearn6         = "bridle_learn6"
 	execlsmMapBridleListen         = "bridle_listen"
 	execlsmMapBridleNet4           = "bridle_net4"
 	execlsmMapBridleNet6           = "bridle_net6"
@@ -158,16 +222,21 @@ type execlsmProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execlsmMapSpecs struct {
-	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
-	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.MapSpec `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.MapSpec `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.MapSpec `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.MapSpec `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.MapSpec `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.MapSpec `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
+	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.MapSpec `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.MapSpec `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.MapSpec `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.MapSpec `ebpf:"bridle_unix"`
 }
 
 // execlsmVariableSpecs contains global variables before they are loaded into the kernel.
@@ -199,25 +268,35 @@ func (o *execlsmObjects) Close() error {
 //
 // It can be passed to loadExeclsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execlsmMaps struct {
-	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
-	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.Map `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.Map `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.Map `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.Map `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.Map `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.Map `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
+	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.Map `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.Map `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.Map `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.Map `ebpf:"bridle_unix"`
 }
 
 func (m *execlsmMaps) Close() error {
 	return _ExeclsmClose(
 		m.BridleBudgets,
 		m.BridleCgroups,
+		m.BridleDnsconf,
+		m.BridleDnsorig,
+		m.BridleDnspeers,
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleLearn4,
+		m.BridleLearn6,
 		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,

@@ -36,9 +36,13 @@ type Features struct {
 	ListenReason   string
 	SockoptHook    bool // cgroup setsockopt: source routing options refused
 	SockoptReason  string
-	BTF            string               // where kernel type information came from
-	SocketDestroy  SocketDestroyFeature // how a revoked workload's open sockets are aborted
-	UnixShutdown   UnixShutdownFeature  // how a revoked workload's unix connections are ended
+	// DNSRedirect: workloads' port 53 can be steered to Bridle's resolver
+	// (cgroup recvmsg4/6 restore the replies' source; Enforcer.SetResolver).
+	DNSRedirect       bool
+	DNSRedirectReason string
+	BTF               string               // where kernel type information came from
+	SocketDestroy     SocketDestroyFeature // how a revoked workload's open sockets are aborted
+	UnixShutdown      UnixShutdownFeature  // how a revoked workload's unix connections are ended
 
 	// SeccompGuard says what the launch filter of `bridle run` refuses; it
 	// is in force on every kernel, for the workloads it launches.
@@ -63,6 +67,7 @@ func (f Features) Map() map[string]any {
 		"socket_destroy": f.SocketDestroy.Method, "socket_destroy_reason": f.SocketDestroy.Reason,
 		"listen_hooks": f.ListenHooks, "listen_reason": f.ListenReason,
 		"sockopt_hook": f.SockoptHook, "sockopt_reason": f.SockoptReason,
+		"dns_redirect": f.DNSRedirect, "dns_redirect_reason": f.DNSRedirectReason,
 		"unix_shutdown": f.UnixShutdown.Method, "unix_shutdown_reason": f.UnixShutdown.Reason,
 		"seccomp_guard": f.SeccompGuard,
 		"family_guard":  f.FamilyGuard, "family_guard_reason": f.FamilyGuardReason,

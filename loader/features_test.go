@@ -41,7 +41,7 @@ func TestExecModeFollowsActiveLSMs(t *testing.T) {
 func TestFeaturesMapKeys(t *testing.T) {
 	m := Features{ExecMode: ExecModeKill}.Map()
 	want := []string{
-		"btf", "exec_mode", "exec_mode_reason", "family_guard", "family_guard_reason", "kernel",
+		"btf", "dns_redirect", "dns_redirect_reason", "exec_mode", "exec_mode_reason", "family_guard", "family_guard_reason", "kernel",
 		"listen_hooks", "listen_reason", "seccomp_guard", "socket_destroy", "socket_destroy_reason",
 		"sockopt_hook", "sockopt_reason", "unix_hooks", "unix_reason", "unix_shutdown",
 		"unix_shutdown_reason", "userns_guard", "userns_guard_reason",

@@ -27,12 +27,54 @@ type guardlsmBridleBudgetKey struct {
 	Pad        uint32
 }
 
+type guardlsmBridleDnsPeer struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Cookie     uint64
+	SeenNs     uint64
+	Slot       uint32
+	Generation uint32
+	Dest       guardlsmBridleSockaddr
+	_          [4]byte
+}
+
+type guardlsmBridleDnsPeerKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
 type guardlsmBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
 	Pad  uint32
 	Dev  uint64
 	Ino  uint64
+}
+
+type guardlsmBridleLearn4Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [4]uint8
+}
+
+type guardlsmBridleLearn6Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [16]uint8
+}
+
+type guardlsmBridleLearned struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+	Ports      guardlsmBridlePorts
+	_          [4]byte
 }
 
 type guardlsmBridleListenKey struct {
@@ -67,6 +109,23 @@ type guardlsmBridlePorts struct {
 	}
 }
 
+type guardlsmBridleResolver struct {
+	_     structs.HostLayout
+	Flags uint32
+	Addr4 [4]uint8
+	Addr6 [16]uint8
+	Port4 uint16
+	Port6 uint16
+}
+
+type guardlsmBridleSockaddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type guardlsmBridleTask struct {
 	_          structs.HostLayout
 	ExpiresNs  uint64
@@ -95,9 +154,14 @@ type guardlsmBridleWorkload struct {
 const (
 	guardlsmMapBridleBudgets        = "bridle_budgets"
 	guardlsmMapBridleCgroups        = "bridle_cgroups"
+	guardlsmMapBridleDnsconf        = "bridle_dnsconf"
+	guardlsmMapBridleDnsorig        = "bridle_dnsorig"
+	guardlsmMapBridleDnspeers       = "bridle_dnspeers"
 	guardlsmMapBridleDrops          = "bridle_drops"
 	guardlsmMapBridleEvents         = "bridle_events"
 	guardlsmMapBridleExec           = "bridle_exec"
+	guardlsmMapBridleLearn4         = "bridle_learn4"
+	guardlsmMapBridleLearn6         = "bridle_learn6"
 	guardlsmMapBridleListen         = "bridle_listen"
 	guardlsmMapBridleNet4           = "bridle_net4"
 	guardlsmMapBridleNet6           = "bridle_net6"
@@ -160,16 +224,21 @@ type guardlsmProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type guardlsmMapSpecs struct {
-	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
-	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.MapSpec `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.MapSpec `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.MapSpec `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.MapSpec `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.MapSpec `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.MapSpec `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
+	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.MapSpec `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.MapSpec `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.MapSpec `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.MapSpec `ebpf:"bridle_unix"`
 }
 
 // guardlsmVariableSpecs contains global variables before they are loaded into the kernel.
@@ -201,25 +270,35 @@ func (o *guardlsmObjects) Close() error {
 //
 // It can be passed to loadGuardlsmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type guardlsmMaps struct {
-	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
-	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.Map `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.Map `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.Map `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.Map `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.Map `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.Map `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
+	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.Map `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.Map `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.Map `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.Map `ebpf:"bridle_unix"`
 }
 
 func (m *guardlsmMaps) Close() error {
 	return _GuardlsmClose(
 		m.BridleBudgets,
 		m.BridleCgroups,
+		m.BridleDnsconf,
+		m.BridleDnsorig,
+		m.BridleDnspeers,
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleLearn4,
+		m.BridleLearn6,
 		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,

@@ -27,12 +27,54 @@ type listenBridleBudgetKey struct {
 	Pad        uint32
 }
 
+type listenBridleDnsPeer struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Cookie     uint64
+	SeenNs     uint64
+	Slot       uint32
+	Generation uint32
+	Dest       listenBridleSockaddr
+	_          [4]byte
+}
+
+type listenBridleDnsPeerKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
 type listenBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
 	Pad  uint32
 	Dev  uint64
 	Ino  uint64
+}
+
+type listenBridleLearn4Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [4]uint8
+}
+
+type listenBridleLearn6Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [16]uint8
+}
+
+type listenBridleLearned struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+	Ports      listenBridlePorts
+	_          [4]byte
 }
 
 type listenBridleListenKey struct {
@@ -67,6 +109,23 @@ type listenBridlePorts struct {
 	}
 }
 
+type listenBridleResolver struct {
+	_     structs.HostLayout
+	Flags uint32
+	Addr4 [4]uint8
+	Addr6 [16]uint8
+	Port4 uint16
+	Port6 uint16
+}
+
+type listenBridleSockaddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type listenBridleTask struct {
 	_          structs.HostLayout
 	ExpiresNs  uint64
@@ -93,40 +152,53 @@ type listenBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	listenMapBridleBudgets           = "bridle_budgets"
-	listenMapBridleCgroups           = "bridle_cgroups"
-	listenMapBridleDrops             = "bridle_drops"
-	listenMapBridleEvents            = "bridle_events"
-	listenMapBridleExec              = "bridle_exec"
-	listenMapBridleListen            = "bridle_listen"
-	listenMapBridleNet4              = "bridle_net4"
-	listenMapBridleNet6              = "bridle_net6"
-	listenMapBridleTasks             = "bridle_tasks"
-	listenMapBridleUnix              = "bridle_unix"
-	listenProgBridleAccept           = "bridle_accept"
-	listenProgBridleBind4            = "bridle_bind4"
-	listenProgBridleBind6            = "bridle_bind6"
-	listenVarBridleBudgetWindowNs    = "bridle_budget_window_ns"
-	listenVarBridleEventBudget       = "bridle_event_budget"
-	listenVarBridleUnusedAction      = "bridle_unused_action"
-	listenVarBridleUnusedBudget      = "bridle_unused_budget"
-	listenVarBridleUnusedBudgetKey   = "bridle_unused_budget_key"
-	listenVarBridleUnusedEnforcement = "bridle_unused_enforcement"
-	listenVarBridleUnusedEvent       = "bridle_unused_event"
-	listenVarBridleUnusedExec        = "bridle_unused_exec"
-	listenVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
-	listenVarBridleUnusedFlags       = "bridle_unused_flags"
-	listenVarBridleUnusedLimits      = "bridle_unused_limits"
-	listenVarBridleUnusedListen      = "bridle_unused_listen"
-	listenVarBridleUnusedNet4        = "bridle_unused_net4"
-	listenVarBridleUnusedNet6        = "bridle_unused_net6"
-	listenVarBridleUnusedProto       = "bridle_unused_proto"
-	listenVarBridleUnusedReason      = "bridle_unused_reason"
-	listenVarBridleUnusedTask        = "bridle_unused_task"
-	listenVarBridleUnusedUnix        = "bridle_unused_unix"
-	listenVarBridleUnusedVerdict     = "bridle_unused_verdict"
-	listenVarBridleUnusedWorkload    = "bridle_unused_workload"
-	listenVarBridleWakeupBytes       = "bridle_wakeup_bytes"
+	listenMapBridleBudgets             = "bridle_budgets"
+	listenMapBridleCgroups             = "bridle_cgroups"
+	listenMapBridleDnsconf             = "bridle_dnsconf"
+	listenMapBridleDnsorig             = "bridle_dnsorig"
+	listenMapBridleDnspeers            = "bridle_dnspeers"
+	listenMapBridleDrops               = "bridle_drops"
+	listenMapBridleEvents              = "bridle_events"
+	listenMapBridleExec                = "bridle_exec"
+	listenMapBridleLearn4              = "bridle_learn4"
+	listenMapBridleLearn6              = "bridle_learn6"
+	listenMapBridleListen              = "bridle_listen"
+	listenMapBridleNet4                = "bridle_net4"
+	listenMapBridleNet6                = "bridle_net6"
+	listenMapBridleTasks               = "bridle_tasks"
+	listenMapBridleUnix                = "bridle_unix"
+	listenProgBridleAccept             = "bridle_accept"
+	listenProgBridleBind4              = "bridle_bind4"
+	listenProgBridleBind6              = "bridle_bind6"
+	listenVarBridleBudgetWindowNs      = "bridle_budget_window_ns"
+	listenVarBridleEventBudget         = "bridle_event_budget"
+	listenVarBridleUnusedAction        = "bridle_unused_action"
+	listenVarBridleUnusedBudget        = "bridle_unused_budget"
+	listenVarBridleUnusedBudgetKey     = "bridle_unused_budget_key"
+	listenVarBridleUnusedDnsPeer       = "bridle_unused_dns_peer"
+	listenVarBridleUnusedDnsPeerKey    = "bridle_unused_dns_peer_key"
+	listenVarBridleUnusedEnforcement   = "bridle_unused_enforcement"
+	listenVarBridleUnusedEvent         = "bridle_unused_event"
+	listenVarBridleUnusedExec          = "bridle_unused_exec"
+	listenVarBridleUnusedExecFlags     = "bridle_unused_exec_flags"
+	listenVarBridleUnusedFlags         = "bridle_unused_flags"
+	listenVarBridleUnusedLearn4Key     = "bridle_unused_learn4_key"
+	listenVarBridleUnusedLearn6Key     = "bridle_unused_learn6_key"
+	listenVarBridleUnusedLearned       = "bridle_unused_learned"
+	listenVarBridleUnusedLimits        = "bridle_unused_limits"
+	listenVarBridleUnusedListen        = "bridle_unused_listen"
+	listenVarBridleUnusedNet4          = "bridle_unused_net4"
+	listenVarBridleUnusedNet6          = "bridle_unused_net6"
+	listenVarBridleUnusedProto         = "bridle_unused_proto"
+	listenVarBridleUnusedReason        = "bridle_unused_reason"
+	listenVarBridleUnusedResolver      = "bridle_unused_resolver"
+	listenVarBridleUnusedResolverFlags = "bridle_unused_resolver_flags"
+	listenVarBridleUnusedSockaddr      = "bridle_unused_sockaddr"
+	listenVarBridleUnusedTask          = "bridle_unused_task"
+	listenVarBridleUnusedUnix          = "bridle_unused_unix"
+	listenVarBridleUnusedVerdict       = "bridle_unused_verdict"
+	listenVarBridleUnusedWorkload      = "bridle_unused_workload"
+	listenVarBridleWakeupBytes         = "bridle_wakeup_bytes"
 )
 
 // loadListen returns the embedded CollectionSpec for listen.
@@ -180,43 +252,56 @@ type listenProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenMapSpecs struct {
-	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
-	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.MapSpec `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.MapSpec `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.MapSpec `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.MapSpec `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.MapSpec `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.MapSpec `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
+	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.MapSpec `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.MapSpec `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.MapSpec `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.MapSpec `ebpf:"bridle_unix"`
 }
 
 // listenVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenVariableSpecs struct {
-	BridleBudgetWindowNs    *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
-	BridleEventBudget       *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
-	BridleUnusedAction      *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
-	BridleUnusedBudget      *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
-	BridleUnusedBudgetKey   *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
-	BridleUnusedEnforcement *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
-	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
-	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
-	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
-	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
-	BridleUnusedLimits      *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
-	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
-	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
-	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
-	BridleUnusedProto       *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
-	BridleUnusedReason      *ebpf.VariableSpec `ebpf:"bridle_unused_reason"`
-	BridleUnusedTask        *ebpf.VariableSpec `ebpf:"bridle_unused_task"`
-	BridleUnusedUnix        *ebpf.VariableSpec `ebpf:"bridle_unused_unix"`
-	BridleUnusedVerdict     *ebpf.VariableSpec `ebpf:"bridle_unused_verdict"`
-	BridleUnusedWorkload    *ebpf.VariableSpec `ebpf:"bridle_unused_workload"`
-	BridleWakeupBytes       *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs      *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget         *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleUnusedAction        *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget        *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey     *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
+	BridleUnusedDnsPeer       *ebpf.VariableSpec `ebpf:"bridle_unused_dns_peer"`
+	BridleUnusedDnsPeerKey    *ebpf.VariableSpec `ebpf:"bridle_unused_dns_peer_key"`
+	BridleUnusedEnforcement   *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
+	BridleUnusedEvent         *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
+	BridleUnusedExec          *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags     *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
+	BridleUnusedFlags         *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedLearn4Key     *ebpf.VariableSpec `ebpf:"bridle_unused_learn4_key"`
+	BridleUnusedLearn6Key     *ebpf.VariableSpec `ebpf:"bridle_unused_learn6_key"`
+	BridleUnusedLearned       *ebpf.VariableSpec `ebpf:"bridle_unused_learned"`
+	BridleUnusedLimits        *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
+	BridleUnusedListen        *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
+	BridleUnusedNet4          *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
+	BridleUnusedNet6          *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
+	BridleUnusedProto         *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
+	BridleUnusedReason        *ebpf.VariableSpec `ebpf:"bridle_unused_reason"`
+	BridleUnusedResolver      *ebpf.VariableSpec `ebpf:"bridle_unused_resolver"`
+	BridleUnusedResolverFlags *ebpf.VariableSpec `ebpf:"bridle_unused_resolver_flags"`
+	BridleUnusedSockaddr      *ebpf.VariableSpec `ebpf:"bridle_unused_sockaddr"`
+	BridleUnusedTask          *ebpf.VariableSpec `ebpf:"bridle_unused_task"`
+	BridleUnusedUnix          *ebpf.VariableSpec `ebpf:"bridle_unused_unix"`
+	BridleUnusedVerdict       *ebpf.VariableSpec `ebpf:"bridle_unused_verdict"`
+	BridleUnusedWorkload      *ebpf.VariableSpec `ebpf:"bridle_unused_workload"`
+	BridleWakeupBytes         *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // listenObjects contains all objects after they have been loaded into the kernel.
@@ -239,25 +324,35 @@ func (o *listenObjects) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenMaps struct {
-	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
-	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.Map `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.Map `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.Map `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.Map `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.Map `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.Map `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
+	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.Map `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.Map `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.Map `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.Map `ebpf:"bridle_unix"`
 }
 
 func (m *listenMaps) Close() error {
 	return _ListenClose(
 		m.BridleBudgets,
 		m.BridleCgroups,
+		m.BridleDnsconf,
+		m.BridleDnsorig,
+		m.BridleDnspeers,
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleLearn4,
+		m.BridleLearn6,
 		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
@@ -270,27 +365,35 @@ func (m *listenMaps) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenVariables struct {
-	BridleBudgetWindowNs    *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
-	BridleEventBudget       *ebpf.Variable `ebpf:"bridle_event_budget"`
-	BridleUnusedAction      *ebpf.Variable `ebpf:"bridle_unused_action"`
-	BridleUnusedBudget      *ebpf.Variable `ebpf:"bridle_unused_budget"`
-	BridleUnusedBudgetKey   *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
-	BridleUnusedEnforcement *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
-	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
-	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
-	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
-	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
-	BridleUnusedLimits      *ebpf.Variable `ebpf:"bridle_unused_limits"`
-	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
-	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
-	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`
-	BridleUnusedProto       *ebpf.Variable `ebpf:"bridle_unused_proto"`
-	BridleUnusedReason      *ebpf.Variable `ebpf:"bridle_unused_reason"`
-	BridleUnusedTask        *ebpf.Variable `ebpf:"bridle_unused_task"`
-	BridleUnusedUnix        *ebpf.Variable `ebpf:"bridle_unused_unix"`
-	BridleUnusedVerdict     *ebpf.Variable `ebpf:"bridle_unused_verdict"`
-	BridleUnusedWorkload    *ebpf.Variable `ebpf:"bridle_unused_workload"`
-	BridleWakeupBytes       *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs      *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget         *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleUnusedAction        *ebpf.Variable `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget        *ebpf.Variable `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey     *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
+	BridleUnusedDnsPeer       *ebpf.Variable `ebpf:"bridle_unused_dns_peer"`
+	BridleUnusedDnsPeerKey    *ebpf.Variable `ebpf:"bridle_unused_dns_peer_key"`
+	BridleUnusedEnforcement   *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
+	BridleUnusedEvent         *ebpf.Variable `ebpf:"bridle_unused_event"`
+	BridleUnusedExec          *ebpf.Variable `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags     *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
+	BridleUnusedFlags         *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedLearn4Key     *ebpf.Variable `ebpf:"bridle_unused_learn4_key"`
+	BridleUnusedLearn6Key     *ebpf.Variable `ebpf:"bridle_unused_learn6_key"`
+	BridleUnusedLearned       *ebpf.Variable `ebpf:"bridle_unused_learned"`
+	BridleUnusedLimits        *ebpf.Variable `ebpf:"bridle_unused_limits"`
+	BridleUnusedListen        *ebpf.Variable `ebpf:"bridle_unused_listen"`
+	BridleUnusedNet4          *ebpf.Variable `ebpf:"bridle_unused_net4"`
+	BridleUnusedNet6          *ebpf.Variable `ebpf:"bridle_unused_net6"`
+	BridleUnusedProto         *ebpf.Variable `ebpf:"bridle_unused_proto"`
+	BridleUnusedReason        *ebpf.Variable `ebpf:"bridle_unused_reason"`
+	BridleUnusedResolver      *ebpf.Variable `ebpf:"bridle_unused_resolver"`
+	BridleUnusedResolverFlags *ebpf.Variable `ebpf:"bridle_unused_resolver_flags"`
+	BridleUnusedSockaddr      *ebpf.Variable `ebpf:"bridle_unused_sockaddr"`
+	BridleUnusedTask          *ebpf.Variable `ebpf:"bridle_unused_task"`
+	BridleUnusedUnix          *ebpf.Variable `ebpf:"bridle_unused_unix"`
+	BridleUnusedVerdict       *ebpf.Variable `ebpf:"bridle_unused_verdict"`
+	BridleUnusedWorkload      *ebpf.Variable `ebpf:"bridle_unused_workload"`
+	BridleWakeupBytes         *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // listenPrograms contains all programs after they have been loaded into the kernel.

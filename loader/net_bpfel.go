@@ -40,6 +40,25 @@ type netBridleBudgetKey struct {
 	Pad        uint32
 }
 
+type netBridleDnsPeer struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Cookie     uint64
+	SeenNs     uint64
+	Slot       uint32
+	Generation uint32
+	Dest       netBridleSockaddr
+	_          [4]byte
+}
+
+type netBridleDnsPeerKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
 type netBridleEnforcement uint32
 
 const (
@@ -83,6 +102,29 @@ type netBridleExecKey struct {
 	Pad  uint32
 	Dev  uint64
 	Ino  uint64
+}
+
+type netBridleLearn4Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [4]uint8
+}
+
+type netBridleLearn6Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [16]uint8
+}
+
+type netBridleLearned struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+	Ports      netBridlePorts
+	_          [4]byte
 }
 
 type netBridleLimits uint32
@@ -159,6 +201,30 @@ const (
 	netBridleReasonBRIDLE_REASON_NAMESPACE    netBridleReason = 12
 )
 
+type netBridleResolver struct {
+	_     structs.HostLayout
+	Flags uint32
+	Addr4 [4]uint8
+	Addr6 [16]uint8
+	Port4 uint16
+	Port6 uint16
+}
+
+type netBridleResolverFlags uint32
+
+const (
+	netBridleResolverFlagsBRIDLE_RESOLVER_V4 netBridleResolverFlags = 1
+	netBridleResolverFlagsBRIDLE_RESOLVER_V6 netBridleResolverFlags = 2
+)
+
+type netBridleSockaddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type netBridleTask struct {
 	_          structs.HostLayout
 	ExpiresNs  uint64
@@ -200,43 +266,56 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	netMapBridleBudgets           = "bridle_budgets"
-	netMapBridleCgroups           = "bridle_cgroups"
-	netMapBridleDrops             = "bridle_drops"
-	netMapBridleEvents            = "bridle_events"
-	netMapBridleExec              = "bridle_exec"
-	netMapBridleListen            = "bridle_listen"
-	netMapBridleNet4              = "bridle_net4"
-	netMapBridleNet6              = "bridle_net6"
-	netMapBridleTasks             = "bridle_tasks"
-	netMapBridleUnix              = "bridle_unix"
-	netProgBridleConnect4         = "bridle_connect4"
-	netProgBridleConnect6         = "bridle_connect6"
-	netProgBridlePingEgress       = "bridle_ping_egress"
-	netProgBridleSendmsg4         = "bridle_sendmsg4"
-	netProgBridleSendmsg6         = "bridle_sendmsg6"
-	netProgBridleSockCreate       = "bridle_sock_create"
-	netVarBridleBudgetWindowNs    = "bridle_budget_window_ns"
-	netVarBridleEventBudget       = "bridle_event_budget"
-	netVarBridleUnusedAction      = "bridle_unused_action"
-	netVarBridleUnusedBudget      = "bridle_unused_budget"
-	netVarBridleUnusedBudgetKey   = "bridle_unused_budget_key"
-	netVarBridleUnusedEnforcement = "bridle_unused_enforcement"
-	netVarBridleUnusedEvent       = "bridle_unused_event"
-	netVarBridleUnusedExec        = "bridle_unused_exec"
-	netVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
-	netVarBridleUnusedFlags       = "bridle_unused_flags"
-	netVarBridleUnusedLimits      = "bridle_unused_limits"
-	netVarBridleUnusedListen      = "bridle_unused_listen"
-	netVarBridleUnusedNet4        = "bridle_unused_net4"
-	netVarBridleUnusedNet6        = "bridle_unused_net6"
-	netVarBridleUnusedProto       = "bridle_unused_proto"
-	netVarBridleUnusedReason      = "bridle_unused_reason"
-	netVarBridleUnusedTask        = "bridle_unused_task"
-	netVarBridleUnusedUnix        = "bridle_unused_unix"
-	netVarBridleUnusedVerdict     = "bridle_unused_verdict"
-	netVarBridleUnusedWorkload    = "bridle_unused_workload"
-	netVarBridleWakeupBytes       = "bridle_wakeup_bytes"
+	netMapBridleBudgets             = "bridle_budgets"
+	netMapBridleCgroups             = "bridle_cgroups"
+	netMapBridleDnsconf             = "bridle_dnsconf"
+	netMapBridleDnsorig             = "bridle_dnsorig"
+	netMapBridleDnspeers            = "bridle_dnspeers"
+	netMapBridleDrops               = "bridle_drops"
+	netMapBridleEvents              = "bridle_events"
+	netMapBridleExec                = "bridle_exec"
+	netMapBridleLearn4              = "bridle_learn4"
+	netMapBridleLearn6              = "bridle_learn6"
+	netMapBridleListen              = "bridle_listen"
+	netMapBridleNet4                = "bridle_net4"
+	netMapBridleNet6                = "bridle_net6"
+	netMapBridleTasks               = "bridle_tasks"
+	netMapBridleUnix                = "bridle_unix"
+	netProgBridleConnect4           = "bridle_connect4"
+	netProgBridleConnect6           = "bridle_connect6"
+	netProgBridlePingEgress         = "bridle_ping_egress"
+	netProgBridleSendmsg4           = "bridle_sendmsg4"
+	netProgBridleSendmsg6           = "bridle_sendmsg6"
+	netProgBridleSockCreate         = "bridle_sock_create"
+	netVarBridleBudgetWindowNs      = "bridle_budget_window_ns"
+	netVarBridleEventBudget         = "bridle_event_budget"
+	netVarBridleUnusedAction        = "bridle_unused_action"
+	netVarBridleUnusedBudget        = "bridle_unused_budget"
+	netVarBridleUnusedBudgetKey     = "bridle_unused_budget_key"
+	netVarBridleUnusedDnsPeer       = "bridle_unused_dns_peer"
+	netVarBridleUnusedDnsPeerKey    = "bridle_unused_dns_peer_key"
+	netVarBridleUnusedEnforcement   = "bridle_unused_enforcement"
+	netVarBridleUnusedEvent         = "bridle_unused_event"
+	netVarBridleUnusedExec          = "bridle_unused_exec"
+	netVarBridleUnusedExecFlags     = "bridle_unused_exec_flags"
+	netVarBridleUnusedFlags         = "bridle_unused_flags"
+	netVarBridleUnusedLearn4Key     = "bridle_unused_learn4_key"
+	netVarBridleUnusedLearn6Key     = "bridle_unused_learn6_key"
+	netVarBridleUnusedLearned       = "bridle_unused_learned"
+	netVarBridleUnusedLimits        = "bridle_unused_limits"
+	netVarBridleUnusedListen        = "bridle_unused_listen"
+	netVarBridleUnusedNet4          = "bridle_unused_net4"
+	netVarBridleUnusedNet6          = "bridle_unused_net6"
+	netVarBridleUnusedProto         = "bridle_unused_proto"
+	netVarBridleUnusedReason        = "bridle_unused_reason"
+	netVarBridleUnusedResolver      = "bridle_unused_resolver"
+	netVarBridleUnusedResolverFlags = "bridle_unused_resolver_flags"
+	netVarBridleUnusedSockaddr      = "bridle_unused_sockaddr"
+	netVarBridleUnusedTask          = "bridle_unused_task"
+	netVarBridleUnusedUnix          = "bridle_unused_unix"
+	netVarBridleUnusedVerdict       = "bridle_unused_verdict"
+	netVarBridleUnusedWorkload      = "bridle_unused_workload"
+	netVarBridleWakeupBytes         = "bridle_wakeup_bytes"
 )
 
 // loadNet returns the embedded CollectionSpec for net.
@@ -293,43 +372,56 @@ type netProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type netMapSpecs struct {
-	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
-	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.MapSpec `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.MapSpec `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.MapSpec `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.MapSpec `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.MapSpec `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.MapSpec `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
+	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.MapSpec `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.MapSpec `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.MapSpec `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.MapSpec `ebpf:"bridle_unix"`
 }
 
 // netVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type netVariableSpecs struct {
-	BridleBudgetWindowNs    *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
-	BridleEventBudget       *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
-	BridleUnusedAction      *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
-	BridleUnusedBudget      *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
-	BridleUnusedBudgetKey   *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
-	BridleUnusedEnforcement *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
-	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
-	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
-	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
-	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
-	BridleUnusedLimits      *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
-	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
-	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
-	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
-	BridleUnusedProto       *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
-	BridleUnusedReason      *ebpf.VariableSpec `ebpf:"bridle_unused_reason"`
-	BridleUnusedTask        *ebpf.VariableSpec `ebpf:"bridle_unused_task"`
-	BridleUnusedUnix        *ebpf.VariableSpec `ebpf:"bridle_unused_unix"`
-	BridleUnusedVerdict     *ebpf.VariableSpec `ebpf:"bridle_unused_verdict"`
-	BridleUnusedWorkload    *ebpf.VariableSpec `ebpf:"bridle_unused_workload"`
-	BridleWakeupBytes       *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs      *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget         *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridleUnusedAction        *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget        *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey     *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
+	BridleUnusedDnsPeer       *ebpf.VariableSpec `ebpf:"bridle_unused_dns_peer"`
+	BridleUnusedDnsPeerKey    *ebpf.VariableSpec `ebpf:"bridle_unused_dns_peer_key"`
+	BridleUnusedEnforcement   *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
+	BridleUnusedEvent         *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
+	BridleUnusedExec          *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags     *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
+	BridleUnusedFlags         *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedLearn4Key     *ebpf.VariableSpec `ebpf:"bridle_unused_learn4_key"`
+	BridleUnusedLearn6Key     *ebpf.VariableSpec `ebpf:"bridle_unused_learn6_key"`
+	BridleUnusedLearned       *ebpf.VariableSpec `ebpf:"bridle_unused_learned"`
+	BridleUnusedLimits        *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
+	BridleUnusedListen        *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
+	BridleUnusedNet4          *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
+	BridleUnusedNet6          *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
+	BridleUnusedProto         *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
+	BridleUnusedReason        *ebpf.VariableSpec `ebpf:"bridle_unused_reason"`
+	BridleUnusedResolver      *ebpf.VariableSpec `ebpf:"bridle_unused_resolver"`
+	BridleUnusedResolverFlags *ebpf.VariableSpec `ebpf:"bridle_unused_resolver_flags"`
+	BridleUnusedSockaddr      *ebpf.VariableSpec `ebpf:"bridle_unused_sockaddr"`
+	BridleUnusedTask          *ebpf.VariableSpec `ebpf:"bridle_unused_task"`
+	BridleUnusedUnix          *ebpf.VariableSpec `ebpf:"bridle_unused_unix"`
+	BridleUnusedVerdict       *ebpf.VariableSpec `ebpf:"bridle_unused_verdict"`
+	BridleUnusedWorkload      *ebpf.VariableSpec `ebpf:"bridle_unused_workload"`
+	BridleWakeupBytes         *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // netObjects contains all objects after they have been loaded into the kernel.
@@ -352,25 +444,35 @@ func (o *netObjects) Close() error {
 //
 // It can be passed to loadNetObjects or ebpf.CollectionSpec.LoadAndAssign.
 type netMaps struct {
-	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
-	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.Map `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.Map `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.Map `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.Map `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.Map `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.Map `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
+	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.Map `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.Map `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.Map `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.Map `ebpf:"bridle_unix"`
 }
 
 func (m *netMaps) Close() error {
 	return _NetClose(
 		m.BridleBudgets,
 		m.BridleCgroups,
+		m.BridleDnsconf,
+		m.BridleDnsorig,
+		m.BridleDnspeers,
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleLearn4,
+		m.BridleLearn6,
 		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
@@ -383,27 +485,35 @@ func (m *netMaps) Close() error {
 //
 // It can be passed to loadNetObjects or ebpf.CollectionSpec.LoadAndAssign.
 type netVariables struct {
-	BridleBudgetWindowNs    *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
-	BridleEventBudget       *ebpf.Variable `ebpf:"bridle_event_budget"`
-	BridleUnusedAction      *ebpf.Variable `ebpf:"bridle_unused_action"`
-	BridleUnusedBudget      *ebpf.Variable `ebpf:"bridle_unused_budget"`
-	BridleUnusedBudgetKey   *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
-	BridleUnusedEnforcement *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
-	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
-	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
-	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
-	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
-	BridleUnusedLimits      *ebpf.Variable `ebpf:"bridle_unused_limits"`
-	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
-	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
-	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`
-	BridleUnusedProto       *ebpf.Variable `ebpf:"bridle_unused_proto"`
-	BridleUnusedReason      *ebpf.Variable `ebpf:"bridle_unused_reason"`
-	BridleUnusedTask        *ebpf.Variable `ebpf:"bridle_unused_task"`
-	BridleUnusedUnix        *ebpf.Variable `ebpf:"bridle_unused_unix"`
-	BridleUnusedVerdict     *ebpf.Variable `ebpf:"bridle_unused_verdict"`
-	BridleUnusedWorkload    *ebpf.Variable `ebpf:"bridle_unused_workload"`
-	BridleWakeupBytes       *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs      *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget         *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridleUnusedAction        *ebpf.Variable `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget        *ebpf.Variable `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey     *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
+	BridleUnusedDnsPeer       *ebpf.Variable `ebpf:"bridle_unused_dns_peer"`
+	BridleUnusedDnsPeerKey    *ebpf.Variable `ebpf:"bridle_unused_dns_peer_key"`
+	BridleUnusedEnforcement   *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
+	BridleUnusedEvent         *ebpf.Variable `ebpf:"bridle_unused_event"`
+	BridleUnusedExec          *ebpf.Variable `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags     *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
+	BridleUnusedFlags         *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedLearn4Key     *ebpf.Variable `ebpf:"bridle_unused_learn4_key"`
+	BridleUnusedLearn6Key     *ebpf.Variable `ebpf:"bridle_unused_learn6_key"`
+	BridleUnusedLearned       *ebpf.Variable `ebpf:"bridle_unused_learned"`
+	BridleUnusedLimits        *ebpf.Variable `ebpf:"bridle_unused_limits"`
+	BridleUnusedListen        *ebpf.Variable `ebpf:"bridle_unused_listen"`
+	BridleUnusedNet4          *ebpf.Variable `ebpf:"bridle_unused_net4"`
+	BridleUnusedNet6          *ebpf.Variable `ebpf:"bridle_unused_net6"`
+	BridleUnusedProto         *ebpf.Variable `ebpf:"bridle_unused_proto"`
+	BridleUnusedReason        *ebpf.Variable `ebpf:"bridle_unused_reason"`
+	BridleUnusedResolver      *ebpf.Variable `ebpf:"bridle_unused_resolver"`
+	BridleUnusedResolverFlags *ebpf.Variable `ebpf:"bridle_unused_resolver_flags"`
+	BridleUnusedSockaddr      *ebpf.Variable `ebpf:"bridle_unused_sockaddr"`
+	BridleUnusedTask          *ebpf.Variable `ebpf:"bridle_unused_task"`
+	BridleUnusedUnix          *ebpf.Variable `ebpf:"bridle_unused_unix"`
+	BridleUnusedVerdict       *ebpf.Variable `ebpf:"bridle_unused_verdict"`
+	BridleUnusedWorkload      *ebpf.Variable `ebpf:"bridle_unused_workload"`
+	BridleWakeupBytes         *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // netPrograms contains all programs after they have been loaded into the kernel.

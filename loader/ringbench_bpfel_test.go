@@ -18,9 +18,14 @@ import (
 const (
 	ringbenchMapBridleBudgets        = "bridle_budgets"
 	ringbenchMapBridleCgroups        = "bridle_cgroups"
+	ringbenchMapBridleDnsconf        = "bridle_dnsconf"
+	ringbenchMapBridleDnsorig        = "bridle_dnsorig"
+	ringbenchMapBridleDnspeers       = "bridle_dnspeers"
 	ringbenchMapBridleDrops          = "bridle_drops"
 	ringbenchMapBridleEvents         = "bridle_events"
 	ringbenchMapBridleExec           = "bridle_exec"
+	ringbenchMapBridleLearn4         = "bridle_learn4"
+	ringbenchMapBridleLearn6         = "bridle_learn6"
 	ringbenchMapBridleListen         = "bridle_listen"
 	ringbenchMapBridleNet4           = "bridle_net4"
 	ringbenchMapBridleNet6           = "bridle_net6"
@@ -81,16 +86,21 @@ type ringbenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ringbenchMapSpecs struct {
-	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
-	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.MapSpec `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.MapSpec `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.MapSpec `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.MapSpec `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.MapSpec `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.MapSpec `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
+	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.MapSpec `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.MapSpec `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.MapSpec `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.MapSpec `ebpf:"bridle_unix"`
 }
 
 // ringbenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -122,25 +132,35 @@ func (o *ringbenchObjects) Close() error {
 //
 // It can be passed to loadRingbenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ringbenchMaps struct {
-	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
-	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.Map `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.Map `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.Map `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.Map `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.Map `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.Map `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
+	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.Map `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.Map `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.Map `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.Map `ebpf:"bridle_unix"`
 }
 
 func (m *ringbenchMaps) Close() error {
 	return _RingbenchClose(
 		m.BridleBudgets,
 		m.BridleCgroups,
+		m.BridleDnsconf,
+		m.BridleDnsorig,
+		m.BridleDnspeers,
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleLearn4,
+		m.BridleLearn6,
 		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,

@@ -27,12 +27,54 @@ type sockoptBridleBudgetKey struct {
 	Pad        uint32
 }
 
+type sockoptBridleDnsPeer struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Cookie     uint64
+	SeenNs     uint64
+	Slot       uint32
+	Generation uint32
+	Dest       sockoptBridleSockaddr
+	_          [4]byte
+}
+
+type sockoptBridleDnsPeerKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
 type sockoptBridleExecKey struct {
 	_    structs.HostLayout
 	Slot uint32
 	Pad  uint32
 	Dev  uint64
 	Ino  uint64
+}
+
+type sockoptBridleLearn4Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [4]uint8
+}
+
+type sockoptBridleLearn6Key struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Proto uint32
+	Addr  [16]uint8
+}
+
+type sockoptBridleLearned struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+	Ports      sockoptBridlePorts
+	_          [4]byte
 }
 
 type sockoptBridleListenKey struct {
@@ -67,6 +109,23 @@ type sockoptBridlePorts struct {
 	}
 }
 
+type sockoptBridleResolver struct {
+	_     structs.HostLayout
+	Flags uint32
+	Addr4 [4]uint8
+	Addr6 [16]uint8
+	Port4 uint16
+	Port6 uint16
+}
+
+type sockoptBridleSockaddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type sockoptBridleTask struct {
 	_          structs.HostLayout
 	ExpiresNs  uint64
@@ -93,40 +152,53 @@ type sockoptBridleWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockoptMapBridleBudgets           = "bridle_budgets"
-	sockoptMapBridleCgroups           = "bridle_cgroups"
-	sockoptMapBridleDrops             = "bridle_drops"
-	sockoptMapBridleEvents            = "bridle_events"
-	sockoptMapBridleExec              = "bridle_exec"
-	sockoptMapBridleListen            = "bridle_listen"
-	sockoptMapBridleNet4              = "bridle_net4"
-	sockoptMapBridleNet6              = "bridle_net6"
-	sockoptMapBridleTasks             = "bridle_tasks"
-	sockoptMapBridleUnix              = "bridle_unix"
-	sockoptProgBridleSockopt          = "bridle_sockopt"
-	sockoptVarBridleBudgetWindowNs    = "bridle_budget_window_ns"
-	sockoptVarBridleEventBudget       = "bridle_event_budget"
-	sockoptVarBridlePageSize          = "bridle_page_size"
-	sockoptVarBridleSockoptAncestors  = "bridle_sockopt_ancestors"
-	sockoptVarBridleUnusedAction      = "bridle_unused_action"
-	sockoptVarBridleUnusedBudget      = "bridle_unused_budget"
-	sockoptVarBridleUnusedBudgetKey   = "bridle_unused_budget_key"
-	sockoptVarBridleUnusedEnforcement = "bridle_unused_enforcement"
-	sockoptVarBridleUnusedEvent       = "bridle_unused_event"
-	sockoptVarBridleUnusedExec        = "bridle_unused_exec"
-	sockoptVarBridleUnusedExecFlags   = "bridle_unused_exec_flags"
-	sockoptVarBridleUnusedFlags       = "bridle_unused_flags"
-	sockoptVarBridleUnusedLimits      = "bridle_unused_limits"
-	sockoptVarBridleUnusedListen      = "bridle_unused_listen"
-	sockoptVarBridleUnusedNet4        = "bridle_unused_net4"
-	sockoptVarBridleUnusedNet6        = "bridle_unused_net6"
-	sockoptVarBridleUnusedProto       = "bridle_unused_proto"
-	sockoptVarBridleUnusedReason      = "bridle_unused_reason"
-	sockoptVarBridleUnusedTask        = "bridle_unused_task"
-	sockoptVarBridleUnusedUnix        = "bridle_unused_unix"
-	sockoptVarBridleUnusedVerdict     = "bridle_unused_verdict"
-	sockoptVarBridleUnusedWorkload    = "bridle_unused_workload"
-	sockoptVarBridleWakeupBytes       = "bridle_wakeup_bytes"
+	sockoptMapBridleBudgets             = "bridle_budgets"
+	sockoptMapBridleCgroups             = "bridle_cgroups"
+	sockoptMapBridleDnsconf             = "bridle_dnsconf"
+	sockoptMapBridleDnsorig             = "bridle_dnsorig"
+	sockoptMapBridleDnspeers            = "bridle_dnspeers"
+	sockoptMapBridleDrops               = "bridle_drops"
+	sockoptMapBridleEvents              = "bridle_events"
+	sockoptMapBridleExec                = "bridle_exec"
+	sockoptMapBridleLearn4              = "bridle_learn4"
+	sockoptMapBridleLearn6              = "bridle_learn6"
+	sockoptMapBridleListen              = "bridle_listen"
+	sockoptMapBridleNet4                = "bridle_net4"
+	sockoptMapBridleNet6                = "bridle_net6"
+	sockoptMapBridleTasks               = "bridle_tasks"
+	sockoptMapBridleUnix                = "bridle_unix"
+	sockoptProgBridleSockopt            = "bridle_sockopt"
+	sockoptVarBridleBudgetWindowNs      = "bridle_budget_window_ns"
+	sockoptVarBridleEventBudget         = "bridle_event_budget"
+	sockoptVarBridlePageSize            = "bridle_page_size"
+	sockoptVarBridleSockoptAncestors    = "bridle_sockopt_ancestors"
+	sockoptVarBridleUnusedAction        = "bridle_unused_action"
+	sockoptVarBridleUnusedBudget        = "bridle_unused_budget"
+	sockoptVarBridleUnusedBudgetKey     = "bridle_unused_budget_key"
+	sockoptVarBridleUnusedDnsPeer       = "bridle_unused_dns_peer"
+	sockoptVarBridleUnusedDnsPeerKey    = "bridle_unused_dns_peer_key"
+	sockoptVarBridleUnusedEnforcement   = "bridle_unused_enforcement"
+	sockoptVarBridleUnusedEvent         = "bridle_unused_event"
+	sockoptVarBridleUnusedExec          = "bridle_unused_exec"
+	sockoptVarBridleUnusedExecFlags     = "bridle_unused_exec_flags"
+	sockoptVarBridleUnusedFlags         = "bridle_unused_flags"
+	sockoptVarBridleUnusedLearn4Key     = "bridle_unused_learn4_key"
+	sockoptVarBridleUnusedLearn6Key     = "bridle_unused_learn6_key"
+	sockoptVarBridleUnusedLearned       = "bridle_unused_learned"
+	sockoptVarBridleUnusedLimits        = "bridle_unused_limits"
+	sockoptVarBridleUnusedListen        = "bridle_unused_listen"
+	sockoptVarBridleUnusedNet4          = "bridle_unused_net4"
+	sockoptVarBridleUnusedNet6          = "bridle_unused_net6"
+	sockoptVarBridleUnusedProto         = "bridle_unused_proto"
+	sockoptVarBridleUnusedReason        = "bridle_unused_reason"
+	sockoptVarBridleUnusedResolver      = "bridle_unused_resolver"
+	sockoptVarBridleUnusedResolverFlags = "bridle_unused_resolver_flags"
+	sockoptVarBridleUnusedSockaddr      = "bridle_unused_sockaddr"
+	sockoptVarBridleUnusedTask          = "bridle_unused_task"
+	sockoptVarBridleUnusedUnix          = "bridle_unused_unix"
+	sockoptVarBridleUnusedVerdict       = "bridle_unused_verdict"
+	sockoptVarBridleUnusedWorkload      = "bridle_unused_workload"
+	sockoptVarBridleWakeupBytes         = "bridle_wakeup_bytes"
 )
 
 // loadSockopt returns the embedded CollectionSpec for sockopt.
@@ -178,45 +250,58 @@ type sockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptMapSpecs struct {
-	BridleBudgets *ebpf.MapSpec `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.MapSpec `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.MapSpec `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.MapSpec `ebpf:"bridle_events"`
-	BridleExec    *ebpf.MapSpec `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.MapSpec `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.MapSpec `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.MapSpec `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.MapSpec `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.MapSpec `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.MapSpec `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.MapSpec `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.MapSpec `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.MapSpec `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.MapSpec `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
+	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.MapSpec `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.MapSpec `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.MapSpec `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.MapSpec `ebpf:"bridle_unix"`
 }
 
 // sockoptVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptVariableSpecs struct {
-	BridleBudgetWindowNs    *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
-	BridleEventBudget       *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
-	BridlePageSize          *ebpf.VariableSpec `ebpf:"bridle_page_size"`
-	BridleSockoptAncestors  *ebpf.VariableSpec `ebpf:"bridle_sockopt_ancestors"`
-	BridleUnusedAction      *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
-	BridleUnusedBudget      *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
-	BridleUnusedBudgetKey   *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
-	BridleUnusedEnforcement *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
-	BridleUnusedEvent       *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
-	BridleUnusedExec        *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
-	BridleUnusedExecFlags   *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
-	BridleUnusedFlags       *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
-	BridleUnusedLimits      *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
-	BridleUnusedListen      *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
-	BridleUnusedNet4        *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
-	BridleUnusedNet6        *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
-	BridleUnusedProto       *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
-	BridleUnusedReason      *ebpf.VariableSpec `ebpf:"bridle_unused_reason"`
-	BridleUnusedTask        *ebpf.VariableSpec `ebpf:"bridle_unused_task"`
-	BridleUnusedUnix        *ebpf.VariableSpec `ebpf:"bridle_unused_unix"`
-	BridleUnusedVerdict     *ebpf.VariableSpec `ebpf:"bridle_unused_verdict"`
-	BridleUnusedWorkload    *ebpf.VariableSpec `ebpf:"bridle_unused_workload"`
-	BridleWakeupBytes       *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs      *ebpf.VariableSpec `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget         *ebpf.VariableSpec `ebpf:"bridle_event_budget"`
+	BridlePageSize            *ebpf.VariableSpec `ebpf:"bridle_page_size"`
+	BridleSockoptAncestors    *ebpf.VariableSpec `ebpf:"bridle_sockopt_ancestors"`
+	BridleUnusedAction        *ebpf.VariableSpec `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget        *ebpf.VariableSpec `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey     *ebpf.VariableSpec `ebpf:"bridle_unused_budget_key"`
+	BridleUnusedDnsPeer       *ebpf.VariableSpec `ebpf:"bridle_unused_dns_peer"`
+	BridleUnusedDnsPeerKey    *ebpf.VariableSpec `ebpf:"bridle_unused_dns_peer_key"`
+	BridleUnusedEnforcement   *ebpf.VariableSpec `ebpf:"bridle_unused_enforcement"`
+	BridleUnusedEvent         *ebpf.VariableSpec `ebpf:"bridle_unused_event"`
+	BridleUnusedExec          *ebpf.VariableSpec `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags     *ebpf.VariableSpec `ebpf:"bridle_unused_exec_flags"`
+	BridleUnusedFlags         *ebpf.VariableSpec `ebpf:"bridle_unused_flags"`
+	BridleUnusedLearn4Key     *ebpf.VariableSpec `ebpf:"bridle_unused_learn4_key"`
+	BridleUnusedLearn6Key     *ebpf.VariableSpec `ebpf:"bridle_unused_learn6_key"`
+	BridleUnusedLearned       *ebpf.VariableSpec `ebpf:"bridle_unused_learned"`
+	BridleUnusedLimits        *ebpf.VariableSpec `ebpf:"bridle_unused_limits"`
+	BridleUnusedListen        *ebpf.VariableSpec `ebpf:"bridle_unused_listen"`
+	BridleUnusedNet4          *ebpf.VariableSpec `ebpf:"bridle_unused_net4"`
+	BridleUnusedNet6          *ebpf.VariableSpec `ebpf:"bridle_unused_net6"`
+	BridleUnusedProto         *ebpf.VariableSpec `ebpf:"bridle_unused_proto"`
+	BridleUnusedReason        *ebpf.VariableSpec `ebpf:"bridle_unused_reason"`
+	BridleUnusedResolver      *ebpf.VariableSpec `ebpf:"bridle_unused_resolver"`
+	BridleUnusedResolverFlags *ebpf.VariableSpec `ebpf:"bridle_unused_resolver_flags"`
+	BridleUnusedSockaddr      *ebpf.VariableSpec `ebpf:"bridle_unused_sockaddr"`
+	BridleUnusedTask          *ebpf.VariableSpec `ebpf:"bridle_unused_task"`
+	BridleUnusedUnix          *ebpf.VariableSpec `ebpf:"bridle_unused_unix"`
+	BridleUnusedVerdict       *ebpf.VariableSpec `ebpf:"bridle_unused_verdict"`
+	BridleUnusedWorkload      *ebpf.VariableSpec `ebpf:"bridle_unused_workload"`
+	BridleWakeupBytes         *ebpf.VariableSpec `ebpf:"bridle_wakeup_bytes"`
 }
 
 // sockoptObjects contains all objects after they have been loaded into the kernel.
@@ -239,25 +324,35 @@ func (o *sockoptObjects) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptMaps struct {
-	BridleBudgets *ebpf.Map `ebpf:"bridle_budgets"`
-	BridleCgroups *ebpf.Map `ebpf:"bridle_cgroups"`
-	BridleDrops   *ebpf.Map `ebpf:"bridle_drops"`
-	BridleEvents  *ebpf.Map `ebpf:"bridle_events"`
-	BridleExec    *ebpf.Map `ebpf:"bridle_exec"`
-	BridleListen  *ebpf.Map `ebpf:"bridle_listen"`
-	BridleNet4    *ebpf.Map `ebpf:"bridle_net4"`
-	BridleNet6    *ebpf.Map `ebpf:"bridle_net6"`
-	BridleTasks   *ebpf.Map `ebpf:"bridle_tasks"`
-	BridleUnix    *ebpf.Map `ebpf:"bridle_unix"`
+	BridleBudgets  *ebpf.Map `ebpf:"bridle_budgets"`
+	BridleCgroups  *ebpf.Map `ebpf:"bridle_cgroups"`
+	BridleDnsconf  *ebpf.Map `ebpf:"bridle_dnsconf"`
+	BridleDnsorig  *ebpf.Map `ebpf:"bridle_dnsorig"`
+	BridleDnspeers *ebpf.Map `ebpf:"bridle_dnspeers"`
+	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
+	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
+	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
+	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
+	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
+	BridleNet4     *ebpf.Map `ebpf:"bridle_net4"`
+	BridleNet6     *ebpf.Map `ebpf:"bridle_net6"`
+	BridleTasks    *ebpf.Map `ebpf:"bridle_tasks"`
+	BridleUnix     *ebpf.Map `ebpf:"bridle_unix"`
 }
 
 func (m *sockoptMaps) Close() error {
 	return _SockoptClose(
 		m.BridleBudgets,
 		m.BridleCgroups,
+		m.BridleDnsconf,
+		m.BridleDnsorig,
+		m.BridleDnspeers,
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleLearn4,
+		m.BridleLearn6,
 		m.BridleListen,
 		m.BridleNet4,
 		m.BridleNet6,
@@ -270,29 +365,37 @@ func (m *sockoptMaps) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptVariables struct {
-	BridleBudgetWindowNs    *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
-	BridleEventBudget       *ebpf.Variable `ebpf:"bridle_event_budget"`
-	BridlePageSize          *ebpf.Variable `ebpf:"bridle_page_size"`
-	BridleSockoptAncestors  *ebpf.Variable `ebpf:"bridle_sockopt_ancestors"`
-	BridleUnusedAction      *ebpf.Variable `ebpf:"bridle_unused_action"`
-	BridleUnusedBudget      *ebpf.Variable `ebpf:"bridle_unused_budget"`
-	BridleUnusedBudgetKey   *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
-	BridleUnusedEnforcement *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
-	BridleUnusedEvent       *ebpf.Variable `ebpf:"bridle_unused_event"`
-	BridleUnusedExec        *ebpf.Variable `ebpf:"bridle_unused_exec"`
-	BridleUnusedExecFlags   *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
-	BridleUnusedFlags       *ebpf.Variable `ebpf:"bridle_unused_flags"`
-	BridleUnusedLimits      *ebpf.Variable `ebpf:"bridle_unused_limits"`
-	BridleUnusedListen      *ebpf.Variable `ebpf:"bridle_unused_listen"`
-	BridleUnusedNet4        *ebpf.Variable `ebpf:"bridle_unused_net4"`
-	BridleUnusedNet6        *ebpf.Variable `ebpf:"bridle_unused_net6"`
-	BridleUnusedProto       *ebpf.Variable `ebpf:"bridle_unused_proto"`
-	BridleUnusedReason      *ebpf.Variable `ebpf:"bridle_unused_reason"`
-	BridleUnusedTask        *ebpf.Variable `ebpf:"bridle_unused_task"`
-	BridleUnusedUnix        *ebpf.Variable `ebpf:"bridle_unused_unix"`
-	BridleUnusedVerdict     *ebpf.Variable `ebpf:"bridle_unused_verdict"`
-	BridleUnusedWorkload    *ebpf.Variable `ebpf:"bridle_unused_workload"`
-	BridleWakeupBytes       *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
+	BridleBudgetWindowNs      *ebpf.Variable `ebpf:"bridle_budget_window_ns"`
+	BridleEventBudget         *ebpf.Variable `ebpf:"bridle_event_budget"`
+	BridlePageSize            *ebpf.Variable `ebpf:"bridle_page_size"`
+	BridleSockoptAncestors    *ebpf.Variable `ebpf:"bridle_sockopt_ancestors"`
+	BridleUnusedAction        *ebpf.Variable `ebpf:"bridle_unused_action"`
+	BridleUnusedBudget        *ebpf.Variable `ebpf:"bridle_unused_budget"`
+	BridleUnusedBudgetKey     *ebpf.Variable `ebpf:"bridle_unused_budget_key"`
+	BridleUnusedDnsPeer       *ebpf.Variable `ebpf:"bridle_unused_dns_peer"`
+	BridleUnusedDnsPeerKey    *ebpf.Variable `ebpf:"bridle_unused_dns_peer_key"`
+	BridleUnusedEnforcement   *ebpf.Variable `ebpf:"bridle_unused_enforcement"`
+	BridleUnusedEvent         *ebpf.Variable `ebpf:"bridle_unused_event"`
+	BridleUnusedExec          *ebpf.Variable `ebpf:"bridle_unused_exec"`
+	BridleUnusedExecFlags     *ebpf.Variable `ebpf:"bridle_unused_exec_flags"`
+	BridleUnusedFlags         *ebpf.Variable `ebpf:"bridle_unused_flags"`
+	BridleUnusedLearn4Key     *ebpf.Variable `ebpf:"bridle_unused_learn4_key"`
+	BridleUnusedLearn6Key     *ebpf.Variable `ebpf:"bridle_unused_learn6_key"`
+	BridleUnusedLearned       *ebpf.Variable `ebpf:"bridle_unused_learned"`
+	BridleUnusedLimits        *ebpf.Variable `ebpf:"bridle_unused_limits"`
+	BridleUnusedListen        *ebpf.Variable `ebpf:"bridle_unused_listen"`
+	BridleUnusedNet4          *ebpf.Variable `ebpf:"bridle_unused_net4"`
+	BridleUnusedNet6          *ebpf.Variable `ebpf:"bridle_unused_net6"`
+	BridleUnusedProto         *ebpf.Variable `ebpf:"bridle_unused_proto"`
+	BridleUnusedReason        *ebpf.Variable `ebpf:"bridle_unused_reason"`
+	BridleUnusedResolver      *ebpf.Variable `ebpf:"bridle_unused_resolver"`
+	BridleUnusedResolverFlags *ebpf.Variable `ebpf:"bridle_unused_resolver_flags"`
+	BridleUnusedSockaddr      *ebpf.Variable `ebpf:"bridle_unused_sockaddr"`
+	BridleUnusedTask          *ebpf.Variable `ebpf:"bridle_unused_task"`
+	BridleUnusedUnix          *ebpf.Variable `ebpf:"bridle_unused_unix"`
+	BridleUnusedVerdict       *ebpf.Variable `ebpf:"bridle_unused_verdict"`
+	BridleUnusedWorkload      *ebpf.Variable `ebpf:"bridle_unused_workload"`
+	BridleWakeupBytes         *ebpf.Variable `ebpf:"bridle_wakeup_bytes"`
 }
 
 // sockoptPrograms contains all programs after they have been loaded into the kernel.

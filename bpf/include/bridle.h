@@ -185,3 +185,73 @@ struct bridle_budget {
 	__u64 emitted;         /* events emitted in the window */
 	__u64 suppressed;      /* events left out, in total */
 };
+
+/*
+ * DNS steering (bpf/net.c, bpf/dns.c, docs/KERNELS.md). Which families of
+ * bridle_resolver are set; a family without its flag is not redirected.
+ */
+enum bridle_resolver_flags {
+	BRIDLE_RESOLVER_V4 = 1,
+	BRIDLE_RESOLVER_V6 = 2,
+};
+
+/* The one entry of bridle_dnsconf: where a workload's port 53 goes. */
+struct bridle_resolver {
+	__u32 flags;    /* enum bridle_resolver_flags */
+	__u8 addr4[4];  /* network order */
+	__u8 addr6[16];
+	__u16 port4;    /* host order */
+	__u16 port6;
+};
+
+/* A socket address as a workload gave it: the 16 bytes it passed to an
+ * IPv6 hook (IPv4-mapped included), the first 4 to an IPv4 hook. (The
+ * kernel runs sendmsg4, not sendmsg6, for a datagram an IPv6 socket sends
+ * to an IPv4-mapped address.) */
+struct bridle_sockaddr {
+	__u8 addr[16];
+	__u16 port;   /* host order */
+	__u8 family;  /* 4 or 6: the hook's family */
+	__u8 _pad;
+};
+
+/* Key of the DNS attribution map: a query's source as the resolver sees
+ * it. IPv4 sources use the first 4 bytes of addr. */
+struct bridle_dns_peer_key {
+	__u8 addr[16];
+	__u16 port;   /* host order */
+	__u8 proto;   /* IANA number: 6 tcp, 17 udp */
+	__u8 family;  /* 4 or 6: the packet's IP version */
+};
+
+/* Who sent a query to the resolver, from kernel data only. */
+struct bridle_dns_peer {
+	__u64 cgroup_id; /* the workload's cgroup */
+	__u64 cookie;    /* the sending socket */
+	__u64 seen_ns;   /* CLOCK_BOOTTIME of its latest packet */
+	__u32 slot;
+	__u32 generation;
+	struct bridle_sockaddr dest; /* where the workload sent it */
+};
+
+/* Keys of the learned addresses: one address, one slot, one transport. */
+struct bridle_learn4_key {
+	__u32 slot;
+	__u32 proto; /* IANA number: 6 tcp, 17 udp, 1 icmp (v4 and v6) */
+	__u8 addr[4];
+};
+
+struct bridle_learn6_key {
+	__u32 slot;
+	__u32 proto;
+	__u8 addr[16];
+};
+
+/* An address a task's resolver answer allowed, until expires_ns, while the
+ * slot still holds the task of generation. */
+struct bridle_learned {
+	__u64 expires_ns; /* CLOCK_BOOTTIME; always set (0 reads as expired) */
+	__u32 generation;
+	__u32 _pad;
+	struct bridle_ports ports; /* unused for icmp */
+};

@@ -103,3 +103,60 @@ struct {
 	__type(value, struct bridle_budget);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bridle_budgets SEC(".maps");
+
+/*
+ * DNS steering and learned addresses (docs/KERNELS.md#dns). All pinned:
+ * a restarted bridled finds its resolver setting and the addresses its
+ * tasks learned, with their expiry, as it left them.
+ */
+
+/* Index 0: the resolver a workload's port 53 is steered to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bridle_resolver);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_dnsconf SEC(".maps");
+
+/* socket cookie -> where the workload sent its latest DNS message, so the
+ * reply's source can be put back. Cookies are never reused within a boot;
+ * LRU forgets closed sockets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct bridle_sockaddr);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_dnsorig SEC(".maps");
+
+/* (source address, port, transport) of a packet to the resolver -> the
+ * workload that sent it, written by the egress program before the packet
+ * leaves; the resolver reads it for every query. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bridle_dns_peer_key);
+	__type(value, struct bridle_dns_peer);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_dnspeers SEC(".maps");
+
+/* (slot, transport, address) -> expiry, generation and ports of an
+ * address a task learned from a resolver answer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_learn4_key);
+	__type(value, struct bridle_learned);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_learn4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_learn6_key);
+	__type(value, struct bridle_learned);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_learn6 SEC(".maps");
