@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +32,7 @@ type fakeKernel struct {
 	mu       sync.Mutex
 	calls    []string
 	bindings map[uint64]uint32
+	peer     *loader.DNSPeer // what DNSPeer answers
 }
 
 func (k *fakeKernel) note(format string, args ...any) error {
@@ -88,6 +90,22 @@ func (k *fakeKernel) UnixConnections(uint64) ([]loader.UnixConn, error) {
 }
 func (k *fakeKernel) TakeSuppressed(uint64, uint32) (uint64, error) { return 0, nil }
 func (k *fakeKernel) AttachCgroup(path string) error                { return k.note("attach %s", path) }
+func (k *fakeKernel) Learn(slot, gen uint32, addrs []loader.LearnedAddr) error {
+	return k.note("learn %d/%d %v", slot, gen, addrs)
+}
+func (k *fakeKernel) SetResolver(v4, v6 netip.AddrPort) error {
+	return k.note("resolver %s %s", v4, v6)
+}
+
+// DNSPeer attributes every query to the workload the test named.
+func (k *fakeKernel) DNSPeer(policy.Protocol, netip.AddrPort) (loader.DNSPeer, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.peer == nil {
+		return loader.DNSPeer{}, loader.ErrNoPeer
+	}
+	return *k.peer, nil
+}
 
 // testNode is a node over a fake kernel and a temporary cgroup tree.
 type testNode struct {

@@ -67,6 +67,10 @@ func (r *recorder) ShutdownUnix(id uint64, _ []loader.UnixConn) (loader.UnixStat
 	return loader.UnixStats{}, r.note(fmt.Sprintf("unix %d", id))
 }
 
+func (r *recorder) Learn(slot, gen uint32, addrs []loader.LearnedAddr) error {
+	return r.note(fmt.Sprintf("learn %d/%d %d", slot, gen, len(addrs)))
+}
+
 func (r *recorder) log() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -249,5 +253,43 @@ func TestFailedExpiryIsRetried(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("the failed expiry was not tried again (calls %s)", k.log())
+	}
+}
+
+func TestLearnOnlyForTasksInForce(t *testing.T) {
+	k := &recorder{}
+	m := NewManager(k, nil)
+	task, err := m.Start("t-1", StartRequest{CgroupID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []loader.LearnedAddr{{Protocol: policy.ProtoTCP}}
+	if err := m.Learn(task.Slot, task.Generation, addrs); err != nil {
+		t.Fatalf("learn for a task in force: %v", err)
+	}
+	for _, c := range []struct {
+		name      string
+		slot, gen uint32
+	}{
+		{"another slot", task.Slot + 1, task.Generation},
+		{"an older generation", task.Slot, task.Generation - 1},
+		{"the baseline at a task's generation", loader.BaselineSlot, task.Generation},
+	} {
+		if err := m.Learn(c.slot, c.gen, addrs); !errors.Is(err, ErrNotInForce) {
+			t.Errorf("%s: %v, want ErrNotInForce", c.name, err)
+		}
+	}
+	if err := m.Learn(loader.BaselineSlot, 0, addrs); err != nil {
+		t.Errorf("learn for the baseline: %v", err)
+	}
+	if err := m.End("t-1", "done"); err != nil {
+		t.Fatal(err)
+	}
+	m.Wait()
+	if err := m.Learn(task.Slot, task.Generation, addrs); !errors.Is(err, ErrNotInForce) {
+		t.Errorf("learn after the end: %v, want ErrNotInForce", err)
+	}
+	if got := strings.Count(k.log(), "learn "); got != 2 {
+		t.Errorf("%d kernel writes, want 2 (the task in force and the baseline): %s", got, k.log())
 	}
 }
