@@ -3,6 +3,7 @@ package dns
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"strconv"
@@ -126,10 +127,14 @@ func (c Config) withDefaults() (Config, error) {
 const ResolvConf = "/etc/resolv.conf"
 
 // SystemUpstream returns the first nameserver of a resolv.conf file, as
-// the C library would ask it; a file without one means 127.0.0.1:53, as
-// it does for the C library.
+// the C library would ask it; no file, or a file without one, means
+// 127.0.0.1:53, as it does for the C library.
 func SystemUpstream(path string) (netip.AddrPort, error) {
+	localhost := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 53)
 	cc, err := dns.ClientConfigFromFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return localhost, nil
+	}
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("dns: read %s: %w", path, err)
 	}
@@ -142,7 +147,7 @@ func SystemUpstream(path string) (netip.AddrPort, error) {
 			return netip.AddrPortFrom(a.Unmap(), port), nil
 		}
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port), nil
+	return netip.AddrPortFrom(localhost.Addr(), port), nil
 }
 
 // ParseUpstream parses an upstream resolver as flags and the config file

@@ -23,8 +23,8 @@ func TestSystemUpstream(t *testing.T) {
 			t.Errorf("%q: got %v, %v; want %s", c.conf, got, err, c.want)
 		}
 	}
-	if _, err := SystemUpstream(filepath.Join(dir, "none")); err == nil {
-		t.Error("a missing file gave no error")
+	if got, err := SystemUpstream(filepath.Join(dir, "none")); err != nil || got != netip.MustParseAddrPort("127.0.0.1:53") {
+		t.Errorf("no file: got %v, %v; want 127.0.0.1:53", got, err)
 	}
 }
 

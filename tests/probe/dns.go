@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,11 +65,21 @@ func actResolve(args []string) outcome {
 	return ok(strings.Join(s, ","))
 }
 
-// actResolveTCP NAME:PORT [4|6]: resolves NAME, then connects over TCP to
-// its first address of the family (any family without one).
+// actResolveTCP NAME:PORT [4|6|any] [AFTER]: resolves NAME, then connects
+// over TCP to its first address of the family. With AFTER (a duration) it
+// connects to that address once more after waiting, without resolving
+// again, and reports that second connect.
 func actResolveTCP(args []string) outcome {
-	if len(args) < 1 || len(args) > 2 {
-		return usage("resolve-tcp NAME:PORT [4|6]")
+	if len(args) < 1 || len(args) > 3 {
+		return usage("resolve-tcp NAME:PORT [4|6|any] [AFTER]")
+	}
+	var again time.Duration
+	if len(args) == 3 {
+		d, err := time.ParseDuration(args[2])
+		if err != nil {
+			return usage("AFTER: %v", err)
+		}
+		again = d
 	}
 	name, port, found := strings.Cut(args[0], ":")
 	if !found {
@@ -79,7 +90,7 @@ func actResolveTCP(args []string) outcome {
 		return *o
 	}
 	for _, a := range addrs {
-		if len(args) == 2 && (args[1] == "4") != a.Is4() {
+		if len(args) >= 2 && args[1] != "any" && (args[1] == "4") != a.Is4() {
 			continue
 		}
 		ep, err := parseEndpoint(net.JoinHostPort(a.String(), port))
@@ -91,7 +102,46 @@ func actResolveTCP(args []string) outcome {
 			return *o
 		}
 		unix.Close(fd)
-		return ok(a.String())
+		if again == 0 {
+			return ok(a.String())
+		}
+		time.Sleep(again)
+		if fd, o = dialTCP(ep); o != nil {
+			return *o
+		}
+		unix.Close(fd)
+		return ok(a.String() + " again")
 	}
 	return outcome{"error no address of that family", exitError}
+}
+
+// actDNSQuery SERVER:PORT NAME TYPE [udp|tcp]: one query, sent as written
+// (no search list, no retry), to see what a resolver answers. Prints the
+// rcode, then the answer records' data.
+func actDNSQuery(args []string) outcome {
+	if len(args) < 3 || len(args) > 4 {
+		return usage("dns-query SERVER:PORT NAME TYPE [udp|tcp]")
+	}
+	qtype, found := dns.StringToType[strings.ToUpper(args[2])]
+	if !found {
+		return usage("unknown record type %q", args[2])
+	}
+	c := &dns.Client{Net: "udp", Timeout: resolveTimeout}
+	if len(args) == 4 {
+		c.Net = args[3]
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(args[1]), qtype)
+	in, _, err := c.Exchange(m, args[0])
+	if err != nil {
+		if strings.Contains(err.Error(), "operation not permitted") {
+			return outcome{"EPERM " + c.Net, exitDenied}
+		}
+		return failure("query", err)
+	}
+	parts := []string{dns.RcodeToString[in.Rcode]}
+	for _, rr := range in.Answer {
+		parts = append(parts, strings.TrimPrefix(rr.String(), rr.Header().String()))
+	}
+	return ok(strings.Join(parts, " "))
 }

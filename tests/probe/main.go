@@ -159,6 +159,7 @@ func init() {
 		"reuse-inode":     actReuseInode,
 		"resolve":         actResolve,
 		"resolve-tcp":     actResolveTCP,
+		"dns-query":       actDNSQuery,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,
