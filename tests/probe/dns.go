@@ -107,7 +107,7 @@ func actResolveTCP(args []string) outcome {
 		}
 		time.Sleep(again)
 		if fd, o = dialTCP(ep); o != nil {
-			return *o
+			return outcome{o.line + " again", o.code}
 		}
 		unix.Close(fd)
 		return ok(a.String() + " again")
