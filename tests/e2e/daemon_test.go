@@ -60,6 +60,9 @@ type daemonEnv struct {
 	pinDir   string
 	audit    string
 	stateDir string
+	// inNetns runs bridled in the test network namespace, where its
+	// resolver is reachable from the workloads' loopback.
+	inNetns bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -176,6 +179,10 @@ func (e *daemonEnv) launch() <-chan struct{} {
 	e.t.Helper()
 	e.mu.Lock()
 	e.cmd = exec.Command(bridledBin, "--config", e.config)
+	if e.inNetns {
+		// nsenter executes bridled in its own place: signals reach it.
+		e.cmd = exec.Command("nsenter", "--net="+netnsPath, "--", bridledBin, "--config", e.config)
+	}
 	e.logs = &syncBuffer{}
 	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
@@ -174,6 +176,116 @@ func TestDNSNames(t *testing.T) {
 			"import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('api.test', 8443)}))")
 		if r.status != 0 || !strings.Contains(r.stdout, apiV4.String()) || !strings.Contains(r.stdout, apiV6.String()) {
 			t.Fatalf("getaddrinfo: status %d\n%s", r.status, r.stdout)
+		}
+	})
+}
+
+// dnsPolicy gives every task two names and the test's binaries.
+func dnsPolicy() string {
+	return fmt.Sprintf(`package bridle
+
+binaries := [{"path": %q}]
+
+baseline := {"exec": binaries}
+
+envelope := {
+	"egress": [
+		{"protocol": "tcp", "host": "api.test", "ports": [8443]},
+		{"protocol": "tcp", "host": "cdn.test", "ports": [8443]},
+	],
+	"exec": binaries,
+	"ttl": "1h",
+}
+`, probeBin)
+}
+
+// newDNSDaemon is bridled in the test namespace, resolving through u, with
+// dnsPolicy.
+func newDNSDaemon(t *testing.T, u *upstream) *daemonEnv {
+	t.Helper()
+	e := newDaemonEnv(t)
+	e.inNetns = true
+	if err := os.WriteFile(filepath.Join(e.dir, "policy", "test.rego"), []byte(dnsPolicy()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintf(f, "dns:\n  upstream: %s\n", u.addr); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	return e
+}
+
+// probeIn runs the probe in a workload of e and returns its line.
+func (e *daemonEnv) probeIn(cg string, args ...string) string {
+	e.t.Helper()
+	out, errOut, _ := e.inCgroup(cg, true, append([]string{probeBin}, args...)...)
+	line, _, _ := strings.Cut(out, "\n")
+	e.t.Logf("probe %v in %s: %q %s", args, cg, line, errOut)
+	return line
+}
+
+func TestDNSDaemonTasks(t *testing.T) {
+	u := startUpstream(t)
+	tcpListener(t, "tcp4", netip.AddrPortFrom(apiV4, servicePort).String())
+	tcpListener(t, "tcp4", netip.AddrPortFrom(cdnV4, servicePort).String())
+	e := newDNSDaemon(t, u)
+	api := netip.AddrPortFrom(apiV4, servicePort).String()
+
+	wa, wb, wc := e.workload("a"), e.workload("b"), e.workload("c")
+	a := e.startTask(wa)
+	e.startTask(wb)
+
+	t.Run("two tasks see only their own learned addresses", func(t *testing.T) {
+		if got := e.probeIn(wa, "resolve-tcp", "api.test:8443", "4"); got != "ok "+apiV4.String() {
+			t.Fatalf("task a: %q", got)
+		}
+		// b may resolve the name too, but has not: a's answer is a's.
+		if got := e.probeIn(wb, "tcp", api); got != "EPERM connect" {
+			t.Fatalf("task b reached %s on task a's answer: %q", api, got)
+		}
+	})
+
+	t.Run("a sub-agent resolves only names its grants and its parent's share", func(t *testing.T) {
+		e.startTask(wc, "--parent", a, "--allow-connect", "tcp:cdn.test:8443", "--allow-exec", probeBin)
+		if got := e.probeIn(wc, "resolve", "api.test"); got != "error NXDOMAIN" {
+			t.Errorf("the sub-agent resolved its parent's other name: %q", got)
+		}
+		if got := e.probeIn(wc, "resolve-tcp", "cdn.test:8443", "4"); got != "ok "+cdnV4.String() {
+			t.Errorf("the sub-agent's own name: %q", got)
+		}
+	})
+
+	t.Run("learned addresses outlive a restart of bridled, and DNS fails closed meanwhile", func(t *testing.T) {
+		e.stop(syscall.SIGTERM)
+		if got := e.probeIn(wa, "tcp", api); got != "ok" {
+			t.Errorf("with bridled stopped, the learned address: %q, want ok", got)
+		}
+		if got := e.probeIn(wa, "resolve", "cdn.test"); strings.HasPrefix(got, "ok") {
+			t.Errorf("with bridled stopped, a query was answered: %q", got)
+		}
+		if got := e.probeIn(wb, "tcp", api); got != "EPERM connect" {
+			t.Errorf("with bridled stopped, task b: %q", got)
+		}
+		e.start()
+		if got := e.probeIn(wa, "tcp", api); got != "ok" {
+			t.Errorf("after the restart, the learned address: %q, want ok", got)
+		}
+		if got := e.probeIn(wa, "resolve-tcp", "cdn.test:8443", "4"); got != "ok "+cdnV4.String() {
+			t.Errorf("after the restart, a new name: %q", got)
+		}
+	})
+
+	t.Run("a task's end removes what it learned", func(t *testing.T) {
+		if out, err := e.bridle("end", a); err != nil {
+			t.Fatalf("task end: %v: %s", err, out)
+		}
+		if got := e.probeIn(wa, "tcp", api); got != "EPERM connect" {
+			t.Errorf("after the end: %q", got)
 		}
 	})
 }
