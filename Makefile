@@ -53,7 +53,7 @@ test-policy:
 # emulation can crash the guest's kernel), so two guests run side by side.
 test-kernels:
 	$(GO) run ./tests/kernels -parallel 2 -testtimeout 30m -timeout 35m -pkg ./loader/... -pkg ./tests/e2e \
-		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe \
+		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe -program /usr/sbin/dnsmasq -program /usr/bin/getent \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
 

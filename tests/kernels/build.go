@@ -189,3 +189,56 @@ func guestTree(busybox string, pkgs []builtPackage, extra []extraFile, flags, en
 	}
 	return t, nil
 }
+
+// programFiles lists a host program and the shared libraries the dynamic
+// loader loads for it (as ldd lists them), each to go to its own path in
+// the guest, so the program runs there as on the host.
+func programFiles(prog string) ([]extraFile, error) {
+	abs, err := exec.LookPath(prog)
+	if err != nil {
+		return nil, fmt.Errorf("-program %s: %w", prog, err)
+	}
+	out, err := exec.Command("ldd", abs).Output()
+	if err != nil {
+		return nil, fmt.Errorf("-program %s: ldd: %w", abs, err)
+	}
+	libs, err := parseLdd(string(out))
+	if err != nil {
+		return nil, fmt.Errorf("-program %s: %w", abs, err)
+	}
+	var files []extraFile
+	for _, p := range append([]string{abs}, libs...) {
+		// The file itself at the name the loader looks for (a library's
+		// soname is often a link to a versioned file).
+		src, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return nil, fmt.Errorf("-program %s: %w", abs, err)
+		}
+		files = append(files, extraFile{Src: src, Dst: p})
+	}
+	return files, nil
+}
+
+// parseLdd returns the library paths of ldd's output: "NAME => PATH (ADDR)"
+// and "PATH (ADDR)" lines; the vDSO has no file.
+func parseLdd(out string) ([]string, error) {
+	var libs []string
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "linux-vdso") || line == "statically linked" {
+			continue
+		}
+		if strings.Contains(line, "not found") {
+			return nil, fmt.Errorf("a library is missing: %s", line)
+		}
+		if _, p, ok := strings.Cut(line, "=> "); ok {
+			line = p
+		}
+		p, _, _ := strings.Cut(line, " (")
+		if !path.IsAbs(p) {
+			return nil, fmt.Errorf("unexpected ldd line %q", line)
+		}
+		libs = append(libs, p)
+	}
+	return libs, nil
+}

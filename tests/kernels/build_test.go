@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestBinaryName(t *testing.T) {
 	for _, tc := range []struct{ rel, importPath, want string }{
@@ -58,5 +61,22 @@ func TestParseEnv(t *testing.T) {
 		if _, err := parseEnv(bad); err == nil {
 			t.Errorf("parseEnv(%q): no error", bad)
 		}
+	}
+}
+
+func TestParseLdd(t *testing.T) {
+	out := "\tlinux-vdso.so.1 (0x00007ffb6b6fb000)\n" +
+		"\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007ffb6b4ff000)\n" +
+		"\t/lib64/ld-linux-x86-64.so.2 (0x00007ffb6b6fd000)\n"
+	got, err := parseLdd(out)
+	want := []string{"/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("got %q, %v; want %q", got, err, want)
+	}
+	if _, err := parseLdd("\tlibfoo.so.1 => not found\n"); err == nil {
+		t.Error("a missing library was not an error")
+	}
+	if got, err := parseLdd("\tstatically linked\n"); err != nil || len(got) != 0 {
+		t.Errorf("static: %q, %v", got, err)
 	}
 }

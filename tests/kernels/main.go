@@ -52,6 +52,7 @@ type options struct {
 	pkgs        repeatFlag
 	files       repeatFlag
 	builds      repeatFlag
+	programs    repeatFlag
 	env         repeatFlag
 	run         string
 	testTO      time.Duration
@@ -86,6 +87,7 @@ func main() {
 	fs.Var(&o.kernels, "kernel", "kernel or guest to boot, e.g. 6.1 or 6.12-nobpflsm (repeatable; default all)")
 	fs.Var(&o.pkgs, "pkg", "Go package pattern whose tests run in every guest (repeatable)")
 	fs.Var(&o.files, "file", "host file or directory to add to the guest, SRC or SRC=/GUEST/PATH (default /bridle/files/BASENAME; repeatable)")
+	fs.Var(&o.programs, "program", "host program to add to the guest at its own path, with the shared libraries it loads (repeatable)")
 	fs.Var(&o.builds, "build", "Go command to build statically and add to the guest, PKG or PKG=/GUEST/PATH (default /bridle/files/NAME; repeatable)")
 	fs.Var(&o.env, "env", "KEY=VALUE exported to the test binaries in the guest (repeatable)")
 	fs.StringVar(&o.run, "run", "", "passed to the test binaries as -test.run")
@@ -177,6 +179,19 @@ func run(ctx context.Context, o options) (int, error) {
 			return 2, fmt.Errorf("-file: %w", err)
 		}
 		extra = append(extra, ef)
+	}
+	seen := map[string]bool{}
+	for _, p := range o.programs {
+		files, err := programFiles(p)
+		if err != nil {
+			return 2, err
+		}
+		for _, f := range files {
+			if !seen[f.Dst] {
+				seen[f.Dst] = true
+				extra = append(extra, f)
+			}
+		}
 	}
 	var builds []extraFile
 	for _, b := range o.builds {
