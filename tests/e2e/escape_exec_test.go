@@ -32,7 +32,7 @@ func TestEscapeExecDeepCgroup(t *testing.T) {
 
 	// The shell waits (boundedly) until the test has moved it, then runs
 	// the probe, which tries the refused binary.
-	script := fmt.Sprintf("echo $$ > %s; %s wait-file %s 20 >/dev/null; exec %s exec %s sleep 0",
+	script := fmt.Sprintf("echo $$ > %s; %s wait-file %s 120 >/dev/null; exec %s exec %s sleep 0",
 		pidFile, probeBin, goFile, probeBin, refusedTool)
 	moved := make(chan error, 1)
 	go func() { moved <- moveDeep(cgRoot, pidFile, goFile, depth) }()
@@ -49,7 +49,9 @@ func TestEscapeExecDeepCgroup(t *testing.T) {
 func moveDeep(cgRoot, pidFile, goFile string, depth int) error {
 	defer os.WriteFile(goFile, []byte("go\n"), 0o644)
 	var pid int
-	for deadline := time.Now().Add(15 * time.Second); ; {
+	// A launch takes seconds in the kernel guests (one emulated CPU):
+	// the wait is for a slow start, not for a normal one.
+	for deadline := time.Now().Add(90 * time.Second); ; {
 		b, err := os.ReadFile(pidFile)
 		if err == nil {
 			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
