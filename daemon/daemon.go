@@ -248,6 +248,12 @@ func (d *Daemon) startResolver() error {
 		cfg.Listen6 = netip.MustParseAddrPort(c.Listen6)
 	}
 	d.dns, err = d.node.StartResolver(context.Background(), cfg)
+	var noSteering *node.NoSteeringError
+	if errors.As(err, &noSteering) {
+		// Closed, not open: the status says DEGRADED with the reason.
+		d.log.Error("no resolver", "err", err)
+		return nil
+	}
 	return err
 }
 

@@ -407,6 +407,22 @@ func (d *Daemon) Status() api.Status {
 	if !f.SockoptHook {
 		st.Degraded = append(st.Degraded, "source routing options not refused at setsockopt: "+f.SockoptReason)
 	}
+	if d.dns != nil {
+		v4, v6 := d.dns.Addrs()
+		s := d.dns.Stats()
+		st.DNS = &api.DNSStatus{
+			Upstream: d.dns.Upstream().String(), Allowed: s.Allowed, Denied: s.Denied,
+			CacheHits: s.CacheHits, Forwarded: s.Forwarded, UpstreamFailures: s.UpstreamFailures,
+		}
+		if v4.IsValid() {
+			st.DNS.Listen4 = v4.String()
+		}
+		if v6.IsValid() {
+			st.DNS.Listen6 = v6.String()
+		}
+	} else {
+		st.Degraded = append(st.Degraded, "DNS is not steered to Bridle's resolver (names in envelopes resolve nothing; port 53 is judged by the rules): "+f.DNSRedirectReason)
+	}
 	d.mu.Lock()
 	for _, name := range []string{"api", "metrics"} {
 		l, ok := d.listeners[name]

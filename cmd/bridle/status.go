@@ -116,6 +116,10 @@ func printDaemonStatus(socket string, st api.Status) {
 		fmt.Printf("root:          %s %s\n", p(r.Path), p(state))
 	}
 	fmt.Printf("ring drops:    %d; audit records lost: %d\n", st.RingDrops, st.AuditLost)
+	if d := st.DNS; d != nil {
+		fmt.Printf("dns:           resolver %s %s, upstream %s; %d allowed, %d denied, %d from cache, %d upstream failures\n",
+			p(d.Listen4), p(d.Listen6), p(d.Upstream), d.Allowed, d.Denied, d.CacheHits, d.UpstreamFailures)
+	}
 	printHardening(st.Hardening)
 	if len(st.Degraded) == 0 {
 		fmt.Println("degraded:      no")

@@ -149,6 +149,21 @@ type Status struct {
 	// Listeners are bridled's own: the task API ("api") and, if
 	// configured, "metrics".
 	Listeners []Listener `json:"listeners,omitempty"`
+	// DNS is bridled's resolver; absent when it does not run.
+	DNS *DNSStatus `json:"dns,omitempty"`
+}
+
+// DNSStatus is the resolver the workloads' DNS is steered to.
+type DNSStatus struct {
+	Listen4  string `json:"listen4,omitempty"` // ADDR:PORT, UDP and TCP
+	Listen6  string `json:"listen6,omitempty"`
+	Upstream string `json:"upstream"`
+	// Queries answered, by verdict, since bridled started.
+	Allowed          uint64 `json:"allowed"`
+	Denied           uint64 `json:"denied"`
+	CacheHits        uint64 `json:"cache_hits"`
+	Forwarded        uint64 `json:"forwarded"`
+	UpstreamFailures uint64 `json:"upstream_failures"`
 }
 
 // WorkloadHardening is one workload's processes checked for the unit

@@ -79,6 +79,9 @@ func (s *Server) Start(ctx context.Context) error {
 // the zero AddrPort.
 func (s *Server) Addrs() (v4, v6 netip.AddrPort) { return s.addr4, s.addr6 }
 
+// Upstream is where allowed queries are forwarded.
+func (s *Server) Upstream() netip.AddrPort { return s.cfg.Upstream }
+
 // Stats returns the resolver's counters.
 func (s *Server) Stats() Stats { return s.stats.stats() }
 

@@ -19,6 +19,9 @@ import (
 // their DNS to it. Its records go where the kernel's decisions go. cfg's
 // Kernel, Tasks, Records, Node and Log are set here.
 func (n *Node) StartResolver(ctx context.Context, cfg dns.Config) (*dns.Server, error) {
+	if f := n.opt.Kernel.Features(); !f.DNSRedirect {
+		return nil, &NoSteeringError{Reason: f.DNSRedirectReason}
+	}
 	cfg.Kernel = resolverKernel{n}
 	cfg.Tasks = n
 	cfg.Records = n.sinks()
@@ -43,6 +46,15 @@ func (n *Node) StartResolver(ctx context.Context, cfg dns.Config) (*dns.Server, 
 	n.mu.Unlock()
 	n.log.Info("resolver listening; workloads' DNS steered to it", "ipv4", v4, "ipv6", v6, "upstream", cfg.Upstream)
 	return srv, nil
+}
+
+// NoSteeringError says the kernel cannot steer DNS to a resolver. Nothing
+// is open then: port 53 is judged by the rules like any port, and names
+// in envelopes resolve nothing.
+type NoSteeringError struct{ Reason string }
+
+func (e *NoSteeringError) Error() string {
+	return "the kernel cannot steer DNS to Bridle's resolver: " + e.Reason
 }
 
 // Lookup names the task, or the baseline, governing the workload the

@@ -75,6 +75,7 @@ type embeddedHost struct {
 	reader  *loader.EventReader
 	readWG  sync.WaitGroup
 	dns     DNSSettings
+	dnsNote string // for describe
 	cleanup []func()
 }
 
@@ -134,6 +135,7 @@ func (h *embeddedHost) describe() []string {
 	out = append(out, "BTF: "+f.BTF,
 		fmt.Sprintf("open connections at task end: %s (%s)", f.SocketDestroy.Method, f.SocketDestroy.Reason),
 		fmt.Sprintf("unix connections at task end: %s (%s)", f.UnixShutdown.Method, f.UnixShutdown.Reason),
+		h.dnsNote,
 		"pinned at "+h.enf.PinDir())
 	if h.engine != nil {
 		st := h.engine.Status()
@@ -173,10 +175,17 @@ func (h *embeddedHost) newWorkload(runID string) (workload.Cgroup, error) {
 		}
 	}
 	resolver, err := h.node.StartResolver(context.Background(), dns.Config{Upstream: upstream, TTLFloor: h.dns.TTLFloor})
-	if err != nil {
+	var noSteering *node.NoSteeringError
+	switch {
+	case errors.As(err, &noSteering):
+		h.dnsNote = "DNS: not steered to a resolver (" + noSteering.Reason + "); port 53 is judged by the flags, and names resolve nothing"
+	case err != nil:
 		return cg, err
+	default:
+		v4, v6 := resolver.Addrs()
+		h.dnsNote = fmt.Sprintf("DNS: steered to this process's resolver (%s, %s), forwarding allowed names to %s", v4, v6, upstream)
+		h.defer_(func() { _ = resolver.Shutdown(context.Background()) })
 	}
-	h.defer_(func() { _ = resolver.Shutdown(context.Background()) })
 	// Nothing is bound yet: until the task is, the cgroup's processes
 	// (there are none) would be refused everything.
 	if err := h.enf.AttachCgroup(cg.Path); err != nil {
