@@ -56,3 +56,13 @@ func TestDNSReviewWildcardRepeatsBudgeted(t *testing.T) {
 			got, queries, elapsed.Round(time.Millisecond), limit)
 	}
 }
+
+// A name allowed for ICMP (--allow-connect icmp:NAME, {"protocol": "icmp",
+// "host": ...}) must resolve and be pingable like a TCP one.
+func TestDNSReviewICMPName(t *testing.T) {
+	u := startUpstream(t)
+	r := probe(t, dnsFlags(u, "--allow-connect", "icmp:api.test"), "resolve", "api.test")
+	if !strings.HasPrefix(r.probeLine(), "ok ") || !strings.Contains(r.probeLine(), apiV4.String()) {
+		t.Fatalf("a name allowed for icmp: %q, want ok with %s", r.probeLine(), apiV4)
+	}
+}

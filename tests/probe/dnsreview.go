@@ -14,19 +14,23 @@ import (
 // Probes of the resolver's limits, as a workload trying to carry data out
 // in DNS, or to wear the resolver down for other tasks, would use it.
 
-// actDNSRepeat SERVER:PORT COUNT NAME...: COUNT UDP queries of type A,
-// cycling through the names (the choice of name is the data), each waiting
-// for its answer. Prints how many answers of each rcode came back, sorted.
+// actDNSRepeat [tcp] SERVER:PORT COUNT NAME...: COUNT queries of type A,
+// over UDP or TCP, cycling through the names (the choice of name is the
+// data), each waiting for its answer. Prints how many answers of each
+// rcode came back, sorted.
 func actDNSRepeat(args []string) outcome {
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	if len(args) > 0 && args[0] == "tcp" {
+		c.Net, args = "tcp", args[1:]
+	}
 	if len(args) < 3 {
-		return usage("dns-repeat SERVER:PORT COUNT NAME...")
+		return usage("dns-repeat [tcp] SERVER:PORT COUNT NAME...")
 	}
 	n, err := strconv.Atoi(args[1])
 	if err != nil || n < 1 {
 		return usage("COUNT: %q", args[1])
 	}
 	names := args[2:]
-	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	counts := map[string]int{}
 	for i := range n {
 		m := new(dns.Msg)
