@@ -240,7 +240,11 @@ func learnedValue(la LearnedAddr, a netip.Addr, generation uint32) (netBridleLea
 			return netBridleLearned{}, fmt.Errorf("learn %s: no ports", rule)
 		}
 	case policy.ProtoICMP:
-		if len(la.Ports) != 0 {
+		// Name rules hold ICMP's "every port" as {0, 65535}
+		// (policy.NameRule); it means no ports here.
+		if len(la.Ports) == 1 && la.Ports[0] == (policy.PortRange{First: 0, Last: 65535}) {
+			rule.Ports = nil
+		} else if len(la.Ports) != 0 {
 			return netBridleLearned{}, fmt.Errorf("learn %s: icmp has no ports", rule)
 		}
 	default:

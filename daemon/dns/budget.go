@@ -5,12 +5,14 @@ import (
 	"time"
 )
 
-// budgets hold each task's budget of names matched only by wildcard
-// rules. Such a name can carry data out in its labels
+// budgets hold each task's budget of queries for names matched only by
+// wildcard rules. Such a name can carry data out in its labels
 // (secret.attacker.example under an allowed *.example), one query per
-// chunk, so what is counted is distinct names: asking again for a name the
-// task already resolved costs nothing, a new name costs one from a total
-// and one token of a bucket that refills at a steady rate.
+// chunk, and so can the mere choice among names already asked, repeated:
+// every query that goes to the upstream costs one token of a bucket that
+// refills at a steady rate, and a name not asked before also one from a
+// total over the task's life. A query the cache answers leaves the host
+// not at all and costs nothing.
 type budgets struct {
 	mu    sync.Mutex
 	names int
@@ -36,7 +38,8 @@ func newBudgets(names int, rate float64, burst int) *budgets {
 	return &budgets{names: names, rate: rate, burst: burst, tasks: make(map[budgetKey]*taskBudget)}
 }
 
-// take reports whether the task may resolve name now, and counts it.
+// take reports whether the task may send a query for name to the upstream
+// now, and counts it.
 func (b *budgets) take(k budgetKey, ends time.Time, name string, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -46,10 +49,8 @@ func (b *budgets) take(k budgetKey, ends time.Time, name string, now time.Time) 
 		t = &taskBudget{seen: make(map[string]struct{}), tokens: float64(b.burst), last: now, ends: ends}
 		b.tasks[k] = t
 	}
-	if _, ok := t.seen[name]; ok {
-		return true
-	}
-	if len(t.seen) >= b.names {
+	_, seen := t.seen[name]
+	if !seen && len(t.seen) >= b.names {
 		return false
 	}
 	if now.After(t.last) {

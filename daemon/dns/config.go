@@ -24,8 +24,9 @@ const (
 	// DefaultWildcardNames is how many distinct names one task may
 	// resolve through wildcard rules alone, over its whole life.
 	DefaultWildcardNames = 1000
-	// DefaultWildcardRate is how many new such names a task may resolve
-	// per second, after a burst of DefaultWildcardBurst.
+	// DefaultWildcardRate is how many queries for such names (new or
+	// asked before) a task may send to the upstream per second, after a
+	// burst of DefaultWildcardBurst; the cache's answers are free.
 	DefaultWildcardRate  = 10
 	DefaultWildcardBurst = 50
 )
@@ -55,7 +56,8 @@ type Config struct {
 	// Timeout bounds one exchange with the upstream.
 	Timeout time.Duration
 	// WildcardNames, WildcardRate and WildcardBurst are the per-task
-	// budget of distinct names matched only by wildcard rules.
+	// budget for names matched only by wildcard rules: distinct names
+	// over the task's life, and queries forwarded per second.
 	WildcardNames int
 	WildcardRate  float64
 	WildcardBurst int

@@ -101,16 +101,18 @@ func (s *Server) answer(ctx context.Context, proto policy.Protocol, src netip.Ad
 	if !forwarded(q.Qtype) {
 		return deny(dns.RcodeSuccess, audit.DNSType)
 	}
-	if ports.Wildcard && !s.budgets.take(budgetKey{asker.TaskID, asker.Workload}, asker.Ends, name, now) {
-		return deny(dns.RcodeRefused, audit.DNSBudget)
-	}
-
 	key := cacheKey{name, q.Qtype}
 	got, hit := s.cache.get(key, now)
 	if hit {
 		s.stats.cacheHits.Add(1)
 		s.cfg.Metrics.CacheHit()
 	} else {
+		// Budgeted when it would leave the host, repeats included: a
+		// name the upstream answers uncacheably (TTL 0, a failure)
+		// would otherwise carry data out at any rate.
+		if ports.Wildcard && !s.budgets.take(budgetKey{asker.TaskID, asker.Workload}, asker.Ends, name, now) {
+			return deny(dns.RcodeRefused, audit.DNSBudget)
+		}
 		got, err = s.forward(ctx, proto, req, name, now)
 		if err != nil {
 			return deny(dns.RcodeServerFailure, audit.DNSUpstream+": "+err.Error())

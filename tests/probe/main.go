@@ -160,6 +160,8 @@ func init() {
 		"resolve":         actResolve,
 		"resolve-tcp":     actResolveTCP,
 		"dns-query":       actDNSQuery,
+		"dns-repeat":      actDNSRepeat,
+		"dns-hold-tcp":    actDNSHoldTCP,
 		// Internal steps of daemonize, not meant to be called by tests.
 		"__daemon":       actDaemonIntermediate,
 		"__report":       actReport,
