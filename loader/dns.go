@@ -232,6 +232,27 @@ func (e *Enforcer) Learn(slot, generation uint32, addrs []LearnedAddr) error {
 	return nil
 }
 
+// Unlearn deletes learned addresses of a slot (their protocol and address;
+// ports and expiry are not read). An address not learned is no error.
+func (e *Enforcer) Unlearn(slot uint32, addrs []LearnedAddr) error {
+	for _, la := range addrs {
+		a := la.Addr.Unmap()
+		var err error
+		switch {
+		case a.Is4():
+			err = e.net.BridleLearn4.Delete(netBridleLearn4Key{Slot: slot, Proto: uint32(la.Protocol), Addr: a.As4()})
+		case a.Is6():
+			err = e.net.BridleLearn6.Delete(netBridleLearn6Key{Slot: slot, Proto: uint32(la.Protocol), Addr: a.As16()})
+		default:
+			return fmt.Errorf("unlearn: %q is not an address", la.Addr)
+		}
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unlearn %s: %w", a, err)
+		}
+	}
+	return nil
+}
+
 func learnedValue(la LearnedAddr, a netip.Addr, generation uint32) (netBridleLearned, error) {
 	rule := policy.NetRule{Protocol: la.Protocol, Prefix: netip.PrefixFrom(a, a.BitLen()), Ports: la.Ports}
 	switch la.Protocol {

@@ -425,6 +425,18 @@ func TestLearnedAddresses(t *testing.T) {
 	connect(dst4, false)
 	connect(dst6, false)
 
+	// Unlearn deletes an entry, and a missing one is no error.
+	learn(1, 2, time.Now().Add(time.Hour))
+	gone := []LearnedAddr{{Protocol: policy.ProtoTCP, Addr: dst4.Addr()}}
+	if err := e.Unlearn(1, gone); err != nil {
+		t.Fatal(err)
+	}
+	connect(dst4, false)
+	connect(dst6, true)
+	if err := e.Unlearn(1, gone); err != nil {
+		t.Fatalf("unlearning what is gone: %v", err)
+	}
+
 	// ClearSlot forgets them.
 	learn(1, 2, time.Now().Add(time.Hour))
 	if err := e.ClearSlot(1); err != nil {

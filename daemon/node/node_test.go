@@ -93,6 +93,9 @@ func (k *fakeKernel) AttachCgroup(path string) error                { return k.n
 func (k *fakeKernel) Learn(slot, gen uint32, addrs []loader.LearnedAddr) error {
 	return k.note("learn %d/%d %v", slot, gen, addrs)
 }
+func (k *fakeKernel) Unlearn(slot uint32, addrs []loader.LearnedAddr) error {
+	return k.note("unlearn %d %v", slot, addrs)
+}
 func (k *fakeKernel) SetResolver(v4, v6 netip.AddrPort) error {
 	return k.note("resolver %s %s", v4, v6)
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -34,8 +35,10 @@ type Kernel interface {
 	// of a previous daemon's state (see Restore).
 	Bindings() (map[uint64]uint32, error)
 	ClearSlotsExcept(keep map[uint32]bool) error
-	// Learn writes addresses the resolver learned for a task's names.
+	// Learn writes addresses the resolver learned for a task's names;
+	// Unlearn deletes some.
 	Learn(slot, generation uint32, addrs []loader.LearnedAddr) error
+	Unlearn(slot uint32, addrs []loader.LearnedAddr) error
 }
 
 // Task is one task in force.
@@ -103,6 +106,10 @@ type Manager struct {
 	byWorkload map[uint64]string
 	usedSlots  map[uint32]bool
 	generation uint32
+	// learned holds, per slot generation (0: the baseline), the expiry of
+	// each address learned for it: what it holds in the kernel's learned
+	// maps, which all tasks share (see Learn).
+	learned    map[uint32]map[learnedKey]time.Time
 	timers     map[string]*time.Timer
 	onEnd      func(End)
 	clearing   sync.WaitGroup // slots of ended tasks being cleared
@@ -136,6 +143,7 @@ func NewManager(k Kernel, onEnd func(End)) *Manager {
 		tasks:        map[string]*Task{},
 		byWorkload:   map[uint64]string{},
 		usedSlots:    map[uint32]bool{},
+		learned:      map[uint32]map[learnedKey]time.Time{},
 		timers:       map[string]*time.Timer{},
 		onEnd:        onEnd,
 		byGeneration: map[uint32]indexed{},
@@ -271,6 +279,7 @@ func (m *Manager) End(id, reason string) error {
 	}
 	delete(m.tasks, id)
 	delete(m.byWorkload, t.CgroupID)
+	delete(m.learned, t.Generation) // the slot's clearing deletes them
 	m.index.Lock()
 	now := time.Now()
 	m.byGeneration[t.Generation] = indexed{task: *t, ended: now}
@@ -411,6 +420,9 @@ func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
 		if err := m.k.ClearSlot(loader.BaselineSlot); err != nil {
 			return err
 		}
+		m.mu.Lock()
+		delete(m.learned, 0)
+		m.mu.Unlock()
 	}
 	return m.k.WriteRules(loader.BaselineSlot, rs)
 }
@@ -419,12 +431,31 @@ func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
 // ended (or never was).
 var ErrNotInForce = errors.New("task not in force")
 
+// MaxLearned is how many learned addresses (per protocol) one task, or the
+// baseline, may hold in the kernel at once. The learned maps are shared by
+// every task and hold 1M entries per address family: without a bound, one
+// task whose names answer with ever new addresses would fill them, and
+// every other task's names would stop resolving. An agent reaches tens of
+// services, each behind a handful of addresses at a time.
+const MaxLearned = 2048
+
+// ErrLearnedFull is returned by Learn when a task holds MaxLearned
+// addresses that have not expired.
+var ErrLearnedFull = errors.New("the task holds as many learned addresses as it may")
+
+type learnedKey struct {
+	proto policy.Protocol
+	addr  netip.Addr
+}
+
 // Learn writes addresses the resolver learned for a name into the rules of
 // the task at slot and generation, or of the baseline (BaselineSlot,
 // generation 0), while it is in force. The kernel honours an entry only
 // for its generation and until its expiry; checking here as well keeps an
 // ended task's slot, about to be cleared or given to another task, free of
-// entries written after the end.
+// entries written after the end. A task holds at most MaxLearned entries:
+// past that, its expired ones are deleted to make room, and if none has
+// expired, nothing is written (ErrLearnedFull).
 func (m *Manager) Learn(slot, generation uint32, addrs []loader.LearnedAddr) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -438,8 +469,50 @@ func (m *Manager) Learn(slot, generation uint32, addrs []loader.LearnedAddr) err
 	} else if generation != 0 {
 		return fmt.Errorf("tasks: learn for the baseline at generation %d: %w", generation, ErrNotInForce)
 	}
+	held := m.learned[generation]
+	if held == nil {
+		held = map[learnedKey]time.Time{}
+		m.learned[generation] = held
+	}
+	fresh := 0
+	for _, a := range addrs {
+		if _, ok := held[learnedKey{a.Protocol, a.Addr.Unmap()}]; !ok {
+			fresh++
+		}
+	}
+	if len(held)+fresh > MaxLearned {
+		if err := m.forgetExpired(slot, held); err != nil {
+			return err
+		}
+		if len(held)+fresh > MaxLearned {
+			return fmt.Errorf("tasks: learn %d addresses for slot %d: %w (%d)", fresh, slot, ErrLearnedFull, MaxLearned)
+		}
+	}
 	if err := m.k.Learn(slot, generation, addrs); err != nil {
 		return fmt.Errorf("tasks: learn: %w", err)
+	}
+	for _, a := range addrs {
+		k := learnedKey{a.Protocol, a.Addr.Unmap()}
+		held[k] = a.Expires
+	}
+	return nil
+}
+
+// forgetExpired deletes a task's expired learned entries from the kernel
+// and from held. Called with mu held.
+func (m *Manager) forgetExpired(slot uint32, held map[learnedKey]time.Time) error {
+	now := time.Now()
+	var gone []loader.LearnedAddr
+	for k, exp := range held {
+		if !exp.After(now) {
+			gone = append(gone, loader.LearnedAddr{Protocol: k.proto, Addr: k.addr})
+		}
+	}
+	if err := m.k.Unlearn(slot, gone); err != nil {
+		return fmt.Errorf("tasks: delete expired learned addresses: %w", err)
+	}
+	for _, g := range gone {
+		delete(held, learnedKey{g.Protocol, g.Addr})
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package tasks
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -69,6 +70,10 @@ func (r *recorder) ShutdownUnix(id uint64, _ []loader.UnixConn) (loader.UnixStat
 
 func (r *recorder) Learn(slot, gen uint32, addrs []loader.LearnedAddr) error {
 	return r.note(fmt.Sprintf("learn %d/%d %d", slot, gen, len(addrs)))
+}
+
+func (r *recorder) Unlearn(slot uint32, addrs []loader.LearnedAddr) error {
+	return r.note(fmt.Sprintf("unlearn %d %d", slot, len(addrs)))
 }
 
 func (r *recorder) log() string {
@@ -291,5 +296,55 @@ func TestLearnOnlyForTasksInForce(t *testing.T) {
 	}
 	if got := strings.Count(k.log(), "learn "); got != 2 {
 		t.Errorf("%d kernel writes, want 2 (the task in force and the baseline): %s", got, k.log())
+	}
+}
+
+// One task cannot fill the learned maps every task shares: past
+// MaxLearned it must wait for its own entries to expire.
+func TestLearnedAddressesAreBoundedPerTask(t *testing.T) {
+	k := &recorder{}
+	m := NewManager(k, nil)
+	task, err := m.Start("t-1", StartRequest{CgroupID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := func(first, n int, expires time.Time) []loader.LearnedAddr {
+		var out []loader.LearnedAddr
+		for i := first; i < first+n; i++ {
+			a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+			out = append(out, loader.LearnedAddr{Protocol: policy.ProtoTCP, Addr: a, Expires: expires})
+		}
+		return out
+	}
+	soon, later := time.Now().Add(50*time.Millisecond), time.Now().Add(time.Hour)
+	if err := m.Learn(task.Slot, task.Generation, addrs(0, MaxLearned/2, soon)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Learn(task.Slot, task.Generation, addrs(MaxLearned/2, MaxLearned/2, later)); err != nil {
+		t.Fatal(err)
+	}
+	// Full: an address it holds may be learned again, a new one may not.
+	if err := m.Learn(task.Slot, task.Generation, addrs(0, 1, later)); err != nil {
+		t.Errorf("learning a held address again: %v", err)
+	}
+	if err := m.Learn(task.Slot, task.Generation, addrs(MaxLearned, 1, later)); !errors.Is(err, ErrLearnedFull) {
+		t.Fatalf("past the bound: %v, want ErrLearnedFull", err)
+	}
+	// Once the first half expired, it makes room (all but the one
+	// learned again).
+	time.Sleep(60 * time.Millisecond)
+	if err := m.Learn(task.Slot, task.Generation, addrs(MaxLearned, MaxLearned/2-1, later)); err != nil {
+		t.Fatalf("after the expiry: %v", err)
+	}
+	if !strings.Contains(k.log(), fmt.Sprintf("unlearn %d %d", task.Slot, MaxLearned/2-1)) {
+		t.Errorf("the expired entries were not deleted from the kernel: %s", k.log())
+	}
+	// Another task has its own bound.
+	other, err := m.Start("t-2", StartRequest{CgroupID: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Learn(other.Slot, other.Generation, addrs(0, MaxLearned, later)); err != nil {
+		t.Errorf("another task: %v", err)
 	}
 }
