@@ -229,7 +229,7 @@ func (d *Daemon) writeBaseline(ctx context.Context) error {
 func (d *Daemon) startResolver() error {
 	c := d.cfg.DNS
 	cfg := dns.Config{
-		TTLFloor: c.TTLFloor, WildcardNames: c.WildcardNames, WildcardRate: c.WildcardRate,
+		TTLFloor: c.TTLFloor, TTLCeiling: c.TTLCeiling, WildcardNames: c.WildcardNames, WildcardRate: c.WildcardRate,
 		WildcardBurst: c.WildcardBurst, Metrics: d.metrics,
 	}
 	var err error

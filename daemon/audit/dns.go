@@ -26,6 +26,9 @@ const (
 	DNSUnattributed = "unattributed"
 	// DNSNoTask is a workload with neither a task nor a baseline.
 	DNSNoTask = "no task or baseline governs the workload"
+	// DNSInFlight is a query refused because the task already has as
+	// many waiting on the upstream as it may.
+	DNSInFlight = "too many queries in flight"
 	// DNSUpstream is a failed exchange with the upstream resolver.
 	DNSUpstream = "upstream failure"
 	// DNSKernel is an answer whose addresses the kernel did not take:

@@ -81,8 +81,9 @@ type DNS struct {
 	// workloads must reach them from their network namespace.
 	Listen4 string `yaml:"listen4"`
 	Listen6 string `yaml:"listen6"`
-	// TTLFloor is the shortest life of a learned address.
-	TTLFloor time.Duration `yaml:"ttl_floor"`
+	// TTLFloor and TTLCeiling bound the life of a learned address.
+	TTLFloor   time.Duration `yaml:"ttl_floor"`
+	TTLCeiling time.Duration `yaml:"ttl_ceiling"`
 	// WildcardNames, WildcardRate and WildcardBurst are each task's
 	// budget of names allowed by wildcard rules alone.
 	WildcardNames int     `yaml:"wildcard_names"`
@@ -107,8 +108,10 @@ func (d DNS) check() error {
 		}
 	}
 	switch {
-	case d.TTLFloor < 0:
-		return fmt.Errorf("dns.ttl_floor %v: must not be negative", d.TTLFloor)
+	case d.TTLFloor < 0, d.TTLCeiling < 0:
+		return fmt.Errorf("dns.ttl_floor %v, ttl_ceiling %v: must not be negative", d.TTLFloor, d.TTLCeiling)
+	case d.TTLCeiling > 0 && d.TTLCeiling < d.TTLFloor:
+		return fmt.Errorf("dns.ttl_ceiling %v is below dns.ttl_floor %v", d.TTLCeiling, d.TTLFloor)
 	case d.WildcardNames < 0, d.WildcardRate < 0, d.WildcardBurst < 0:
 		return errors.New("dns.wildcard_names, wildcard_rate and wildcard_burst must not be negative")
 	}

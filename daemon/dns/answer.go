@@ -49,6 +49,29 @@ func keepChain(name string, answer []dns.RR) []dns.RR {
 	return kept
 }
 
+// MaxAnswerAddrs is how many addresses of one answer a task learns and is
+// handed. Services answer with a handful; a name answering with hundreds
+// would spend the task's share of the kernel's learned entries at once.
+const MaxAnswerAddrs = 32
+
+// capAddresses keeps the first max A and AAAA records of rrs, and every
+// other record.
+func capAddresses(rrs []dns.RR, max int) []dns.RR {
+	out := rrs[:0:0]
+	n := 0
+	for _, rr := range rrs {
+		switch rr.(type) {
+		case *dns.A, *dns.AAAA:
+			if n == max {
+				continue
+			}
+			n++
+		}
+		out = append(out, rr)
+	}
+	return out
+}
+
 // keepSOA returns the SOA records of an authority section: what a stub
 // needs to cache a negative answer. Name servers and their glue are
 // nothing a stub needs.
@@ -82,7 +105,8 @@ func address(rr dns.RR) (netip.Addr, bool) {
 
 // learnedEntries returns the entries a task gets for the addresses of a
 // kept answer: one per address and per protocol the name allows, living
-// max(TTL, floor) from now, never past the task's end.
+// max(TTL, floor) from now, never past ends (the task's end, or the TTL
+// ceiling).
 func learnedEntries(ports policy.NamePorts, answer []dns.RR, now time.Time, floor time.Duration, ends time.Time) ([]Learned, []string) {
 	var entries []Learned
 	var shown []string
@@ -135,8 +159,8 @@ func negativeTTL(ns []dns.RR, limit time.Duration) time.Duration {
 }
 
 // ageTTLs lowers the TTLs of rrs by the time an answer spent in the cache
-// and, when the task ends sooner, to the time left until then: a stub must
-// not keep an address longer than the kernel allows it.
+// and to the time left until ends (the task's end, or the TTL ceiling): a
+// stub must not keep an address longer than the kernel allows it.
 func ageTTLs(rrs []dns.RR, age time.Duration, now, ends time.Time) {
 	aged := uint32(age / time.Second)
 	for _, rr := range rrs {

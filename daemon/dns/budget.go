@@ -86,3 +86,31 @@ func (b *budgets) forgetEnded(now time.Time) {
 		}
 	}
 }
+
+// inFlight counts each task's queries waiting on the upstream.
+type inFlight struct {
+	mu sync.Mutex
+	n  map[budgetKey]int
+}
+
+// acquire counts one more query of k, unless k has max already.
+func (f *inFlight) acquire(k budgetKey, max int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == nil {
+		f.n = map[budgetKey]int{}
+	}
+	if f.n[k] >= max {
+		return false
+	}
+	f.n[k]++
+	return true
+}
+
+func (f *inFlight) release(k budgetKey) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n[k]--; f.n[k] <= 0 {
+		delete(f.n, k)
+	}
+}

@@ -17,7 +17,14 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultTTLFloor       = 30 * time.Second
+	DefaultTTLFloor = 30 * time.Second
+	// DefaultTTLCeiling bounds how long an answer lives, whatever its
+	// TTL: an address learned for a day would outlive most reasons it
+	// was allowed for.
+	DefaultTTLCeiling = time.Hour
+	// DefaultMaxInFlight is how many of one task's queries may wait on
+	// the upstream at once.
+	DefaultMaxInFlight    = 32
 	DefaultNegativeTTLCap = 30 * time.Second
 	DefaultCacheSize      = 4096
 	DefaultTimeout        = 5 * time.Second
@@ -48,6 +55,12 @@ type Config struct {
 	// answer's TTL: a name with TTL 0 must still be connectable right
 	// after it resolved.
 	TTLFloor time.Duration
+	// TTLCeiling is the longest life of a learned address and of a
+	// cached answer, whatever the answer's TTL.
+	TTLCeiling time.Duration
+	// MaxInFlight is how many of one task's queries may wait on the
+	// upstream at once; past it, queries are refused.
+	MaxInFlight int
 	// NegativeTTLCap caps how long an NXDOMAIN or empty answer from the
 	// upstream is cached.
 	NegativeTTLCap time.Duration
@@ -91,6 +104,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TTLFloor <= 0 {
 		c.TTLFloor = DefaultTTLFloor
+	}
+	if c.TTLCeiling <= 0 {
+		c.TTLCeiling = DefaultTTLCeiling
+	}
+	if c.TTLCeiling < c.TTLFloor {
+		return c, fmt.Errorf("dns: TTL ceiling %v below the floor %v", c.TTLCeiling, c.TTLFloor)
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 	if c.NegativeTTLCap <= 0 {
 		c.NegativeTTLCap = DefaultNegativeTTLCap

@@ -119,7 +119,8 @@ func (r *recorder) wait(t *testing.T, n int) []audit.Record {
 type upstreamServer struct {
 	addr netip.AddrPort
 	mu   sync.Mutex
-	log  []string // "name type proto"
+	log  []string   // "name type proto"
+	reqs []*dns.Msg // the queries as they arrived
 	zone map[string][]dns.RR
 }
 
@@ -142,10 +143,12 @@ func newUpstream(t testing.TB) *upstreamServer {
 	add("api.example.", "api.example. 300 IN A 192.0.2.10", "api.example. 300 IN AAAA 2001:db8::10", `api.example. 300 IN TXT "secret"`)
 	add("unlisted.example.", "unlisted.example. 300 IN A 192.0.2.99")
 	add("short.example.", "short.example. 1 IN A 192.0.2.30")
+	add("long.example.", "long.example. 604800 IN A 192.0.2.31")
 	// A chain, with records for owners the chain does not reach.
 	add("www.example.", "www.example. 300 IN CNAME edge.cdn.net.", "edge.cdn.net. 60 IN A 192.0.2.20",
 		"unlisted.example. 300 IN A 192.0.2.66", "other.cdn.net. 300 IN A 192.0.2.67")
-	for i := range 60 {
+	// More than fits the 1232 bytes the resolver offers upstream.
+	for i := range 100 {
 		add("big.example.", fmt.Sprintf("big.example. 300 IN A 198.51.100.%d", i+1))
 	}
 	mux := dns.HandlerFunc(u.serve)
@@ -177,6 +180,7 @@ func (u *upstreamServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	u.mu.Lock()
 	u.log = append(u.log, fmt.Sprintf("%s %s %s", strings.ToLower(q.Name), dns.TypeToString[q.Qtype], proto))
+	u.reqs = append(u.reqs, req.Copy())
 	u.mu.Unlock()
 	m := new(dns.Msg)
 	m.SetReply(req)
@@ -237,6 +241,7 @@ func testRules() policy.RuleSet {
 		{Protocol: policy.ProtoTCP, Pattern: "api.example", Ports: https},
 		{Protocol: policy.ProtoTCP, Pattern: "big.example", Ports: https},
 		{Protocol: policy.ProtoTCP, Pattern: "short.example", Ports: https},
+		{Protocol: policy.ProtoTCP, Pattern: "long.example", Ports: https},
 		{Protocol: policy.ProtoTCP, Pattern: "www.example", Ports: https},
 	}}
 }

@@ -110,18 +110,30 @@ func (s *Server) answer(ctx context.Context, proto policy.Protocol, src netip.Ad
 		// Budgeted when it would leave the host, repeats included: a
 		// name the upstream answers uncacheably (TTL 0, a failure)
 		// would otherwise carry data out at any rate.
-		if ports.Wildcard && !s.budgets.take(budgetKey{asker.TaskID, asker.Workload}, asker.Ends, name, now) {
+		bk := budgetKey{asker.TaskID, asker.Workload}
+		if ports.Wildcard && !s.budgets.take(bk, asker.Ends, name, now) {
 			return deny(dns.RcodeRefused, audit.DNSBudget)
 		}
+		// A task's queries waiting on the upstream are bounded, so a
+		// slow upstream and uncached names cannot have one task hold
+		// the resolver's (and the upstream's) capacity.
+		if !s.inFlight.acquire(bk, s.cfg.MaxInFlight) {
+			return deny(dns.RcodeRefused, audit.DNSInFlight)
+		}
 		got, err = s.forward(ctx, proto, req, name, now)
+		s.inFlight.release(bk)
 		if err != nil {
 			return deny(dns.RcodeServerFailure, audit.DNSUpstream+": "+err.Error())
 		}
 	}
 
-	ageTTLs(got.msg.Answer, now.Sub(got.stored), now, asker.Ends)
-	ageTTLs(got.msg.Ns, now.Sub(got.stored), now, asker.Ends)
-	entries, shown := learnedEntries(ports, got.msg.Answer, now, s.cfg.TTLFloor, asker.Ends)
+	ends := now.Add(s.cfg.TTLCeiling)
+	if !asker.Ends.IsZero() && asker.Ends.Before(ends) {
+		ends = asker.Ends
+	}
+	ageTTLs(got.msg.Answer, now.Sub(got.stored), now, ends)
+	ageTTLs(got.msg.Ns, now.Sub(got.stored), now, ends)
+	entries, shown := learnedEntries(ports, got.msg.Answer, now, s.cfg.TTLFloor, ends)
 	if len(entries) > 0 {
 		// Before the reply: a connect right after the answer must find
 		// the entry in place.
@@ -144,11 +156,12 @@ func (s *Server) forward(ctx context.Context, proto policy.Protocol, req *dns.Ms
 	q := req.Question[0]
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), q.Qtype)
-	m.CheckingDisabled = req.CheckingDisabled
-	if opt := req.IsEdns0(); opt != nil && proto == policy.ProtoUDP {
-		// The workload's buffer, so the upstream truncates as it would
-		// for the workload itself.
-		m.SetEdns0(max(opt.UDPSize(), dns.MinMsgSize), false)
+	// Nothing of the workload's query but its name and type reaches the
+	// upstream: its flags and EDNS values would be bits it chose, sent
+	// out with every query. The reply is cut to the workload's own size
+	// (fit).
+	if proto == policy.ProtoUDP {
+		m.SetEdns0(ednsSize, false)
 	}
 	up, rtt, err := s.up.exchange(ctx, proto, m)
 	s.stats.forwarded.Add(1)
@@ -164,7 +177,7 @@ func (s *Server) forward(ctx context.Context, proto policy.Protocol, req *dns.Ms
 	got := new(dns.Msg)
 	got.Rcode = up.Rcode
 	got.Truncated = up.Truncated
-	got.Answer = keepChain(name, up.Answer)
+	got.Answer = capAddresses(keepChain(name, up.Answer), MaxAnswerAddrs)
 	got.Ns = keepSOA(up.Ns)
 	c := cached{msg: got, stored: now}
 	var ttl time.Duration
@@ -172,7 +185,7 @@ func (s *Server) forward(ctx context.Context, proto policy.Protocol, req *dns.Ms
 	case up.Truncated || (up.Rcode != dns.RcodeSuccess && up.Rcode != dns.RcodeNameError):
 		// Incomplete or failed: the next query asks again.
 	case len(got.Answer) > 0:
-		ttl = time.Duration(minTTL(got.Answer)) * time.Second
+		ttl = min(time.Duration(minTTL(got.Answer))*time.Second, s.cfg.TTLCeiling)
 	default:
 		ttl = negativeTTL(got.Ns, s.cfg.NegativeTTLCap)
 	}

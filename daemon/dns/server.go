@@ -15,11 +15,12 @@ import (
 // Server is Bridle's resolver: UDP and TCP listeners on one port per
 // address family, answering the queries the kernel steers to them.
 type Server struct {
-	cfg     Config
-	cache   *cache
-	budgets *budgets
-	stats   counters
-	up      upstream
+	cfg      Config
+	cache    *cache
+	budgets  *budgets
+	inFlight inFlight
+	stats    counters
+	up       upstream
 
 	ctx     context.Context
 	cancel  context.CancelFunc

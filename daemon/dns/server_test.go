@@ -81,9 +81,9 @@ func TestGoResolver(t *testing.T) {
 	if h.up.wasAsked("unlisted.example") {
 		t.Fatalf("the upstream was asked for an unlisted name: %v", h.up.asked())
 	}
-	// A truncated UDP answer makes the stub ask again over TCP.
+	// A name answering with many addresses is cut to MaxAnswerAddrs.
 	addrs, err = r.LookupHost(context.Background(), "big.example")
-	if err != nil || len(addrs) != 60 {
+	if err != nil || len(addrs) != MaxAnswerAddrs {
 		t.Fatalf("big.example: %d addresses, %v", len(addrs), err)
 	}
 }
@@ -161,19 +161,19 @@ func TestCNAMEChain(t *testing.T) {
 }
 
 // A UDP answer the upstream truncated is passed on truncated; over TCP the
-// whole answer comes back, and all of it is learned.
+// answer comes back, cut to MaxAnswerAddrs, and all of that is learned.
 func TestTruncatedAnswerOverTCP(t *testing.T) {
 	h := start(t, nil)
 	r := h.query(t, srcA, "udp", "big.example", dns.TypeA, false)
-	if !r.Truncated || len(r.Answer) >= 60 {
+	if !r.Truncated || len(r.Answer) >= 100 {
 		t.Fatalf("udp: truncated %v with %d answers", r.Truncated, len(r.Answer))
 	}
 	r = h.query(t, srcA, "tcp", "big.example", dns.TypeA, false)
-	if r.Truncated || len(r.Answer) != 60 {
+	if r.Truncated || len(r.Answer) != MaxAnswerAddrs {
 		t.Fatalf("tcp: truncated %v with %d answers", r.Truncated, len(r.Answer))
 	}
 	calls := h.kernel.calls()
-	if n := len(calls[len(calls)-1].addrs); n != 60 {
+	if n := len(calls[len(calls)-1].addrs); n != MaxAnswerAddrs {
 		t.Fatalf("learned %d addresses", n)
 	}
 	if asked := h.up.asked(); !slices.Equal(asked, []string{"big.example. A udp", "big.example. A tcp"}) {
@@ -349,5 +349,73 @@ func TestIPv6Listener(t *testing.T) {
 		if err != nil || !slices.Equal(addrsOf(r.Answer), []string{"2001:db8::10"}) {
 			t.Fatalf("%s: %v %v", proto, r, err)
 		}
+	}
+}
+
+// A week's TTL is cut to the ceiling: in the kernel, in the cache and for
+// the stub.
+func TestTTLCeiling(t *testing.T) {
+	h := start(t, func(c *Config) { c.TTLCeiling = time.Hour })
+	now := h.clock.Now()
+	r := h.query(t, srcA, "udp", "long.example", dns.TypeA, false)
+	if got := h.kernel.calls()[0].addrs[0].Expires; !got.Equal(now.Add(time.Hour)) {
+		t.Fatalf("learned for %v, want the hour's ceiling", got.Sub(now))
+	}
+	if ttl := r.Answer[0].Header().Ttl; ttl > 3600 {
+		t.Fatalf("the stub may keep the address %d s", ttl)
+	}
+	h.clock.advance(time.Hour + time.Second)
+	h.query(t, srcA, "udp", "long.example", dns.TypeA, false)
+	if asked := h.up.asked(); len(asked) != 2 {
+		t.Fatalf("after the ceiling the cache still answered: upstream asked %v", asked)
+	}
+	if _, err := New(Config{Upstream: h.up.addr, Kernel: h.kernel, Tasks: h.tasks, TTLFloor: time.Hour, TTLCeiling: time.Minute}); err == nil {
+		t.Error("a ceiling below the floor was accepted")
+	}
+}
+
+// The upstream sees the name and type the workload asked, and nothing
+// else it chose: not its EDNS buffer size, nor its flags.
+func TestForwardedQueryCarriesNoWorkloadBits(t *testing.T) {
+	h := start(t, nil)
+	m := new(dns.Msg)
+	m.SetQuestion("api.example.", dns.TypeA)
+	m.CheckingDisabled = true
+	m.AuthenticatedData = true
+	m.SetEdns0(4000, true)
+	c := &dns.Client{Net: "udp", Timeout: 3 * time.Second, Dialer: &net.Dialer{LocalAddr: localAddr("udp", srcA)}}
+	if _, _, err := c.Exchange(m, h.addr.String()); err != nil {
+		t.Fatal(err)
+	}
+	h.up.mu.Lock()
+	defer h.up.mu.Unlock()
+	if len(h.up.reqs) != 1 {
+		t.Fatalf("upstream got %d queries", len(h.up.reqs))
+	}
+	got := h.up.reqs[0]
+	opt := got.IsEdns0()
+	if got.CheckingDisabled || got.AuthenticatedData || opt == nil || opt.UDPSize() != ednsSize || opt.Do() {
+		t.Fatalf("forwarded query carries the workload's bits: %v", got)
+	}
+}
+
+// One task's queries waiting on the upstream are bounded.
+func TestQueriesInFlightBounded(t *testing.T) {
+	var f inFlight
+	k := budgetKey{task: "t-a"}
+	for i := range 3 {
+		if !f.acquire(k, 3) {
+			t.Fatalf("query %d refused under the bound", i)
+		}
+	}
+	if f.acquire(k, 3) {
+		t.Fatal("a fourth query in flight was let through")
+	}
+	if !f.acquire(budgetKey{task: "t-b"}, 3) {
+		t.Fatal("another task was held by the first one's queries")
+	}
+	f.release(k)
+	if !f.acquire(k, 3) {
+		t.Fatal("a released place was not given again")
 	}
 }
