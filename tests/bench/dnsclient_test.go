@@ -132,10 +132,16 @@ func queryLoop(server netip.AddrPort, msg []byte, n int, idBase uint16) ([]time.
 		id := idBase | uint16(i)&0x0fff
 		q[0], q[1] = byte(id>>8), byte(id)
 		t0 := time.Now()
-		if err := unix.Sendto(fd, q, 0, to); err != nil {
+		err := retryEINTR(func() error { return unix.Sendto(fd, q, 0, to) })
+		if err != nil {
 			return nil, fmt.Errorf("send to %s: %w", server, err)
 		}
-		k, from, err := unix.Recvfrom(fd, buf, 0)
+		var k int
+		var from unix.Sockaddr
+		err = retryEINTR(func() (err error) {
+			k, from, err = unix.Recvfrom(fd, buf, 0)
+			return err
+		})
 		out[i] = time.Since(t0)
 		if err != nil {
 			return nil, fmt.Errorf("receive from %s: %w", server, err)
@@ -145,6 +151,17 @@ func queryLoop(server netip.AddrPort, msg []byte, n int, idBase uint16) ([]time.
 		}
 	}
 	return out, nil
+}
+
+// retryEINTR retries a system call the Go runtime's preemption signal
+// interrupted: a socket with a receive timeout is not restarted by the
+// kernel.
+func retryEINTR(call func() error) error {
+	for {
+		if err := call(); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }
 
 // checkReply reads a reply's header: what a stub resolver checks before it
