@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,6 +94,13 @@ func startDnsmasq(tb testing.TB) netip.AddrPort {
 		}
 		if lastErr = waitAnswers(addr, exited); lastErr == nil {
 			tb.Cleanup(stop)
+			go func() {
+				// An upstream that dies mid-run turns every later
+				// query into a timeout; say why.
+				err := <-exited
+				upstreamGone.Store(fmt.Sprintf("dnsmasq on %s exited during the run: %v", addr, err))
+				exited <- err
+			}()
 			return addr
 		}
 		stop()
@@ -103,6 +111,9 @@ func startDnsmasq(tb testing.TB) netip.AddrPort {
 	tb.Fatalf("dnsmasq did not come up: %v", lastErr)
 	return netip.AddrPort{}
 }
+
+// upstreamGone says why the upstream stopped answering, once it has.
+var upstreamGone atomic.Value
 
 type lockedWriter struct {
 	mu *sync.Mutex
@@ -267,6 +278,9 @@ func benchQueries(b *testing.B, v queryVariant) {
 	var before bridledns.Stats
 	if v.via != nil {
 		before = v.via.Stats()
+	}
+	if why, ok := upstreamGone.Load().(string); ok {
+		b.Fatal(why)
 	}
 	measureQueries(b, v.client, v.server, v.qname, v.clients)
 	if v.via == nil {
