@@ -88,7 +88,9 @@ func startDnsmasq(tb testing.TB) netip.AddrPort {
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
+		var stopping atomic.Bool
 		stop := func() {
+			stopping.Store(true)
 			_ = cmd.Process.Kill()
 			<-exited
 		}
@@ -98,7 +100,9 @@ func startDnsmasq(tb testing.TB) netip.AddrPort {
 				// An upstream that dies mid-run turns every later
 				// query into a timeout; say why.
 				err := <-exited
-				upstreamGone.Store(fmt.Sprintf("dnsmasq on %s exited during the run: %v", addr, err))
+				if !stopping.Load() {
+					upstreamGone.Store(fmt.Sprintf("dnsmasq on %s exited during the run: %v", addr, err))
+				}
 				exited <- err
 			}()
 			return addr
