@@ -141,6 +141,9 @@ type row struct {
 	// optional rows are left out when absent: the exec benchmark runs in
 	// whichever mode the kernel supports.
 	optional bool
+	// minus, when set, makes the row the difference bench − minus of the
+	// medians, in the row's unit: what one variant adds to another.
+	minus string
 }
 
 const (
@@ -148,6 +151,8 @@ const (
 	tcp  = "BenchmarkConnectTCP/"
 	ring = "BenchmarkRingBuffer/"
 	pkt  = "BenchmarkPacketCheck/"
+	// learnedUDP is BenchmarkConnectUDP with the destination learned.
+	learnedUDP = "BenchmarkConnectUDPLearned/"
 )
 
 func atMost(limit float64) func(v, ratio float64, r *results) bool {
@@ -253,6 +258,26 @@ func table() []row {
 		row{label: "End returns (rebind + open sockets aborted) → next connect refused, 10k rules", bench: "BenchmarkRevocation/rules=10k"},
 		row{label: "End → workload bound to the baseline, 10k rules", bench: "BenchmarkRevocation/rules=10k",
 			unit: "rebind-ns/op"},
+	)
+	rows = append(rows, dnsRows("BenchmarkDNSResolver/", "resolver alone")...)
+	rows = append(rows, dnsRows("BenchmarkDNSSteered/", "from a workload, steered by the kernel")...)
+	rows = append(rows,
+		row{label: "answer → kernel entry (Learn, before the reply), 1 address, 10k learned", bench: "BenchmarkDNSLearn/addrs=1"},
+		row{label: "answer → kernel entry (Learn, before the reply), 8 addresses, 10k learned", bench: "BenchmarkDNSLearn/addrs=8"},
+		row{label: "UDP connect(), no hook (learned-entry run)", bench: learnedUDP + "nohook", base: learnedUDP + "nohook", target: "baseline"},
+		row{label: "UDP connect(), allowed by a rule, 10 rules + 10k learned", bench: learnedUDP + "rule", base: learnedUDP + "nohook"},
+		row{label: "UDP connect(), allowed by a learned entry among 10k", bench: learnedUDP + "learned-10k", base: learnedUDP + "nohook"},
+		row{label: "UDP connect(), empty connect4 program (learned-entry run)", bench: learnedUDP + "emptyhook", base: learnedUDP + "nohook"},
+		row{label: "UDP connect(), learned entry among 10k, to the hook's floor", bench: learnedUDP + "learned-10k", base: learnedUDP + "emptyhook",
+			target: "≤ 1.10x (as the rules)", met: ratioAtMost(1.10)},
+		row{label: "connect4 program, kernel time, allowed by a rule", bench: learnedUDP + "rule-kernel", unit: "kernel-ns/connect"},
+		row{label: "connect4 program, kernel time, allowed by a learned entry among 10k", bench: learnedUDP + "learned-10k-kernel", unit: "kernel-ns/connect"},
+		row{label: "learned path added to a connect, kernel time (learned − rule: hash lookup, generation, expiry, port)",
+			bench: learnedUDP + "learned-10k-kernel", minus: learnedUDP + "rule-kernel", unit: "kernel-ns/connect"},
+		row{label: "expiry check alone (boot clock read + compare), kernel time", bench: "BenchmarkLearnedExpiryClock/expiry-check",
+			minus: "BenchmarkLearnedExpiryClock/empty", unit: "kernel-ns/run", target: "≤ 15 ns", met: atMost(15)},
+		row{label: "learned-entry check added to a connect, whole connect() (learned − rule)", bench: learnedUDP + "learned-10k",
+			minus: learnedUDP + "rule"},
 		row{label: "OPA envelope evaluation (example coding agent)", bench: "BenchmarkPolicyEval/coding-agent"},
 		row{label: "decision events, paced (read rate)", bench: ring + "paced", unit: "events/s",
 			target: "≥ 500k/s, none dropped or lost", value: pacedValue,
@@ -266,6 +291,56 @@ func table() []row {
 			}},
 	)
 	return rows
+}
+
+// dnsRows are the rows of one DNS benchmark: the same client asking the
+// upstream directly (the baseline), and Bridle's resolver answering from
+// its cache and forwarding, one query at a time (latency, p50 and p99) and
+// from several sockets at once (throughput).
+func dnsRows(bench, how string) []row {
+	up := bench + "upstream"
+	upLoad := bench + "upstream-load"
+	perSecond := func(v float64, _ *results) string { return count(v) + "/s" }
+	overUpstream := func(v float64, r *results) string {
+		u, _, _ := r.stat(up, "p50-ns")
+		return fmt.Sprintf("%s (upstream + %s)", duration(v), duration(v-u))
+	}
+	return []row{
+		{label: "DNS query, client → upstream (dnsmasq) directly, p50 (" + how + " run)", bench: up, unit: "p50-ns", base: up, target: "baseline"},
+		{label: "DNS query, client → upstream directly, p99", bench: up, unit: "p99-ns", base: up, target: "baseline"},
+		{label: "DNS query answered from Bridle's cache, p50, " + how, bench: bench + "cached", unit: "p50-ns", base: up,
+			target: "≤ 50 µs", met: atMost(50e3)},
+		{label: "DNS query answered from Bridle's cache, p99, " + how, bench: bench + "cached", unit: "p99-ns", base: up},
+		{label: "DNS query forwarded by Bridle to the upstream, p50, " + how, bench: bench + "forwarded", unit: "p50-ns", base: up,
+			target: "≤ upstream + 200 µs", value: overUpstream,
+			met: func(v, _ float64, r *results) bool {
+				u, _, ok := r.stat(up, "p50-ns")
+				return ok && v-u <= 200e3
+			}},
+		{label: "DNS query forwarded by Bridle to the upstream, p99, " + how, bench: bench + "forwarded", unit: "p99-ns", base: up},
+		{label: "DNS queries/s, 8 sockets, upstream directly", bench: upLoad, unit: "queries/s", base: upLoad, target: "baseline", value: perSecond},
+		{label: "DNS queries/s, 8 sockets, from Bridle's cache, " + how, bench: bench + "cached-load", unit: "queries/s", base: upLoad,
+			target: "≥ 20k/s", met: func(v, _ float64, _ *results) bool { return v >= 20e3 }, value: perSecond},
+		{label: "DNS queries/s, 8 sockets, forwarded by Bridle, " + how, bench: bench + "forwarded-load", unit: "queries/s", base: upLoad, value: perSecond},
+	}
+}
+
+// roundDiffs is the range of bench − minus taken round by round.
+func (r *results) roundDiffs(bench, minus, unit string) (lo, hi float64, ok bool) {
+	v, m := r.samples[bench], r.samples[minus]
+	if len(v) != len(m) || len(v) < 2 {
+		return 0, 0, false
+	}
+	for i := range v {
+		x := v[i][unit] - m[i][unit]
+		if i == 0 || x < lo {
+			lo = x
+		}
+		if i == 0 || x > hi {
+			hi = x
+		}
+	}
+	return lo, hi, true
 }
 
 // roundRatios is the range of a variant's ratio to the baseline taken
@@ -419,11 +494,23 @@ func render(w io.Writer, res *results) bool {
 			missing = true
 			continue
 		}
+		ratio, ratioText := 0.0, "—"
+		if rw.minus != "" {
+			m, _, ok := res.stat(rw.minus, unit)
+			if !ok {
+				fmt.Fprintf(tw, "%s\tmissing\t\t\t%s\t\n", rw.label, rw.target)
+				missing = true
+				continue
+			}
+			v -= m
+			if lo, hi, ok := res.roundDiffs(rw.bench, rw.minus, unit); ok {
+				ratioText = fmt.Sprintf("— (rounds %s … %s)", duration(lo), duration(hi))
+			}
+		}
 		shown := duration(v)
 		if rw.value != nil {
 			shown = rw.value(v, res)
 		}
-		ratio, ratioText := 0.0, "—"
 		if rw.base != "" {
 			if b, _, ok := res.stat(rw.base, unit); ok && b > 0 {
 				ratio = v / b
