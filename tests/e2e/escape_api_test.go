@@ -222,8 +222,8 @@ func asNobody(t *testing.T, args ...string) (string, *os.Process) {
 	select {
 	case l := <-line:
 		return l, c.Process
-	case <-time.After(60 * time.Second):
-		t.Fatalf("probe %v printed nothing within 60s", args)
+	case <-time.After(120 * time.Second):
+		t.Fatalf("probe %v printed nothing within 120s", args)
 		return "", nil
 	}
 }
