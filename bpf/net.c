@@ -111,8 +111,10 @@ static __always_inline int learned_allows(const struct bridle_ctx *c, __u32 prot
 	}
 	if (!l || l->generation != learned_generation(c))
 		return 0;
-	/* The kernel ends the entry itself, as it ends a task. */
-	if (bpf_ktime_get_boot_ns() >= l->expires_ns)
+	/* The kernel ends the entry itself, as it ends a task; with the
+	 * clock the task's own expiry check read, when it read one. */
+	__u64 now = c->now_ns ? c->now_ns : bpf_ktime_get_boot_ns();
+	if (now >= l->expires_ns)
 		return 0;
 	if (check_port && !port_allowed(&l->ports, port)) {
 		*port_refused = 1;

@@ -35,6 +35,10 @@ struct bridle_ctx {
 	__u8 reason_if_unmatched; /* NO_RULE, NO_TASK or TASK_EXPIRED */
 	__u8 found;
 	__u32 suppressed; /* the budget's running total, for the next event */
+	/* The boot clock as the task's expiry check read it, or 0 when it
+	 * did not (a task without expiry): later expiry checks of the same
+	 * decision reuse it instead of reading the clock again. */
+	__u64 now_ns;
 };
 
 /*
@@ -49,6 +53,7 @@ static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct
 	c->flags = 0;
 	c->generation = 0;
 	c->suppressed = 0;
+	c->now_ns = 0;
 	c->reason_if_unmatched = BRIDLE_REASON_NO_TASK;
 	if (!w)
 		return 0;
@@ -63,7 +68,7 @@ static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct
 	if (!t)
 		return 1;
 	c->generation = t->generation;
-	if (t->expires_ns && bpf_ktime_get_boot_ns() >= t->expires_ns) {
+	if (t->expires_ns && (c->now_ns = bpf_ktime_get_boot_ns()) >= t->expires_ns) {
 		/* The kernel ends the grant itself: no daemon needed at expiry. */
 		c->reason_if_unmatched = BRIDLE_REASON_TASK_EXPIRED;
 		return 1;

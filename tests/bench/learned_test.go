@@ -123,8 +123,11 @@ func checkUDPRefused(b *testing.B, root, cgroup string) {
 
 // BenchmarkLearnedExpiryClock: the expiry check alone, which the learned
 // path cannot be timed without. A learned entry's expiry is checked by
-// reading the boot clock (bpf_ktime_get_boot_ns) and comparing it with
-// the entry's expires_ns; this runs that, and nothing, in two programs
+// comparing the boot clock (bpf_ktime_get_boot_ns) with the entry's
+// expires_ns; the clock is read for it only when the task's own expiry
+// check did not read it already (a task without TTL). This runs both
+// forms ("expiry-check" reads, "expiry-reused-clock" compares), and
+// nothing, in programs
 // built here instruction by instruction, through the kernel's test runner
 // (a socket filter, the simplest type it runs), many times per call. The
 // difference is what the check costs per connect; the rest of what the
@@ -143,7 +146,19 @@ func BenchmarkLearnedExpiryClock(b *testing.B) {
 		return p
 	}
 	expires := time.Now().Add(time.Hour).UnixNano() // a far future, as an entry's
+	now := time.Now().UnixNano()
 	progs := map[string]*ebpf.Program{
+		// A task with a TTL: its own expiry check read the clock for this
+		// decision, and the entry's check compares with that reading.
+		"expiry-reused-clock": load("bench_expiry_cmp", asm.Instructions{
+			asm.LoadImm(asm.R0, now, asm.DWord),
+			asm.LoadImm(asm.R1, expires, asm.DWord),
+			asm.JGE.Reg(asm.R0, asm.R1, "expired"),
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("expired"),
+			asm.Return(),
+		}),
 		"empty": load("bench_empty", asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}),
 		"expiry-check": load("bench_expiry", asm.Instructions{
 			asm.FnKtimeGetBootNs.Call(),
@@ -156,7 +171,7 @@ func BenchmarkLearnedExpiryClock(b *testing.B) {
 		}),
 	}
 	packet := make([]byte, 64)
-	interleave(b, []string{"empty", "expiry-check"}, func(s string) string { return s }, func(b *testing.B, name string) {
+	interleave(b, []string{"empty", "expiry-check", "expiry-reused-clock"}, func(s string) string { return s }, func(b *testing.B, name string) {
 		const repeat = 100_000
 		var total time.Duration
 		runs := 0
