@@ -78,6 +78,11 @@ func newStatusCommand() *cobra.Command {
 			} else {
 				fmt.Printf("sockopts:      NOT checked — %s\n", f.SockoptReason)
 			}
+			if f.DNSRedirect {
+				fmt.Printf("dns:           %s\n", f.DNSRedirectReason)
+			} else {
+				fmt.Printf("dns:           NOT steered — %s; names in grants resolve nothing, port 53 is judged by the rules\n", f.DNSRedirectReason)
+			}
 			ns, fam := f.GuardLines()
 			fmt.Printf("namespaces:    %s\n", ns)
 			fmt.Printf("families:      %s\n", fam)
