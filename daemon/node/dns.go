@@ -62,8 +62,10 @@ func (e *NoSteeringError) Error() string {
 // not in force, is nobody's.
 func (n *Node) Lookup(p dns.Peer) (dns.Asker, bool) {
 	if p.Slot == loader.BaselineSlot {
+		// A baseline names no hosts (see SetBaseline): every name is
+		// answered NXDOMAIN, and nothing is learned.
 		n.mu.Lock()
-		a := dns.Asker{PolicyRevision: n.baseline, Names: n.baselineNames}
+		a := dns.Asker{PolicyRevision: n.baseline}
 		n.mu.Unlock()
 		a.Workload = n.cgroupPath(p.CgroupID)
 		if a.Workload != "" {

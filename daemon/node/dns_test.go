@@ -2,11 +2,15 @@ package node
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/loader"
+	"github.com/bridle-sh/bridle/policy/engine"
 )
 
 // The resolver asks the node which task sent a query the kernel
@@ -53,5 +57,27 @@ func TestResolverLookup(t *testing.T) {
 	}
 	if b, ok := tn.Lookup(dns.Peer{CgroupID: ccg, Slot: loader.BaselineSlot}); !ok || b.TaskID != "" || b.Names.PortsForName("b.example").Allowed() {
 		t.Errorf("the baseline's asker %+v, %v", b, ok)
+	}
+}
+
+// Workloads without a task share the baseline's slot: a baseline that
+// names hosts is refused, the one in force stays, and nothing is written.
+func TestBaselineNamesNoHosts(t *testing.T) {
+	dir := t.TempDir()
+	rego := "package bridle\n\nbaseline := {\"egress\": [{\"protocol\": \"tcp\", \"host\": \"api.example.com\", \"ports\": [443]}]}\n\nenvelope := {}\n"
+	if err := os.WriteFile(filepath.Join(dir, "policy.rego"), []byte(rego), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := engine.NewEngine()
+	if err := e.LoadDir(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	tn := newTestNode(t, Options{Engine: e, Roots: []string{"r"}})
+	_, err := tn.SetBaseline(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "names are allowed per task") {
+		t.Fatalf("a baseline naming a host: %v", err)
+	}
+	if got := tn.k.log(); len(got) != 0 {
+		t.Fatalf("the refused baseline wrote %v", got)
 	}
 }

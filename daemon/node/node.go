@@ -132,10 +132,9 @@ type Node struct {
 	// reported per task (cgroup id and generation); see Enrich.
 	suppressed map[budgetKey]uint32
 	// names indexes the name rules of tasks in force, by slot
-	// generation, for the resolver; baselineNames the baseline's.
-	names         map[uint32]*policy.NameIndex
-	baselineNames *policy.NameIndex
-	resolver      *dns.Server // nil until StartResolver
+	// generation, for the resolver (a baseline has none).
+	names    map[uint32]*policy.NameIndex
+	resolver *dns.Server // nil until StartResolver
 }
 
 type budgetKey struct {
@@ -216,6 +215,13 @@ func (n *Node) SetBaseline(ctx context.Context) (Baseline, error) {
 	if f := n.opt.Kernel.Features(); len(rs.Unix) > 0 && !f.UnixHooks {
 		return Baseline{}, fmt.Errorf("baseline of policy %s allows unix sockets, which this kernel cannot enforce: %s", dec.Revision, f.UnixReason)
 	}
+	// Every workload without a task shares the baseline's kernel slot, so
+	// an address one of them resolved would be reachable by all of them,
+	// and one of them could spend the slot's learned entries for all.
+	// Names are a task's.
+	if len(rs.Names) > 0 {
+		return Baseline{}, fmt.Errorf("baseline of policy %s names hosts (%s): names are allowed per task (learned addresses are a task's own); allow the baseline's destinations by cidr", dec.Revision, rs.Names[0].Pattern)
+	}
 	inKernel := ""
 	if n.opt.Store != nil {
 		if inKernel, err = n.opt.Store.BaselineRevision(); err != nil {
@@ -232,7 +238,6 @@ func (n *Node) SetBaseline(ctx context.Context) (Baseline, error) {
 	}
 	n.mu.Lock()
 	n.baseline = dec.Revision
-	n.baselineNames = policy.NewNameIndex(rs.Names)
 	n.mu.Unlock()
 	return Baseline{Revision: dec.Revision, Rules: rs.Count()}, nil
 }

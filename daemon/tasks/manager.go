@@ -106,7 +106,7 @@ type Manager struct {
 	byWorkload map[uint64]string
 	usedSlots  map[uint32]bool
 	generation uint32
-	// learned holds, per slot generation (0: the baseline), the expiry of
+	// learned holds, per slot generation of a task in force, the expiry of
 	// each address learned for it: what it holds in the kernel's learned
 	// maps, which all tasks share (see Learn).
 	learned    map[uint32]map[learnedKey]time.Time
@@ -420,9 +420,6 @@ func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
 		if err := m.k.ClearSlot(loader.BaselineSlot); err != nil {
 			return err
 		}
-		m.mu.Lock()
-		delete(m.learned, 0)
-		m.mu.Unlock()
 	}
 	return m.k.WriteRules(loader.BaselineSlot, rs)
 }
@@ -431,8 +428,8 @@ func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
 // ended (or never was).
 var ErrNotInForce = errors.New("task not in force")
 
-// MaxLearned is how many learned addresses (per protocol) one task, or the
-// baseline, may hold in the kernel at once. The learned maps are shared by
+// MaxLearned is how many learned addresses (per protocol) one task may
+// hold in the kernel at once. The learned maps are shared by
 // every task and hold 1M entries per address family: without a bound, one
 // task whose names answer with ever new addresses would fill them, and
 // every other task's names would stop resolving. An agent reaches tens of
@@ -449,8 +446,8 @@ type learnedKey struct {
 }
 
 // Learn writes addresses the resolver learned for a name into the rules of
-// the task at slot and generation, or of the baseline (BaselineSlot,
-// generation 0), while it is in force. The kernel honours an entry only
+// the task at slot and generation, while it is in force (a baseline names
+// no hosts, and learns nothing). The kernel honours an entry only
 // for its generation and until its expiry; checking here as well keeps an
 // ended task's slot, about to be cleared or given to another task, free of
 // entries written after the end. A task holds at most MaxLearned entries:
@@ -459,15 +456,11 @@ type learnedKey struct {
 func (m *Manager) Learn(slot, generation uint32, addrs []loader.LearnedAddr) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if slot != loader.BaselineSlot {
-		m.index.RLock()
-		it, ok := m.byGeneration[generation]
-		m.index.RUnlock()
-		if !ok || !it.ended.IsZero() || it.task.Slot != slot || m.tasks[it.task.ID] == nil {
-			return fmt.Errorf("tasks: learn for slot %d generation %d: %w", slot, generation, ErrNotInForce)
-		}
-	} else if generation != 0 {
-		return fmt.Errorf("tasks: learn for the baseline at generation %d: %w", generation, ErrNotInForce)
+	m.index.RLock()
+	it, ok := m.byGeneration[generation]
+	m.index.RUnlock()
+	if slot == loader.BaselineSlot || !ok || !it.ended.IsZero() || it.task.Slot != slot || m.tasks[it.task.ID] == nil {
+		return fmt.Errorf("tasks: learn for slot %d generation %d: %w", slot, generation, ErrNotInForce)
 	}
 	held := m.learned[generation]
 	if held == nil {
