@@ -308,3 +308,36 @@ func TestDNSDaemonTasks(t *testing.T) {
 		}
 	})
 }
+
+// A workload of bridled has no seccomp filter of Bridle's (bridle run's
+// refuses io_uring outright), so the ways to the upstream resolver that
+// the kernel's socket hooks must see, io_uring's among them, are tried
+// there: every one is refused, or steered to Bridle's resolver.
+func TestDNSDaemonNoWayAroundTheResolver(t *testing.T) {
+	u := startUpstream(t)
+	e := newDNSDaemon(t, u)
+	wa := e.workload("a")
+	e.startTask(wa)
+	up := u.addr.String()
+	mapped := "[::ffff:" + u.addr.Addr().String() + "]:" + strings.TrimPrefix(up, u.addr.Addr().String()+":")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"iouring-connect", up}, "EPERM IORING_OP_CONNECT"},
+		{[]string{"iouring-connect", mapped}, "EPERM IORING_OP_CONNECT"},
+		{[]string{"tcp-fastopen", up}, "EPERM sendto"},
+		{[]string{"tcp-fastopen", mapped}, "EPERM sendto"},
+		{[]string{"udp-sendto", up}, "EPERM sendto"},
+		{[]string{"udp-sendto", mapped}, "EPERM sendto"},
+		{[]string{"udp-sendmmsg", "192.0.2.1:53", up}, "EPERM sendmmsg(" + up + ") sent=1"},
+		// No route leads to 192.0.2.1: only the steering to Bridle's
+		// resolver makes these succeed.
+		{[]string{"iouring-connect", "192.0.2.1:53"}, "ok"},
+		{[]string{"iouring-connect", "[::ffff:192.0.2.1]:53"}, "ok"},
+	} {
+		if got := e.probeIn(wa, c.args...); got != c.want {
+			t.Errorf("%v: %q, want %q", c.args, got, c.want)
+		}
+	}
+}
