@@ -255,7 +255,9 @@ func actCgroupMove(args []string) outcome {
 	var target []byte
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var err error
-		if target, err = os.ReadFile(filepath.Join(dir, "go")); err == nil {
+		// The test writes the file after creating it: an empty read is
+		// one made in between.
+		if target, err = os.ReadFile(filepath.Join(dir, "go")); err == nil && len(strings.TrimSpace(string(target))) > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
