@@ -23,6 +23,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/dns"
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/store"
@@ -113,10 +114,14 @@ func (d *Daemon) setup(ctx context.Context) error {
 	d.audit.onError = func(err error) { d.log.Error("audit records are not being written", "err", err) }
 	d.metrics.PolicyLoad(true)
 	d.metrics.SetPolicyInfo(d.engine.Revision())
+	identities, err := d.identities()
+	if err != nil {
+		return err
+	}
 	d.node, d.enf, err = node.Load(d.cfg.PinDir, node.Options{
 		Engine: d.engine, Store: d.store,
 		NodeName: d.cfg.NodeName, CgroupRoot: d.cgRoot, Roots: d.cfg.Roots,
-		Identity: d.cfg.Identity, Records: d.audit.Write, Metrics: d.metrics,
+		Identities: identities, Records: d.audit.Write, Metrics: d.metrics,
 		Log: d.log,
 	})
 	if err != nil {
@@ -137,6 +142,26 @@ func (d *Daemon) setup(ctx context.Context) error {
 	}
 	d.node.Restore(stored)
 	return nil
+}
+
+// identities makes the configured identity source. A change it reports
+// ends the workload's tasks, on a goroutine of its own: the node's end
+// path calls back into the source.
+func (d *Daemon) identities() (identity.Provider, error) {
+	c := d.cfg.Identity
+	if c.Source != string(identity.SPIRE) {
+		return identity.NewStatic(d.cfg.StaticIdentity(), d.cgRoot), nil
+	}
+	p, err := identity.NewSPIRE(identity.SPIREConfig{
+		AdminSocket: c.SPIRE.AdminSocket, Attest: identity.Attest(c.SPIRE.Attest),
+		Hold: c.SPIRE.Hold, Timeout: c.SPIRE.Timeout, Mount: d.cgRoot,
+	}, func(ch identity.Change) { go d.node.IdentityChanged(ch) }, d.log)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("workload identities from SPIRE", "admin_socket", c.SPIRE.AdminSocket,
+		"attest", c.SPIRE.Attest, "hold", c.SPIRE.Hold)
+	return p, nil
 }
 
 // loadPolicy loads the configured policy once, synchronously: bridled does
@@ -487,6 +512,7 @@ func (d *Daemon) close() {
 		cancel()
 	}
 	if d.node != nil {
+		d.node.Identities().Close()
 		d.node.Wait()
 	}
 	if d.enf != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/daemon/workload"
@@ -107,7 +108,8 @@ func (d *Daemon) recordRefusal(p Peer, call, reason string) bool {
 		PolicyRevision: d.engine.Revision(),
 	}
 	if _, in := d.cfg.RootOf(p.Cgroup); in {
-		rec.Identity = d.cfg.Identity(p.Cgroup)
+		known := d.node.Identities().Known(p.Cgroup)
+		rec.Identity, rec.IdentitySource = known.ID, known.Source
 	}
 	d.audit.Write(rec)
 	return true
@@ -154,7 +156,7 @@ func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusForbidden
 		case errors.Is(err, tasks.ErrWorkloadBusy):
 			status = http.StatusConflict
-		case errors.Is(err, tasks.ErrNoSlot), errors.Is(err, engine.ErrNoPolicy):
+		case errors.Is(err, tasks.ErrNoSlot), errors.Is(err, engine.ErrNoPolicy), identity.IsUnavailable(err):
 			status = http.StatusServiceUnavailable
 		}
 		d.log.Warn("task start failed", "status", status, "err", err)
@@ -215,7 +217,7 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 // wireTask is a task as the API reports it.
 func wireTask(t node.Task) api.Task {
 	w := api.Task{
-		ID: t.ID, Workload: t.Workload, CgroupID: t.CgroupID, Identity: t.Identity,
+		ID: t.ID, Workload: t.Workload, CgroupID: t.CgroupID, Identity: t.Identity, IdentitySource: t.IdentitySource,
 		Intent: t.Intent, Labels: t.Labels, Slot: t.Slot, Generation: t.Generation,
 		Started: t.Started, Expires: t.Expires, Rules: t.Rules,
 		Mode:           api.Mode{Audit: t.Mode.Audit, EmitAllow: t.Mode.EmitAllow},
@@ -422,6 +424,11 @@ func (d *Daemon) Status() api.Status {
 		}
 	} else {
 		st.Degraded = append(st.Degraded, "DNS is not steered to Bridle's resolver (names in envelopes resolve nothing; port 53 is judged by the rules): "+f.DNSRedirectReason)
+	}
+	ids := d.node.Identities().Status()
+	st.Identity = &ids
+	if ids.Degraded != "" {
+		st.Degraded = append(st.Degraded, fmt.Sprintf("identity source %s degraded since %s: %s", ids.Source, ids.Since.UTC().Format(time.RFC3339), ids.Degraded))
 	}
 	d.mu.Lock()
 	for _, name := range []string{"api", "metrics"} {

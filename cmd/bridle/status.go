@@ -125,6 +125,17 @@ func printDaemonStatus(socket string, st api.Status) {
 		fmt.Printf("dns:           resolver %s %s, upstream %s; %d allowed, %d denied, %d from cache, %d upstream failures\n",
 			p(d.Listen4), p(d.Listen6), p(d.Upstream), d.Allowed, d.Denied, d.CacheHits, d.UpstreamFailures)
 	}
+	if id := st.Identity; id != nil {
+		state := "ok"
+		if id.Degraded != "" {
+			state = "DEGRADED"
+		}
+		where := ""
+		if id.Endpoint != "" {
+			where = " at " + p(id.Endpoint)
+		}
+		fmt.Printf("identity:      %s%s, %s; %d workloads followed\n", id.Source, where, state, id.Watched)
+	}
 	printHardening(st.Hardening)
 	if len(st.Degraded) == 0 {
 		fmt.Println("degraded:      no")

@@ -150,7 +150,7 @@ func newTaskListCommand(client func() *api.Client) *cobra.Command {
 				// often): escaped, so a newline or tab cannot forge a
 				// row or a column, nor ESC drive the terminal.
 				p := audit.Printable
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p(t.ID), p(t.Workload), p(t.Identity), p(t.Intent), p(parent), t.Rules, exp)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p(t.ID), p(t.Workload), p(t.Identity)+" ("+string(t.IdentitySource)+")", p(t.Intent), p(parent), t.Rules, exp)
 			}
 			return tw.Flush()
 		},

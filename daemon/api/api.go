@@ -5,6 +5,7 @@
 package api
 
 import (
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"time"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
@@ -74,18 +75,20 @@ func (g *Grants) Envelope() (*policy.Envelope, error) {
 // Task is a task as the API reports it, with the policy revision that
 // decided its envelope.
 type Task struct {
-	ID         string            `json:"id"`
-	Workload   string            `json:"workload"` // cgroup path below the cgroup v2 mount
-	CgroupID   uint64            `json:"cgroup_id"`
-	Identity   string            `json:"identity"`
-	Intent     string            `json:"intent"`
-	Labels     map[string]string `json:"labels,omitempty"`
-	Slot       uint32            `json:"slot"` // the kernel slot holding its rules
-	Generation uint32            `json:"generation"`
-	Started    time.Time         `json:"started"`
-	Expires    time.Time         `json:"expires,omitzero"` // zero: no expiry
-	Rules      int               `json:"rules"`            // kernel entries in force
-	Mode       Mode              `json:"mode"`
+	ID       string `json:"id"`
+	Workload string `json:"workload"` // cgroup path below the cgroup v2 mount
+	CgroupID uint64 `json:"cgroup_id"`
+	Identity string `json:"identity"`
+	// IdentitySource is where Identity came from (static, spire, request).
+	IdentitySource identity.Source   `json:"identity_source,omitempty"`
+	Intent         string            `json:"intent"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	Slot           uint32            `json:"slot"` // the kernel slot holding its rules
+	Generation     uint32            `json:"generation"`
+	Started        time.Time         `json:"started"`
+	Expires        time.Time         `json:"expires,omitzero"` // zero: no expiry
+	Rules          int               `json:"rules"`            // kernel entries in force
+	Mode           Mode              `json:"mode"`
 	// KeepUnix are the unix connections the workload held before the
 	// task: they were not made under it and stay open at its end.
 	KeepUnix       []UnixConn `json:"keep_unix,omitempty"`
@@ -151,6 +154,8 @@ type Status struct {
 	Listeners []Listener `json:"listeners,omitempty"`
 	// DNS is bridled's resolver; absent when it does not run.
 	DNS *DNSStatus `json:"dns,omitempty"`
+	// Identity is the source of workload identities.
+	Identity *identity.Status `json:"identity,omitempty"`
 }
 
 // DNSStatus is the resolver the workloads' DNS is steered to.

@@ -14,24 +14,28 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/bpf"
+	"github.com/bridle-sh/bridle/daemon/identity"
 )
 
 // Record is one decision event. The JSON field names are a contract users
 // script against (docs/EVENTS.md); add fields, never rename them.
 type Record struct {
-	Time     string       `json:"time"`     // RFC 3339, UTC
-	Node     string       `json:"node"`     // host name
-	Workload string       `json:"workload"` // cgroup path below the cgroup v2 root
-	Identity string       `json:"identity"` // SPIFFE ID
-	Task     string       `json:"task"`
-	Intent   string       `json:"intent"`
-	PID      uint32       `json:"pid"`
-	Comm     string       `json:"comm"`
-	Action   bpf.Action   `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed | dns
-	Protocol bpf.Protocol `json:"protocol"` // tcp | udp | icmp | unix | raw | packet | other
-	Address  string       `json:"address"`  // IP address, "" when none
-	Port     uint16       `json:"port"`
-	Path     string       `json:"path"` // binary or unix socket
+	Time     string `json:"time"`     // RFC 3339, UTC
+	Node     string `json:"node"`     // host name
+	Workload string `json:"workload"` // cgroup path below the cgroup v2 root
+	Identity string `json:"identity"` // SPIFFE ID
+	// IdentitySource is where Identity came from: static, spire,
+	// request, or none (no source vouches for the workload).
+	IdentitySource identity.Source `json:"identity_source,omitempty"`
+	Task           string          `json:"task"`
+	Intent         string          `json:"intent"`
+	PID            uint32          `json:"pid"`
+	Comm           string          `json:"comm"`
+	Action         bpf.Action      `json:"action"`   // connect | sendmsg | exec | socket | bind | accept | setsockopt | namespace; bridled: task_start | task_end | api | suppressed | dns
+	Protocol       bpf.Protocol    `json:"protocol"` // tcp | udp | icmp | unix | raw | packet | other
+	Address        string          `json:"address"`  // IP address, "" when none
+	Port           uint16          `json:"port"`
+	Path           string          `json:"path"` // binary or unix socket
 	// Family is the address family (AF_*) of a socket refused for its
 	// family; absent otherwise.
 	Family  uint16      `json:"family,omitempty"`

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bridle-sh/bridle/daemon/dns"
+	"github.com/bridle-sh/bridle/daemon/identity"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -61,7 +62,11 @@ type Config struct {
 	// Identities maps a cgroup path (the workload's, or one of its
 	// ancestors) to the SPIFFE ID of the workloads below it; the longest
 	// match wins. Unmapped workloads get spiffe://<node_name>/workload<path>.
+	// Kept from before identity.static: read as identity.static.cgroups.
 	Identities map[string]string `yaml:"identities"`
+	// Identity chooses where workloads' SPIFFE IDs come from
+	// (docs/IDENTITY.md).
+	Identity IdentityConfig `yaml:"identity"`
 	// HardeningCheckInterval is how often the processes below the roots
 	// are checked for the unit settings adopted workloads need (also at
 	// each task start). Default 30s, at least 1s.
@@ -116,6 +121,111 @@ func (d DNS) check() error {
 		return errors.New("dns.wildcard_names, wildcard_rate and wildcard_burst must not be negative")
 	}
 	return nil
+}
+
+// IdentityConfig chooses and configures the identity source.
+type IdentityConfig struct {
+	// Source is "static" (the default) or "spire".
+	Source string           `yaml:"source"`
+	Static StaticIdentities `yaml:"static"`
+	SPIRE  *SPIREIdentity   `yaml:"spire"`
+}
+
+// StaticIdentities map workloads to SPIFFE ID templates ({unit}, {uid},
+// {cgroup}, {node}); see identity.StaticConfig for which mapping wins.
+type StaticIdentities struct {
+	Cgroups map[string]string `yaml:"cgroups"`
+	Units   map[string]string `yaml:"units"`
+	UIDs    map[uint32]string `yaml:"uids"`
+}
+
+// SPIREIdentity configures the SPIRE source.
+type SPIREIdentity struct {
+	// AdminSocket is the SPIRE agent's admin socket, on which it serves
+	// the Delegated Identity API to its authorized_delegates.
+	AdminSocket string `yaml:"admin_socket"`
+	// Attest is "selectors" (default: bridled attests each workload's
+	// cgroup, unit and uid itself) or "pid" (SPIRE's workload attestors
+	// attest a pinned process of the workload).
+	Attest string `yaml:"attest"`
+	// Hold is how long a workload keeps its last identity while SPIRE is
+	// unreachable. Default 5m.
+	Hold time.Duration `yaml:"hold"`
+	// Timeout bounds the wait for a workload's first answer at a task
+	// start. Default 5s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Defaults of the SPIRE source.
+const (
+	DefaultSPIREHold    = 5 * time.Minute
+	DefaultSPIRETimeout = 5 * time.Second
+)
+
+func (c *Config) checkIdentity() error {
+	id := &c.Identity
+	for p, tmpl := range c.Identities {
+		clean, err := CgroupPath(p)
+		if err != nil {
+			return fmt.Errorf("identities: %w", err)
+		}
+		if _, err := spiffeid.FromString(tmpl); err != nil {
+			return fmt.Errorf("identities[%s]: %q: %w", p, tmpl, err)
+		}
+		if _, dup := id.Static.Cgroups[clean]; dup {
+			return fmt.Errorf("identities[%s]: also in identity.static.cgroups", p)
+		}
+		if id.Static.Cgroups == nil {
+			id.Static.Cgroups = map[string]string{}
+		}
+		id.Static.Cgroups[clean] = tmpl
+	}
+	c.Identities = nil
+	if err := c.StaticIdentity().Check(); err != nil {
+		return err
+	}
+	switch id.Source {
+	case "", string(identity.Static):
+		id.Source = string(identity.Static)
+		if id.SPIRE != nil {
+			return errors.New("identity.spire is set but identity.source is static: say source: spire")
+		}
+	case string(identity.SPIRE):
+		s := id.SPIRE
+		if s == nil || s.AdminSocket == "" {
+			return errors.New("identity.source spire needs identity.spire.admin_socket (the SPIRE agent's admin_socket_path)")
+		}
+		if !path.IsAbs(s.AdminSocket) {
+			return fmt.Errorf("identity.spire.admin_socket %q: want an absolute path", s.AdminSocket)
+		}
+		switch identity.Attest(s.Attest) {
+		case "":
+			s.Attest = string(identity.BySelectors)
+		case identity.BySelectors, identity.ByPID:
+		default:
+			return fmt.Errorf("identity.spire.attest %q: want selectors or pid", s.Attest)
+		}
+		switch {
+		case s.Hold < 0, s.Timeout < 0:
+			return errors.New("identity.spire.hold and timeout must not be negative")
+		case s.Hold == 0:
+			s.Hold = DefaultSPIREHold
+		}
+		if s.Timeout == 0 {
+			s.Timeout = DefaultSPIRETimeout
+		}
+	default:
+		return fmt.Errorf("identity.source %q: want static or spire", id.Source)
+	}
+	return nil
+}
+
+// StaticIdentity is the static source's mapping.
+func (c *Config) StaticIdentity() identity.StaticConfig {
+	return identity.StaticConfig{
+		Cgroups: c.Identity.Static.Cgroups, Units: c.Identity.Static.Units,
+		UIDs: c.Identity.Static.UIDs, Node: c.NodeName,
+	}
 }
 
 // DefaultHardeningCheckInterval is HardeningCheckInterval's default.
@@ -304,18 +414,9 @@ func (c *Config) complete() error {
 	if err := c.DNS.check(); err != nil {
 		return err
 	}
-	ids := make(map[string]string, len(c.Identities))
-	for p, id := range c.Identities {
-		clean, err := CgroupPath(p)
-		if err != nil {
-			return fmt.Errorf("identities: %w", err)
-		}
-		if _, err := spiffeid.FromString(id); err != nil {
-			return fmt.Errorf("identities[%s]: %q: %w", p, id, err)
-		}
-		ids[clean] = id
+	if err := c.checkIdentity(); err != nil {
+		return err
 	}
-	c.Identities = ids
 	return nil
 }
 
@@ -370,20 +471,6 @@ func (c *Config) RootOf(p string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// Identity returns the SPIFFE ID of the workload in cgroup p.
-func (c *Config) Identity(p string) string {
-	best := ""
-	for prefix := range c.Identities {
-		if Under(p, prefix) && len(prefix) > len(best) {
-			best = prefix
-		}
-	}
-	if best != "" {
-		return c.Identities[best]
-	}
-	return "spiffe://" + c.NodeName + "/workload" + p
 }
 
 // IsAdmin reports whether a caller with these ids may start and end tasks.

@@ -3,7 +3,13 @@ package config
 import (
 	"strings"
 	"testing"
+
+	"github.com/bridle-sh/bridle/daemon/identity"
 )
+
+func staticID(c *Config, cgroup string) string {
+	return identity.NewStatic(c.StaticIdentity(), "/sys/fs/cgroup").Known(cgroup).ID
+}
 
 func TestParseDefaultsAndStrictness(t *testing.T) {
 	c, err := Parse([]byte("roots: [/a.slice/]\npolicy_dir: /etc/bridle/policy\nnode_name: n1\n"), "t")
@@ -19,7 +25,7 @@ func TestParseDefaultsAndStrictness(t *testing.T) {
 	if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\nhardening_check_interval: 10ms\n"), "t"); err == nil {
 		t.Fatal("a hardening check every 10ms accepted")
 	}
-	if got := c.Identity("/a.slice/w1"); got != "spiffe://n1/workload/a.slice/w1" {
+	if got := staticID(c, "/a.slice/w1"); got != "spiffe://n1/workload/a.slice/w1" {
 		t.Fatalf("default identity %q", got)
 	}
 	_, err = Parse([]byte("roots: [/a]\npolicy_dir: /p\nsockett: /x\n"), "t")
@@ -38,10 +44,10 @@ func TestIdentityMappingAndAdmins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Identity("/a/coding/w"); got != "spiffe://example.org/agent/coding/y" {
+	if got := staticID(c, "/a/coding/w"); got != "spiffe://example.org/agent/coding/y" {
 		t.Fatalf("longest match: %q", got)
 	}
-	if got := c.Identity("/a/other"); got != "spiffe://example.org/agent/x" {
+	if got := staticID(c, "/a/other"); got != "spiffe://example.org/agent/x" {
 		t.Fatalf("prefix: %q", got)
 	}
 	if !c.IsAdmin(0, nil) || !c.IsAdmin(1000, nil) || !c.IsAdmin(7, []uint32{50}) || c.IsAdmin(7, []uint32{8}) {
@@ -152,6 +158,46 @@ func TestDNSSettings(t *testing.T) {
 	} {
 		if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\n"+bad), "bridled.yaml"); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestIdentityConfig(t *testing.T) {
+	base := "roots: [/a]\npolicy_dir: /p\nnode_name: n\n"
+	c, err := Parse([]byte(base+"identity:\n  static:\n    cgroups: {\"/a/coding-*\": \"spiffe://example.org/agent/coding/{cgroup}\"}\n    units: {\"review-*.service\": \"spiffe://example.org/review/{unit}\"}\n    uids: {1000: \"spiffe://example.org/uid/{uid}\"}\n"), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Identity.Source != "static" {
+		t.Fatalf("default source %q", c.Identity.Source)
+	}
+	if got := staticID(c, "/a/coding-1/x"); got != "spiffe://example.org/agent/coding/a/coding-1/x" {
+		t.Fatalf("cgroup pattern: %q", got)
+	}
+	if got := staticID(c, "/a/review-7.service"); got != "spiffe://example.org/review/review-7.service" {
+		t.Fatalf("unit pattern: %q", got)
+	}
+	c, err = Parse([]byte(base+"identity:\n  source: spire\n  spire: {admin_socket: /run/spire/admin.sock}\n"), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Identity.SPIRE; s.Attest != "selectors" || s.Hold != DefaultSPIREHold || s.Timeout != DefaultSPIRETimeout {
+		t.Fatalf("spire defaults: %+v", s)
+	}
+	for bad, want := range map[string]string{
+		"identity: {source: spire}\n":                                                                 "admin_socket",
+		"identity: {source: vault}\n":                                                                 "want static or spire",
+		"identity: {spire: {admin_socket: /x}}\n":                                                     "source: spire",
+		"identity: {source: spire, spire: {admin_socket: x}}\n":                                       "absolute",
+		"identity: {source: spire, spire: {admin_socket: /x, attest: magic}}\n":                       "selectors or pid",
+		"identity: {static: {cgroups: {\"/a\": \"spiffe://example.org/{team}\"}}}\n":                  "unknown placeholder",
+		"identity: {static: {units: {\"a/b\": \"spiffe://example.org/x\"}}}\n":                        "unit name pattern",
+		"identity: {static: {uids: {7: \"http://x\"}}}\n":                                             "uids[7]",
+		"identities: {/a: spiffe://e.org/x}\nidentity: {static: {cgroups: {/a: spiffe://e.org/y}}}\n": "also in",
+	} {
+		_, err := Parse([]byte(base+bad), "t")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err %v, want %q", bad, err, want)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/policy"
 )
 
@@ -46,6 +47,7 @@ type Kernel interface {
 // Asker is the task, or the baseline, that governs a workload.
 type Asker struct {
 	TaskID, Identity, Intent, Workload, PolicyRevision string
+	IdentitySource                                     identity.Source
 	// Names answers what the task's name rules allow for a name.
 	Names *policy.NameIndex
 	// Ends is when the task ends; zero for none.

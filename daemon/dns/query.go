@@ -73,6 +73,7 @@ func (s *Server) answer(ctx context.Context, proto policy.Protocol, src netip.Ad
 		return deny(dns.RcodeRefused, audit.DNSNoTask)
 	}
 	rec.Task, rec.Identity, rec.Intent = asker.TaskID, asker.Identity, asker.Intent
+	rec.IdentitySource = asker.IdentitySource
 	rec.Workload, rec.PolicyRevision = asker.Workload, asker.PolicyRevision
 
 	switch {

@@ -69,7 +69,8 @@ func (n *Node) Lookup(p dns.Peer) (dns.Asker, bool) {
 		n.mu.Unlock()
 		a.Workload = n.cgroupPath(p.CgroupID)
 		if a.Workload != "" {
-			a.Identity = n.opt.Identity(a.Workload)
+			known := n.opt.Identities.Known(a.Workload)
+			a.Identity, a.IdentitySource = known.ID, known.Source
 		}
 		return a, true
 	}
@@ -81,7 +82,7 @@ func (n *Node) Lookup(p dns.Peer) (dns.Asker, bool) {
 		return dns.Asker{}, false
 	}
 	return dns.Asker{
-		TaskID: t.ID, Identity: t.Identity, Intent: t.Intent, Workload: t.Workload,
+		TaskID: t.ID, Identity: t.Identity, IdentitySource: t.IdentitySource, Intent: t.Intent, Workload: t.Workload,
 		PolicyRevision: t.PolicyRevision, Names: n.taskNames(t), Ends: t.Expires,
 	}, true
 }

@@ -48,6 +48,7 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 	if ev.Slot != loader.BaselineSlot {
 		if t, ok := n.tasks.ByGeneration(ev.Generation); ok {
 			rec.Workload, rec.Identity, rec.Task, rec.Intent = t.Workload, t.Identity, t.ID, t.Intent
+			rec.IdentitySource = t.IdentitySource
 			rec.PolicyRevision = t.PolicyRevision
 			return rec
 		}
@@ -57,7 +58,8 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 	n.mu.Unlock()
 	rec.Workload = n.cgroupPath(ev.CgroupID)
 	if rec.Workload != "" {
-		rec.Identity = n.opt.Identity(rec.Workload)
+		known := n.opt.Identities.Known(rec.Workload)
+		rec.Identity, rec.IdentitySource = known.ID, known.Source
 	}
 	return rec
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/bridle-sh/bridle/bpf"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/dns"
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/daemon/tasks"
@@ -60,8 +61,9 @@ type Options struct {
 	NodeName   string
 	CgroupRoot string   // the cgroup v2 mount point
 	Roots      []string // cgroups below which baseline decisions are looked up by id
-	// Identity maps a workload's cgroup to its SPIFFE ID.
-	Identity func(cgroup string) string
+	// Identities says who each workload is; nil maps every workload to
+	// the node's default static identity.
+	Identities identity.Provider
 	// Records receives every decision record: the kernel's verdicts, task
 	// starts and ends, refused starts. Nil records nothing.
 	Records func(audit.Record)
@@ -84,7 +86,8 @@ type Request struct {
 	Parent    string
 	Mode      loader.WorkloadMode
 	Requester engine.Requester
-	// Identity overrides Options.Identity (for `bridle run --identity`).
+	// Identity overrides Options.Identities (for a standalone `bridle run
+	// --identity`): its source is identity.Request.
 	Identity string
 	// RunAs are users the workload's processes will run as, besides those
 	// of the processes in it at start: exec rules whose file one of them
@@ -150,8 +153,8 @@ func New(opt Options) *Node {
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	if opt.Identity == nil {
-		opt.Identity = func(string) string { return "" }
+	if opt.Identities == nil {
+		opt.Identities = identity.NewStatic(identity.StaticConfig{Node: opt.NodeName}, opt.CgroupRoot)
 	}
 	n := &Node{
 		opt: opt, log: opt.Log,
@@ -202,7 +205,7 @@ func (n *Node) SetBaseline(ctx context.Context) (Baseline, error) {
 	}
 	root := n.opt.Roots[0]
 	dec, err := n.opt.Engine.Baseline(ctx, engine.Input{
-		Identity: n.opt.Identity(root),
+		Identity: n.opt.Identities.Known(root).ID,
 		Workload: engine.Workload{Cgroup: root},
 	})
 	if err != nil {
@@ -278,21 +281,22 @@ func (n *Node) Start(ctx context.Context, req Request) (Task, error) {
 	t, err := n.start(ctx, req)
 	if err != nil {
 		n.opt.Metrics.TaskStartFailed(failureKind(err))
+		known := n.knownIdentity(req)
 		n.record(audit.Record{
-			Time: audit.Timestamp(time.Now()), Workload: req.Workload, Identity: n.identity(req),
-			Intent: req.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictDeny, Reason: err.Error(),
+			Time: audit.Timestamp(time.Now()), Workload: req.Workload, Identity: known.ID,
+			IdentitySource: known.Source, Intent: req.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictDeny, Reason: err.Error(),
 			Enforcement: bpf.EnforcementDaemon, PolicyRevision: n.policyRevision(),
 		})
 		return Task{}, err
 	}
 	n.opt.Metrics.TaskStarted()
 	n.record(audit.Record{
-		Time: audit.Timestamp(t.Started), Workload: t.Workload, Identity: t.Identity, Task: t.ID,
-		Intent: t.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictAllow,
+		Time: audit.Timestamp(t.Started), Workload: t.Workload, Identity: t.Identity,
+		IdentitySource: t.IdentitySource, Task: t.ID, Intent: t.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictAllow,
 		Reason:      fmt.Sprintf("%d kernel rules, expires %s", t.Rules, expiry(t.Expires)),
 		Enforcement: bpf.EnforcementDaemon, PolicyRevision: t.PolicyRevision,
 	})
-	n.log.Info("task started", "task", t.ID, "workload", t.Workload, "identity", t.Identity,
+	n.log.Info("task started", "task", t.ID, "workload", t.Workload, "identity", t.Identity, "identity_source", t.IdentitySource,
 		"intent", t.Intent, "rules", t.Rules, "expires", t.Expires, "revision", t.PolicyRevision,
 		"parent", req.Parent, "by_uid", req.Requester.UID)
 	return t, nil
@@ -305,12 +309,31 @@ func expiry(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func (n *Node) identity(req Request) string {
+// identify establishes the identity a task is decided under. Unless the
+// request named it, the source follows the workload from then on;
+// release ends that, and is called when the task ends (or fails to
+// start).
+func (n *Node) identify(ctx context.Context, req Request) (id identity.Identity, release func(), err error) {
 	if req.Identity != "" {
-		return req.Identity
+		return identity.Identity{ID: req.Identity, Source: identity.Request}, func() {}, nil
 	}
-	return n.opt.Identity(req.Workload)
+	id, err = n.opt.Identities.Identify(ctx, req.Workload)
+	if err != nil {
+		return identity.Identity{}, nil, fmt.Errorf("identity of workload %s: %w", req.Workload, err)
+	}
+	return id, func() { n.opt.Identities.Release(req.Workload) }, nil
 }
+
+// knownIdentity is the identity a refused start is recorded under.
+func (n *Node) knownIdentity(req Request) identity.Identity {
+	if req.Identity != "" {
+		return identity.Identity{ID: req.Identity, Source: identity.Request}
+	}
+	return n.opt.Identities.Known(req.Workload)
+}
+
+// Identities is the node's identity source.
+func (n *Node) Identities() identity.Provider { return n.opt.Identities }
 
 func (n *Node) policyRevision() string {
 	if n.opt.Engine != nil {
@@ -332,7 +355,16 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	if err := loader.CheckWorkloadLevel(req.Workload); err != nil {
 		return Task{}, badRequest("workload: %w", err)
 	}
-	identity := n.identity(req)
+	ident, release, err := n.identify(ctx, req)
+	if err != nil {
+		return Task{}, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			release()
+		}
+	}()
 	id := req.ID
 	if id == "" {
 		id = tasks.NewTaskID()
@@ -354,7 +386,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		parent = &p
 	}
 
-	rs, ttl, revision, writableOK, err := n.decide(ctx, id, identity, req, parent)
+	rs, ttl, revision, writableOK, err := n.decide(ctx, id, ident, req, parent)
 	if err != nil {
 		return Task{}, err
 	}
@@ -390,13 +422,15 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 			"workload", req.Workload, "err", err)
 	}
 	t, err := n.tasks.Start(id, tasks.StartRequest{
-		Workload: req.Workload, CgroupID: cgID, Identity: identity, Intent: req.Intent,
+		Workload: req.Workload, CgroupID: cgID, Identity: ident.ID, IdentitySource: ident.Source, Intent: req.Intent,
 		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode, NotAfter: notAfter,
 		KeepUnix: keepUnix, PolicyRevision: revision, Parent: parentID,
 	})
 	if err != nil {
 		return Task{}, err
 	}
+	// From here the task's end releases the identity.
+	started = true
 	n.opt.Metrics.ObserveApply(time.Since(began))
 	if n.opt.Store != nil {
 		// Needed only if the task becomes a parent after a restart.
@@ -428,7 +462,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 // writableOK says whether exec rules the workload can write are accepted:
 // by the grants without a policy; with one, by the policy and the grants
 // (when given) both.
-func (n *Node) decide(ctx context.Context, id, identity string, req Request, parent *tasks.Task) (rs policy.RuleSet, ttl time.Duration, revision string, writableOK bool, err error) {
+func (n *Node) decide(ctx context.Context, id string, ident identity.Identity, req Request, parent *tasks.Task) (rs policy.RuleSet, ttl time.Duration, revision string, writableOK bool, err error) {
 	if n.opt.Engine == nil {
 		if req.Grants == nil {
 			return policy.RuleSet{}, 0, "", false, badRequest("no policy is loaded and the request names no grants")
@@ -440,10 +474,11 @@ func (n *Node) decide(ctx context.Context, id, identity string, req Request, par
 		return rs, req.TTL, GrantsRevision, req.Grants.Envelope.AllowWritableExec, nil
 	}
 	in := engine.Input{
-		Identity:  identity,
-		Workload:  engine.Workload{Cgroup: req.Workload},
-		Task:      &engine.Task{ID: id, Intent: req.Intent, Labels: req.Labels, TTL: req.TTL},
-		Requester: req.Requester,
+		Identity:       ident.ID,
+		IdentitySource: string(ident.Source),
+		Workload:       engine.Workload{Cgroup: req.Workload},
+		Task:           &engine.Task{ID: id, Intent: req.Intent, Labels: req.Labels, TTL: req.TTL},
+		Requester:      req.Requester,
 	}
 	if parent != nil {
 		in.Parent = &engine.Parent{ID: parent.ID, Identity: parent.Identity, Intent: parent.Intent, Labels: parent.Labels}
@@ -531,6 +566,9 @@ func (n *Node) taskEnded(e tasks.End) {
 		log.Info("task ended")
 	}
 	rev := e.Task.PolicyRevision
+	if e.Task.IdentitySource != identity.Request {
+		n.opt.Identities.Release(e.Task.Workload)
+	}
 	n.mu.Lock()
 	delete(n.names, e.Task.Generation)
 	resolver := n.resolver
@@ -566,7 +604,7 @@ func (n *Node) taskEnded(e tasks.End) {
 	}
 	rec := audit.Record{
 		Time: audit.Timestamp(time.Now()), Node: n.opt.NodeName, Workload: e.Task.Workload,
-		Identity: e.Task.Identity, Task: e.Task.ID, Intent: e.Task.Intent, Action: bpf.ActionTaskEnd,
+		Identity: e.Task.Identity, IdentitySource: e.Task.IdentitySource, Task: e.Task.ID, Intent: e.Task.Intent, Action: bpf.ActionTaskEnd,
 		Verdict: bpf.VerdictAllow, Reason: reason, Enforcement: bpf.EnforcementDaemon, PolicyRevision: rev,
 		Suppressed: suppressed,
 	}

@@ -1,9 +1,11 @@
 package node
 
 import (
+	"errors"
 	"path/filepath"
 
 	"github.com/bridle-sh/bridle/bpf"
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
 )
@@ -30,6 +32,12 @@ func (n *Node) Restore(stored []tasks.Task) {
 			n.log.Error("revoke expired task", "task", id, "err", err)
 		}
 	}
+	// Their identities are followed again, as at their start.
+	for _, t := range n.List() {
+		if t.IdentitySource != identity.Request {
+			n.opt.Identities.Adopt(t.Workload, identity.Identity{ID: t.Identity, Source: t.IdentitySource})
+		}
+	}
 	if n.opt.Store != nil {
 		ids := map[string]bool{}
 		for _, t := range n.List() {
@@ -38,4 +46,21 @@ func (n *Node) Restore(stored []tasks.Task) {
 		n.opt.Store.RemoveRulesExcept(ids)
 	}
 	_ = n.persist()
+}
+
+// IdentityChanged ends the tasks decided under a workload's identity that
+// its source no longer gives: a task is a grant to an identity, and a new
+// identity is decided by a new task, which its orchestrator starts.
+func (n *Node) IdentityChanged(c identity.Change) {
+	for _, t := range n.List() {
+		if t.Workload != c.Cgroup || t.IdentitySource == identity.Request || t.Identity != c.From.ID {
+			continue
+		}
+		reason := "identity " + t.Identity + " withdrawn: " + c.Reason
+		n.log.Warn("ending task: its identity changed", "task", t.ID, "workload", t.Workload,
+			"from", c.From.ID, "to", c.To.ID, "reason", c.Reason)
+		if _, err := n.End(t.ID, reason); err != nil && !errors.Is(err, ErrNoTask) {
+			n.log.Error("end task after an identity change", "task", t.ID, "err", err)
+		}
+	}
 }

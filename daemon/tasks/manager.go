@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/bpf"
+	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
 )
@@ -43,18 +44,20 @@ type Kernel interface {
 
 // Task is one task in force.
 type Task struct {
-	ID         string              `json:"id"`
-	Workload   string              `json:"workload"` // cgroup path below the cgroup v2 root
-	CgroupID   uint64              `json:"cgroup_id"`
-	Identity   string              `json:"identity"`
-	Intent     string              `json:"intent"`
-	Labels     map[string]string   `json:"labels,omitempty"`
-	Slot       uint32              `json:"slot"`
-	Generation uint32              `json:"generation"`
-	Started    time.Time           `json:"started"`
-	Expires    time.Time           `json:"expires,omitzero"` // zero: no expiry
-	Rules      int                 `json:"rules"`            // kernel entries in force
-	Mode       loader.WorkloadMode `json:"mode"`
+	ID       string `json:"id"`
+	Workload string `json:"workload"` // cgroup path below the cgroup v2 root
+	CgroupID uint64 `json:"cgroup_id"`
+	Identity string `json:"identity"`
+	// IdentitySource is where Identity came from.
+	IdentitySource identity.Source     `json:"identity_source,omitempty"`
+	Intent         string              `json:"intent"`
+	Labels         map[string]string   `json:"labels,omitempty"`
+	Slot           uint32              `json:"slot"`
+	Generation     uint32              `json:"generation"`
+	Started        time.Time           `json:"started"`
+	Expires        time.Time           `json:"expires,omitzero"` // zero: no expiry
+	Rules          int                 `json:"rules"`            // kernel entries in force
+	Mode           loader.WorkloadMode `json:"mode"`
 	// KeepUnix are the unix connections the workload held before the
 	// task: they were not made under it and stay open at its end.
 	KeepUnix []loader.UnixConn `json:"keep_unix,omitempty"`
@@ -71,12 +74,13 @@ type Task struct {
 
 // StartRequest asks for a task on a workload with a compiled envelope.
 type StartRequest struct {
-	Workload string
-	CgroupID uint64
-	Identity string
-	Intent   string
-	Labels   map[string]string
-	TTL      time.Duration // 0: no expiry
+	Workload       string
+	CgroupID       uint64
+	Identity       string
+	IdentitySource identity.Source
+	Intent         string
+	Labels         map[string]string
+	TTL            time.Duration // 0: no expiry
 	// NotAfter, if set, bounds the expiry (a sub-agent's task ends with
 	// its parent's at the latest).
 	NotAfter time.Time
@@ -173,7 +177,7 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	}
 	m.generation++
 	t := &Task{
-		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity,
+		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity, IdentitySource: req.IdentitySource,
 		Intent: req.Intent, Labels: req.Labels, Slot: slot, Generation: m.generation,
 		Started: time.Now().UTC(), Rules: req.Rules.Count(), Mode: req.Mode, KeepUnix: req.KeepUnix,
 		PolicyRevision: req.PolicyRevision, Parent: req.Parent, Grants: &req.Rules,

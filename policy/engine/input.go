@@ -18,8 +18,12 @@ import (
 type Input struct {
 	// Identity is the workload's SPIFFE ID, as attested or mapped by the
 	// daemon, never as claimed by the agent.
-	Identity string   `json:"identity"`
-	Workload Workload `json:"workload"`
+	Identity string `json:"identity"`
+	// IdentitySource is where Identity came from: "static" (bridled's
+	// config), "spire" (attested by a SPIRE agent) or "request" (named by
+	// a standalone run's caller).
+	IdentitySource string   `json:"identity_source"`
+	Workload       Workload `json:"workload"`
 	// Task is the task being started; nil when the baseline is evaluated.
 	Task *Task `json:"task,omitempty"`
 	// Parent is the task of the agent that asked for this one, for

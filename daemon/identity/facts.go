@@ -1,0 +1,200 @@
+package identity
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Facts are what the kernel says of a workload, and all a source may map
+// from: nothing a workload can claim about itself.
+type Facts struct {
+	Cgroup string // path below the cgroup v2 mount
+	// Unit is the systemd unit the cgroup belongs to (the deepest path
+	// component naming a .service or .scope); "" when none.
+	Unit string
+	// UID is the real uid of every process in the workload; HasUID is
+	// false when it has none, or they differ.
+	UID    uint32
+	HasUID bool
+}
+
+// UnitOf returns the systemd unit of a cgroup path: its deepest component
+// ending in .service or .scope.
+func UnitOf(cgroup string) string {
+	parts := strings.Split(cgroup, "/")
+	for i := len(parts) - 1; i >= 0; i-- {
+		if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
+			return parts[i]
+		}
+	}
+	return ""
+}
+
+// ReadFacts reads a workload's facts below the cgroup v2 mount.
+func ReadFacts(mount, cgroup string) (Facts, error) {
+	f := Facts{Cgroup: cgroup, Unit: UnitOf(cgroup)}
+	pids, err := Procs(mount, cgroup)
+	if err != nil {
+		return f, err
+	}
+	first := true
+	for _, pid := range pids {
+		p, err := OpenProc(pid)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		uid, inside, err := p.uidIn(cgroup)
+		p.Close()
+		if err != nil || !inside {
+			continue
+		}
+		switch {
+		case first:
+			f.UID, f.HasUID, first = uid, true, false
+		case uid != f.UID:
+			f.HasUID = false
+			return f, nil
+		}
+	}
+	return f, nil
+}
+
+// Procs lists the processes of a cgroup.
+func Procs(mount, cgroup string) ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(mount, cgroup, "cgroup.procs"))
+	if err != nil {
+		return nil, fmt.Errorf("workload %s: %w", cgroup, err)
+	}
+	var pids []int
+	for _, l := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(l); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// Proc is one process, pinned: reads through it fail once the process has
+// exited, so they can never describe another process that reused its PID.
+type Proc struct {
+	PID   int
+	dir   int // /proc/PID, opened as a directory
+	pidfd int
+}
+
+// OpenProc pins process pid.
+func OpenProc(pid int) (*Proc, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd of %d: %w", pid, err)
+	}
+	dir, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("/proc/%d: %w", pid, err)
+	}
+	p := &Proc{PID: pid, dir: dir, pidfd: pidfd}
+	// The pidfd came first: if the /proc directory is still that process,
+	// it is alive now, after both were opened.
+	if !p.Alive() {
+		p.Close()
+		return nil, fmt.Errorf("process %d exited", pid)
+	}
+	return p, nil
+}
+
+// Close releases the pins.
+func (p *Proc) Close() {
+	unix.Close(p.dir)
+	unix.Close(p.pidfd)
+}
+
+// Alive reports whether the pinned process has not exited.
+func (p *Proc) Alive() bool {
+	return unix.PidfdSendSignal(p.pidfd, 0, nil, 0) == nil
+}
+
+// Exited is a descriptor that polls readable once the process exits.
+func (p *Proc) Exited() int { return p.pidfd }
+
+func (p *Proc) read(name string) ([]byte, error) {
+	fd, err := unix.Openat(p.dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	var b bytes.Buffer
+	_, err = b.ReadFrom(f)
+	return b.Bytes(), err
+}
+
+// Cgroup returns the process's cgroup v2 path.
+func (p *Proc) Cgroup() (string, error) {
+	b, err := p.read("cgroup")
+	if err != nil {
+		return "", err
+	}
+	s := bufio.NewScanner(bytes.NewReader(b))
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "0::"); ok {
+			return rest, nil
+		}
+	}
+	return "", errors.New("no cgroup v2 line")
+}
+
+// StartTime returns the process's start time in clock ticks since boot
+// (field 22 of /proc/PID/stat), which tells one process from a later one
+// with the same PID.
+func (p *Proc) StartTime() (uint64, error) {
+	b, err := p.read("stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields that follow start after its last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// uidIn returns the process's real uid and whether it is in cgroup.
+func (p *Proc) uidIn(cgroup string) (uint32, bool, error) {
+	cg, err := p.Cgroup()
+	if err != nil {
+		return 0, false, err
+	}
+	b, err := p.read("status")
+	if err != nil {
+		return 0, false, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "Uid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			uid, err := strconv.ParseUint(f[0], 10, 32)
+			if err != nil {
+				return 0, false, err
+			}
+			return uint32(uid), cg == cgroup, nil
+		}
+	}
+	return 0, false, errors.New("no Uid line in status")
+}
