@@ -21,7 +21,7 @@ func TestInputJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"identity":"spiffe://example.org/agent/coding/a","workload":{"cgroup":"/agents/w1","labels":{}},` +
+	want := `{"identity":"spiffe://example.org/agent/coding/a","identity_source":"","workload":{"cgroup":"/agents/w1","labels":{}},` +
 		`"task":{"id":"t1","intent":"fix","labels":{},"ttl":90},"parent":{"id":"t0","identity":"","intent":"","labels":{}},` +
 		`"requester":{"uid":0,"gid":0,"identity":""}}`
 	if string(b) != want {
