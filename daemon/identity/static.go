@@ -110,6 +110,9 @@ func (s *StaticProvider) Known(cgroup string) Identity {
 // Map returns the SPIFFE ID of a workload with these facts: by cgroup
 // pattern, else by unit, else by uid, else the node's default.
 func (s *StaticProvider) Map(f Facts) (string, error) {
+	if f.Unit == "" {
+		f.Unit = UnitOf(f.Cgroup)
+	}
 	if tmpl, ok := s.byCgroup(f.Cgroup); ok {
 		return s.fill(tmpl, f)
 	}
