@@ -209,7 +209,7 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 	t, err := d.node.Start(r.Context(), node.Request{
 		Workload: cg, Intent: req.Intent, Labels: req.Labels, TTL: ttl,
 		Grants: node.NewGrants(grants), Parent: req.Parent, Mode: mode, RunAs: runAs,
-		Requester: engine.Requester{UID: p.UID, GID: p.GID},
+		Requester: engine.Requester{UID: p.UID, GID: p.GID, KernelUID: true},
 	})
 	return wireTask(t), err
 }

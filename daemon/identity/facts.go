@@ -24,6 +24,8 @@ type Facts struct {
 	// false when it has none, or they differ.
 	UID    uint32
 	HasUID bool
+	// HasProcess says whether the workload had a process when read.
+	HasProcess bool
 }
 
 // UnitOf returns the systemd unit of a cgroup path: its deepest component
@@ -56,6 +58,7 @@ func ReadFacts(mount, cgroup string) (Facts, error) {
 		if err != nil || !inside {
 			continue
 		}
+		f.HasProcess = true
 		switch {
 		case first:
 			f.UID, f.HasUID, first = uid, true, false

@@ -37,11 +37,10 @@ type Identity struct {
 // Provider maps workloads to identities.
 type Provider interface {
 	// Identify returns the identity under which a task for the workload
-	// (a cgroup path below the cgroup v2 mount) is decided. It may wait,
-	// within ctx, for an attestation. From then on the provider watches
-	// the workload until Release and reports a change to the callback it
-	// was made with.
-	Identify(ctx context.Context, cgroup string) (Identity, error)
+	// is decided. It may wait, within ctx, for an attestation. From then
+	// on the provider watches the workload until Release and reports a
+	// change to the callback it was made with.
+	Identify(ctx context.Context, w Workload) (Identity, error)
 	// Known returns the workload's identity without waiting, for the
 	// records of its kernel verdicts; None when no source vouches for it.
 	Known(cgroup string) Identity
@@ -54,6 +53,17 @@ type Provider interface {
 	Status() Status
 	// Close stops every watch.
 	Close()
+}
+
+// Workload is a workload whose task is being started.
+type Workload struct {
+	Cgroup string // path below the cgroup v2 mount
+	// StartedBy is the uid of the caller asking for the task, as the
+	// kernel reported it on the task API's socket; valid when
+	// HasStartedBy. It names a workload that has no process yet: `bridle
+	// run` starts its command after the task.
+	StartedBy    uint32
+	HasStartedBy bool
 }
 
 // Change reports that a watched workload's identity changed. To.ID is ""

@@ -90,9 +90,14 @@ func NewSPIRE(cfg SPIREConfig, onChange OnChange, log *slog.Logger) (*SPIREProvi
 
 // watch follows one workload's identity.
 type watch struct {
-	cgroup string
-	cancel context.CancelFunc
-	first  chan struct{} // closed at the first outcome
+	cgroup   string
+	workload Workload
+	// selectors are those of the first subscription, kept for every later
+	// one: the same workload is asked about the same way, whatever
+	// processes come and go.
+	selectors []*types.Selector
+	cancel    context.CancelFunc
+	first     chan struct{} // closed at the first outcome
 
 	mu       sync.Mutex
 	identity Identity // zero until SPIRE named one
@@ -112,8 +117,9 @@ func (w *watch) get() (Identity, error) {
 
 // Identify starts following the workload, if it is not followed yet, and
 // waits for its first answer.
-func (p *SPIREProvider) Identify(ctx context.Context, cgroup string) (Identity, error) {
-	w := p.watchOf(cgroup, Identity{})
+func (p *SPIREProvider) Identify(ctx context.Context, wl Workload) (Identity, error) {
+	cgroup := wl.Cgroup
+	w := p.watchOf(wl, Identity{})
 
 	timeout := p.cfg.Timeout
 	if timeout <= 0 {
@@ -144,18 +150,19 @@ func (p *SPIREProvider) Identify(ctx context.Context, cgroup string) (Identity, 
 // time while SPIRE cannot be reached; if SPIRE names another identity, or
 // none, the change is reported as for any watched workload.
 func (p *SPIREProvider) Adopt(cgroup string, last Identity) {
-	p.watchOf(cgroup, last)
+	p.watchOf(Workload{Cgroup: cgroup}, last)
 }
 
 // watchOf returns the workload's watch, started if need be, with one more
 // reference.
-func (p *SPIREProvider) watchOf(cgroup string, last Identity) *watch {
+func (p *SPIREProvider) watchOf(wl Workload, last Identity) *watch {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	cgroup := wl.Cgroup
 	w, ok := p.watches[cgroup]
 	if !ok {
 		wctx, cancel := context.WithCancel(context.Background())
-		w = &watch{cgroup: cgroup, cancel: cancel, first: make(chan struct{}), identity: last}
+		w = &watch{cgroup: cgroup, workload: wl, cancel: cancel, first: make(chan struct{}), identity: last}
 		p.watches[cgroup] = w
 		go p.follow(wctx, w)
 	}
@@ -325,11 +332,14 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 			beforeAsk(proc.PID)
 		}
 	} else {
-		f, err := ReadFacts(p.cfg.Mount, w.cgroup)
-		if err != nil {
-			return &noProcessError{w.cgroup}
+		if w.selectors == nil {
+			f, err := ReadFacts(p.cfg.Mount, w.cgroup)
+			if err != nil {
+				return &noProcessError{w.cgroup}
+			}
+			w.selectors = Selectors(f, w.workload)
 		}
-		req.Selectors = Selectors(f)
+		req.Selectors = w.selectors
 	}
 	stream, err := p.client.SubscribeToX509SVIDs(ctx, req)
 	if err != nil {
@@ -480,15 +490,19 @@ func spiffeID(id *types.SPIFFEID) string {
 
 // Selectors are the selectors bridled attests for a workload: its cgroup,
 // its systemd unit and the uid all its processes run as, each read from
-// the kernel. SPIRE trusts a delegate's selectors as attested, so they are
-// never taken from anything the workload says.
-func Selectors(f Facts) []*types.Selector {
+// the kernel, and for a workload without a process yet the uid of the
+// caller who asked for its task (as the kernel reported it on the API
+// socket). SPIRE trusts a delegate's selectors as attested, so they are
+// never taken from anything the workload or the caller says.
+func Selectors(f Facts, wl Workload) []*types.Selector {
 	sel := []*types.Selector{{Type: SelectorType, Value: "cgroup:" + f.Cgroup}}
 	if f.Unit != "" {
 		sel = append(sel, &types.Selector{Type: SelectorType, Value: "unit:" + f.Unit})
 	}
 	if f.HasUID {
 		sel = append(sel, &types.Selector{Type: SelectorType, Value: "uid:" + strconv.FormatUint(uint64(f.UID), 10)})
+	} else if wl.HasStartedBy && !f.HasProcess {
+		sel = append(sel, &types.Selector{Type: SelectorType, Value: "started-by-uid:" + strconv.FormatUint(uint64(wl.StartedBy), 10)})
 	}
 	return sel
 }

@@ -81,7 +81,8 @@ func NewStatic(cfg StaticConfig, mount string) *StaticProvider {
 }
 
 // Identify maps the workload's facts.
-func (s *StaticProvider) Identify(_ context.Context, cgroup string) (Identity, error) {
+func (s *StaticProvider) Identify(_ context.Context, w Workload) (Identity, error) {
+	cgroup := w.Cgroup
 	needUID := len(s.cfg.UIDs) > 0
 	f := Facts{Cgroup: cgroup, Unit: UnitOf(cgroup)}
 	if needUID {

@@ -48,17 +48,17 @@ func TestStaticMapping(t *testing.T) {
 func TestStaticUIDFromKernel(t *testing.T) {
 	mount, cg := testCgroup(t, "uid")
 	s := NewStatic(StaticConfig{Node: "n", UIDs: map[uint32]string{4242: "spiffe://example.org/agent/uid/{uid}"}}, mount)
-	id, err := s.Identify(context.Background(), cg)
+	id, err := s.Identify(context.Background(), Workload{Cgroup: cg})
 	if err != nil || id.ID != "spiffe://n/workload"+cg || id.Source != Static {
 		t.Fatalf("empty workload: %+v %v", id, err)
 	}
 	runIn(t, mount, cg, 4242)
 	runIn(t, mount, cg, 4242)
-	if id, err = s.Identify(context.Background(), cg); err != nil || id.ID != "spiffe://example.org/agent/uid/4242" {
+	if id, err = s.Identify(context.Background(), Workload{Cgroup: cg}); err != nil || id.ID != "spiffe://example.org/agent/uid/4242" {
 		t.Fatalf("uid 4242 workload: %+v %v", id, err)
 	}
 	runIn(t, mount, cg, 4243)
-	if id, err = s.Identify(context.Background(), cg); err != nil || id.ID != "spiffe://n/workload"+cg {
+	if id, err = s.Identify(context.Background(), Workload{Cgroup: cg}); err != nil || id.ID != "spiffe://n/workload"+cg {
 		t.Fatalf("mixed uids: %+v %v", id, err)
 	}
 }
@@ -96,13 +96,18 @@ func TestProcPinning(t *testing.T) {
 }
 
 func TestSelectorsFromFacts(t *testing.T) {
-	got := Selectors(Facts{Cgroup: "/a.slice/b.service", Unit: "b.service", UID: 7, HasUID: true})
+	got := Selectors(Facts{Cgroup: "/a.slice/b.service", Unit: "b.service", UID: 7, HasUID: true, HasProcess: true}, Workload{StartedBy: 9, HasStartedBy: true})
 	var s []string
 	for _, x := range got {
 		s = append(s, x.Type+":"+x.Value)
 	}
 	if strings.Join(s, " ") != "bridle:cgroup:/a.slice/b.service bridle:unit:b.service bridle:uid:7" {
 		t.Fatalf("selectors %v", s)
+	}
+	// A workload with no process yet is named by who asked for its task.
+	got = Selectors(Facts{Cgroup: "/r/run-1"}, Workload{StartedBy: 1000, HasStartedBy: true})
+	if len(got) != 2 || got[1].Value != "started-by-uid:1000" {
+		t.Fatalf("selectors of an empty workload %v", got)
 	}
 }
 

@@ -317,7 +317,9 @@ func (n *Node) identify(ctx context.Context, req Request) (id identity.Identity,
 	if req.Identity != "" {
 		return identity.Identity{ID: req.Identity, Source: identity.Request}, func() {}, nil
 	}
-	id, err = n.opt.Identities.Identify(ctx, req.Workload)
+	id, err = n.opt.Identities.Identify(ctx, identity.Workload{
+		Cgroup: req.Workload, StartedBy: req.Requester.UID, HasStartedBy: req.Requester.KernelUID,
+	})
 	if err != nil {
 		return identity.Identity{}, nil, fmt.Errorf("identity of workload %s: %w", req.Workload, err)
 	}

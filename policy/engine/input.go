@@ -65,6 +65,9 @@ type Requester struct {
 	// Identity is the caller's SPIFFE ID when the caller is itself a
 	// workload (an agent starting a sub-agent), "" otherwise.
 	Identity string `json:"identity"`
+	// KernelUID says UID was reported by the kernel for the caller's
+	// connection (a unix socket), not absent (a remote caller).
+	KernelUID bool `json:"-"`
 }
 
 // MarshalJSON writes in with empty label maps as {} rather than null, so a

@@ -321,6 +321,18 @@ func (e *daemonEnv) inCgroup(cg string, inNs bool, argv ...string) (string, stri
 	return out.String(), errOut.String(), status
 }
 
+// commandIn returns a command to be born inside cgroup cg as uid (and
+// gid uid); the cgroup's descriptor stays open until the test ends.
+func (e *daemonEnv) commandIn(cg string, uid uint32, argv ...string) *exec.Cmd {
+	e.t.Helper()
+	fd := e.cgroupFD(cg)
+	e.t.Cleanup(func() { syscall.Close(fd) })
+	c := exec.Command(argv[0], argv[1:]...)
+	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd,
+		Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
+	return c
+}
+
 // probeConnect runs `probe tcp ADDR` in cg, in the test network namespace.
 func (e *daemonEnv) probeConnect(cg, addr string) string {
 	e.t.Helper()
@@ -367,7 +379,13 @@ func (e *daemonEnv) listTasks() []api.Task {
 // waitAudit waits (bounded) for an audit record matching want.
 func (e *daemonEnv) waitAudit(want func(map[string]any) bool) map[string]any {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	return e.waitAuditFor(10*time.Second, want)
+}
+
+// waitAuditFor is waitAudit with a bound of d.
+func (e *daemonEnv) waitAuditFor(d time.Duration, want func(map[string]any) bool) map[string]any {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		b, _ := os.ReadFile(e.audit)
 		for _, line := range strings.Split(string(b), "\n") {
@@ -377,7 +395,7 @@ func (e *daemonEnv) waitAudit(want func(map[string]any) bool) map[string]any {
 			}
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("no matching audit record within 10s; records:\n%s", b)
+			e.t.Fatalf("no matching audit record within %v; records:\n%s", d, b)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
