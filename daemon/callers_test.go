@@ -612,3 +612,44 @@ func TestTCPConnectionLimit(t *testing.T) {
 		t.Fatalf("after a close: refused %q", r)
 	}
 }
+
+// The CLI's client proves its caller both ways: a token file on the
+// socket, an SVID and bundle in PEM files over mutual TLS.
+func TestClientProofs(t *testing.T) {
+	e := newCallersEnv(t)
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ctx := context.Background()
+	req := api.StartRequest{Workload: e.workload, Intent: "fix the build"}
+
+	tokenFile := write("token", []byte(e.trust.token(t, orchestrator, bridledID, time.Now().Add(5*time.Minute))+"\n"))
+	task, err := api.NewClient(e.socket).WithTokenFile(tokenFile).StartTask(ctx, req)
+	if err != nil {
+		t.Fatalf("with a token file: %v", err)
+	}
+	if _, err := api.NewClient(e.socket).WithTokenFile(tokenFile).EndTask(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	certPEM, keyPEM, err := e.trust.svid(t, orchestrator).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundlePEM, err := e.trust.x509Bundle().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := api.NewTLSClient("https://"+e.tcp, write("svid.pem", certPEM), write("key.pem", keyPEM), write("bundle.pem", bundlePEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StartTask(ctx, req); err != nil {
+		t.Fatalf("over mutual TLS: %v", err)
+	}
+}
