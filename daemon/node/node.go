@@ -294,7 +294,7 @@ func (n *Node) Start(ctx context.Context, req Request) (Task, error) {
 	})
 	n.log.Info("task started", "task", t.ID, "workload", t.Workload, "identity", t.Identity,
 		"intent", t.Intent, "rules", t.Rules, "expires", t.Expires, "revision", t.PolicyRevision,
-		"parent", req.Parent, "by_uid", req.Requester.UID)
+		"parent", req.Parent, "by_uid", req.Requester.UID, "by_identity", req.Requester.Identity, "by_auth", req.Requester.Auth)
 	return t, nil
 }
 
