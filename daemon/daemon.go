@@ -51,7 +51,12 @@ type Daemon struct {
 
 	roots []api.Root
 
-	refusals *refusals // rate of recorded API refusals, per uid
+	refusals *refusals // rate of recorded API refusals, per caller
+
+	// svids prove bridled to TCP callers and check callers' SVIDs; zero
+	// without spiffe.workload_api. closeSVIDs drops the Workload API.
+	svids      SVIDSources
+	closeSVIDs func()
 
 	baselineMu       sync.Mutex // one baseline write at a time
 	mu               sync.Mutex
@@ -89,6 +94,14 @@ func (d *Daemon) setup(ctx context.Context) error {
 	}
 	if d.audit, err = openAudit(d.cfg); err != nil {
 		return err
+	}
+	// Before the kernel is touched: a daemon configured to check SVIDs
+	// that cannot reach the Workload API fails with the reason.
+	if addr := d.cfg.SPIFFE.WorkloadAPI; addr != "" {
+		if d.svids, d.closeSVIDs, err = openWorkloadAPI(ctx, addr, d.cfg.API.TCPListen != "", workloadAPITimeout); err != nil {
+			return err
+		}
+		d.log.Info("SVIDs and trust bundles from the Workload API", "address", addr)
 	}
 	// The policy comes first: a daemon that cannot decide envelopes must
 	// not touch the kernel's state at all.
@@ -338,7 +351,7 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 			}
 		}
 	})
-	if err := fitFDLimits(&d.cfg.APILimits); err != nil {
+	if err := fitFDLimits(&d.cfg.APILimits, d.cfg.API.TCPListen != ""); err != nil {
 		d.log.Error("descriptor headroom", "err", err)
 		d.mu.Lock()
 		d.fdErr = err
@@ -346,16 +359,7 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 	}
 
 	errLog := slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)
-	srv := &http.Server{
-		Handler:           d.routes(),
-		ConnContext:       connContext,
-		ReadHeaderTimeout: apiHeaderTimeout,
-		ReadTimeout:       apiReadTimeout,
-		WriteTimeout:      apiWriteTimeout,
-		IdleTimeout:       apiIdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          errLog,
-	}
+	srv := d.apiServer(errLog)
 	servers := []*http.Server{srv}
 	wg.Go(func() {
 		d.keepServing(ctx, srv, "api", d.cfg.Socket, func() (net.Listener, error) {
@@ -363,9 +367,22 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 			if err != nil {
 				return nil, err
 			}
-			return newPeerListener(ln, d.cfg, d.connectionRefused), nil
+			return d.unixListener(ln), nil
 		})
 	})
+	if addr := d.cfg.API.TCPListen; addr != "" {
+		tsrv := d.apiServer(errLog)
+		servers = append(servers, tsrv)
+		wg.Go(func() {
+			d.keepServing(ctx, tsrv, "api-tcp", addr, func() (net.Listener, error) {
+				ln, err := net.Listen("tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				return d.tlsListener(ln), nil
+			})
+		})
+	}
 	if d.cfg.MetricsListen != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", d.metrics.Handler())
@@ -424,9 +441,12 @@ func (d *Daemon) keepServing(ctx context.Context, srv *http.Server, name, addr s
 		ln, err := bind()
 		if err == nil {
 			d.setListener(name, api.Listener{Name: name, Address: ln.Addr().String(), Bound: true})
-			if name == "metrics" {
+			switch name {
+			case "metrics":
 				d.log.Info("serving metrics", "address", ln.Addr().String())
-			} else {
+			case "api-tcp":
+				d.log.Info("serving the task API over mutual TLS", "address", ln.Addr().String())
+			default:
 				d.log.Info("serving the task API", "socket", addr)
 			}
 			delay = time.Second
@@ -520,5 +540,8 @@ func (d *Daemon) close() {
 	}
 	if d.audit != nil {
 		_ = d.audit.Close()
+	}
+	if d.closeSVIDs != nil {
+		d.closeSVIDs()
 	}
 }

@@ -158,13 +158,13 @@ func TestFitFDLimits(t *testing.T) {
 	}
 	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
 	lim := config.APILimits{Connections: 64, ConnectionsPerUID: 8, AdminConnections: 64, MetricsConnections: 16}
-	if err := fitFDLimits(&lim); err != nil || lim.Connections != 64 {
+	if err := fitFDLimits(&lim, false); err != nil || lim.Connections != 64 {
 		t.Fatalf("under limit %d: %v %+v", old.Cur, err, lim)
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 600, Max: old.Max}); err != nil {
 		t.Fatal(err)
 	}
-	err := fitFDLimits(&lim)
+	err := fitFDLimits(&lim, false)
 	if err == nil || lim.Connections+lim.AdminConnections+lim.MetricsConnections+2+fdReserve > 600 || lim.ConnectionsPerUID > lim.Connections {
 		t.Fatalf("under limit 600: %v %+v", err, lim)
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -160,14 +161,76 @@ func (l *countListener) Accept() (net.Conn, error) {
 	}
 }
 
+// tcpListener accepts connections to api.tcp_listen within limits of
+// their own, apart from the unix socket's, so that nothing on the network
+// can crowd out the node's local admins: api_limits.connections in all and
+// api_limits.connections_per_uid per remote IP (before the TLS handshake a
+// caller is nothing but an address). A connection over a limit is closed
+// at once and never reaches the handshake.
+type tcpListener struct {
+	net.Listener
+	lim     config.APILimits
+	refused func(remote, reason string)
+
+	mu   sync.Mutex
+	open int
+	byIP map[netip.Addr]int
+}
+
+func newTCPListener(ln net.Listener, lim config.APILimits, refused func(remote, reason string)) *tcpListener {
+	return &tcpListener{Listener: ln, lim: lim, refused: refused, byIP: map[netip.Addr]int{}}
+}
+
+func (l *tcpListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		var ip netip.Addr
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			ip = ap.Addr().Unmap()
+		}
+		if reason := l.take(ip); reason != "" {
+			c.Close()
+			l.refused(c.RemoteAddr().String(), reason)
+			continue
+		}
+		return &peerConn{Conn: c, onClose: func() { l.give(ip) }}, nil
+	}
+}
+
+func (l *tcpListener) take(ip netip.Addr) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.byIP[ip] >= l.lim.ConnectionsPerUID:
+		return fmt.Sprintf("%s holds %d TCP connections, the limit per address (api_limits.connections_per_uid)", ip, l.byIP[ip])
+	case l.open >= l.lim.Connections:
+		return fmt.Sprintf("TCP callers hold %d connections, the limit (api_limits.connections)", l.open)
+	}
+	l.open++
+	l.byIP[ip]++
+	return ""
+}
+
+func (l *tcpListener) give(ip netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if l.byIP[ip]--; l.byIP[ip] <= 0 {
+		delete(l.byIP, ip)
+	}
+}
+
 // refusals rate-limits the records of refused calls and connections per
-// uid: each is counted (metrics) but only the first few in a burst, then
+// caller (a uid, or an IP over TCP; see Caller.refusalKey): each is counted (metrics) but only the first few in a burst, then
 // one a second, are logged and written to the audit log, so a flood of
 // refusals can neither flood the audit log nor bury other records. A
 // recorded refusal says how many were left out before it.
 type refusals struct {
 	mu    sync.Mutex
-	byUID map[uint32]*refusalState
+	byKey map[string]*refusalState
 }
 
 type refusalState struct {
@@ -179,32 +242,32 @@ type refusalState struct {
 const (
 	refusalsPerSecond = 1
 	refusalsBurst     = 20
-	// maxRefusalUIDs bounds the table: past it, uids idle for a minute are
-	// forgotten.
-	maxRefusalUIDs = 1024
+	// maxRefusalKeys bounds the table: past it, callers idle for a minute
+	// are forgotten.
+	maxRefusalKeys = 1024
 )
 
-func newRefusals() *refusals { return &refusals{byUID: map[uint32]*refusalState{}} }
+func newRefusals() *refusals { return &refusals{byKey: map[string]*refusalState{}} }
 
 // record decides whether this refusal is written out. It returns false
-// when the uid is over its rate (the refusal is only counted), else true
-// and how many of the uid's refusals were not written since the last one
-// that was.
-func (r *refusals) record(uid uint32) (bool, uint64) {
+// when the caller is over its rate (the refusal is only counted), else
+// true and how many of the caller's refusals were not written since the
+// last one that was.
+func (r *refusals) record(key string) (bool, uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
-	st, ok := r.byUID[uid]
+	st, ok := r.byKey[key]
 	if !ok {
-		if len(r.byUID) >= maxRefusalUIDs {
-			for u, s := range r.byUID {
+		if len(r.byKey) >= maxRefusalKeys {
+			for k, s := range r.byKey {
 				if now.Sub(s.last) > time.Minute {
-					delete(r.byUID, u)
+					delete(r.byKey, k)
 				}
 			}
 		}
 		st = &refusalState{lim: rate.NewLimiter(refusalsPerSecond, refusalsBurst)}
-		r.byUID[uid] = st
+		r.byKey[key] = st
 	}
 	st.last = now
 	if !st.lim.AllowN(now, 1) {
@@ -232,17 +295,25 @@ const fdReserve = 512
 // start). If they do not, the API's limits are lowered to fit, and the
 // returned error says so (the status reports it). If even that is not
 // possible, the error says the reserve is not guaranteed.
-func fitFDLimits(lim *config.APILimits) error {
+func fitFDLimits(lim *config.APILimits, tcp bool) error {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return fmt.Errorf("descriptor limit: %w", err)
 	}
-	// +2: a connection being accepted (and closed) on each listener.
-	need := uint64(lim.Connections+lim.AdminConnections+lim.MetricsConnections+2) + fdReserve
+	// +3: a connection being accepted (and closed) on each listener.
+	need := uint64(lim.Connections+lim.AdminConnections+lim.MetricsConnections+3) + fdReserve
+	if tcp {
+		need += uint64(lim.Connections) // api.tcp_listen's own pool
+	}
 	if rl.Cur >= need {
 		return nil
 	}
-	room := int64(rl.Cur) - fdReserve - 2 - int64(lim.MetricsConnections)
+	room := int64(rl.Cur) - fdReserve - 3 - int64(lim.MetricsConnections)
+	if tcp {
+		// The TCP pool is as large as the socket's non-admin pool: a
+		// third each for it, that pool and the admins'.
+		room = room * 2 / 3
+	}
 	if room < 4 {
 		return fmt.Errorf("descriptor limit %d leaves no room for the API's connections beside bridled's reserve of %d: raise LimitNOFILE", rl.Cur, fdReserve)
 	}

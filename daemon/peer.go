@@ -39,18 +39,6 @@ type Peer struct {
 
 type peerKey struct{}
 
-// connContext hands each request the peer its connection was accepted
-// with (see peerListener), read before any request on it was.
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	var p Peer
-	if pc, ok := c.(*peerConn); ok {
-		p = pc.peer
-	} else {
-		p = readPeer(c)
-	}
-	return context.WithValue(ctx, peerKey{}, p)
-}
-
 func peerFrom(ctx context.Context) Peer {
 	p, ok := ctx.Value(peerKey{}).(Peer)
 	if !ok {

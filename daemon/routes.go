@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,7 +18,6 @@ import (
 	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/node"
 	"github.com/bridle-sh/bridle/daemon/tasks"
-	"github.com/bridle-sh/bridle/daemon/workload"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
 	"github.com/bridle-sh/bridle/policy/engine"
@@ -45,80 +46,108 @@ const (
 	needAdmin
 )
 
-// guard admits a call by the caller's kernel-reported credentials. A
-// process inside a confined root is refused every call, reads included: a
-// workload never starts, widens or ends a task, even its own, and learns
-// nothing about other tasks.
+// guard admits a call by who the caller is (see callerOf and authorize):
+// one guard for the unix socket and the TCP listener. A process inside a
+// confined root is refused every call, reads included: a workload never
+// starts, widens or ends a task, even its own, and learns nothing about
+// other tasks.
 func (d *Daemon) guard(need access, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := peerFrom(r.Context())
-		var reason string
-		switch root, inRoot := d.cfg.RootOf(p.Cgroup); {
-		case p.Err != nil:
-			reason = fmt.Sprintf("caller could not be identified: %v", p.Err)
-		case inRoot:
-			reason = fmt.Sprintf("caller is a workload (cgroup %s under root %s): workloads may not use the task API", p.Cgroup, root)
-		case config.Under(p.Cgroup, "/"+workload.StandaloneParent):
-			// A standalone run's workload is confined by its own bridle
-			// run, not by a root of this daemon, but it is a workload all
-			// the same, and usually runs as an admin's uid.
-			reason = fmt.Sprintf("caller is a workload (cgroup %s of a standalone bridle run): workloads may not use the task API", p.Cgroup)
-		case need == needAdmin && !d.cfg.IsAdmin(p.UID, p.Groups):
-			reason = fmt.Sprintf("uid %d is not an admin of this node", p.UID)
-		case need == needReader && !d.cfg.IsReader(p.UID, p.Groups):
-			reason = fmt.Sprintf("uid %d is neither an admin nor a reader of this node (readers)", p.UID)
-		}
-		if reason != "" {
-			d.refuse(w, r, p, reason)
+		c, err := d.callerOf(r)
+		var unauth *unauthenticatedError
+		if errors.As(err, &unauth) {
+			d.refuseUnauthenticated(w, r, c, unauth.reason)
 			return
 		}
-		h(w, r)
+		if reason := d.authorize(c, need); reason != "" {
+			d.refuse(w, r, c, reason)
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 	})
 }
 
 // refuse answers 403, counts the refusal, and logs it and records it in
-// the audit log unless the caller's uid is over its rate of recorded
-// refusals (then the connection is closed after the answer).
-func (d *Daemon) refuse(w http.ResponseWriter, r *http.Request, p Peer, reason string) {
+// the audit log unless the caller is over its rate of recorded refusals
+// (then the connection is closed after the answer).
+func (d *Daemon) refuse(w http.ResponseWriter, r *http.Request, c Caller, reason string) {
 	call := r.Method + " " + r.URL.Path
 	d.metrics.APIRefused()
-	if !d.recordRefusal(p, call, reason) {
+	if !d.recordRefusal(c, call, reason) {
 		w.Header().Set("Connection", "close")
 	}
 	writeError(w, http.StatusForbidden, errors.New(reason))
 }
 
+// refuseUnauthenticated answers 401 to a call whose proof of identity did
+// not hold, with the reason, and counts and records it like any refusal.
+func (d *Daemon) refuseUnauthenticated(w http.ResponseWriter, r *http.Request, c Caller, reason string) {
+	call := r.Method + " " + r.URL.Path
+	d.metrics.APIRefused()
+	d.metrics.APIUnauthenticated(c.Auth)
+	if !d.recordRefusal(c, call, reason) {
+		w.Header().Set("Connection", "close")
+	}
+	if c.Auth == engine.AuthJWTSVID {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	writeError(w, http.StatusUnauthorized, errors.New(reason))
+}
+
 // recordRefusal logs a refused call or connection and writes its audit
-// record, within the caller uid's rate; it reports whether it did. The
-// first record after a quiet spell says how many were left out.
-func (d *Daemon) recordRefusal(p Peer, call, reason string) bool {
-	ok, skipped := d.refusals.record(p.UID)
+// record, within the caller's rate (by uid, or by IP over TCP); it reports
+// whether it did. The first record after a quiet spell says how many were
+// left out.
+func (d *Daemon) recordRefusal(c Caller, call, reason string) bool {
+	key := c.refusalKey()
+	ok, skipped := d.refusals.record(key)
 	if !ok {
 		d.metrics.APIRefusalUnrecorded()
 		return false
 	}
 	if skipped > 0 {
-		reason += fmt.Sprintf(" (%d earlier refusals of uid %d not recorded one by one: over %d a second)", skipped, p.UID, refusalsPerSecond)
+		reason += fmt.Sprintf(" (%d earlier refusals of %s not recorded one by one: over %d a second)", skipped, key, refusalsPerSecond)
 	}
-	d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "reason", reason)
+	p := c.Peer
 	rec := audit.Record{
-		Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName, Workload: p.Cgroup,
-		PID: uint32(p.PID), Comm: p.Comm, Action: bpf.ActionAPI, Path: call,
+		Time: audit.Timestamp(time.Now()), Node: d.cfg.NodeName,
+		Action: bpf.ActionAPI, Path: call,
 		Verdict: bpf.VerdictDeny, Reason: reason, Enforcement: bpf.EnforcementDaemon,
 		PolicyRevision: d.engine.Revision(),
 	}
-	if _, in := d.cfg.RootOf(p.Cgroup); in {
-		known := d.node.Identities().Known(p.Cgroup)
-		rec.Identity, rec.IdentitySource = known.ID, known.Source
+	if c.overTCP() {
+		d.log.Warn("api call refused", "call", call, "remote", c.Remote, "identity", c.Identity.String(), "reason", reason)
+		if ap, err := netip.ParseAddrPort(c.Remote); err == nil {
+			rec.Address, rec.Port = ap.Addr().Unmap().String(), ap.Port()
+		}
+	} else {
+		d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "auth", c.Auth, "identity", c.Identity.String(), "reason", reason)
+		rec.Workload, rec.PID, rec.Comm = p.Cgroup, uint32(p.PID), p.Comm
+		if _, in := d.cfg.RootOf(p.Cgroup); in {
+			known := d.knownIdentity(p.Cgroup)
+			rec.Identity, rec.IdentitySource = known.ID, known.Source
+		}
+	}
+	if !c.Identity.IsZero() {
+		rec.Identity = c.Identity.String() // what the caller proved
 	}
 	d.audit.Write(rec)
 	return true
 }
 
+// knownIdentity is a workload's identity for a record, without waiting;
+// before the node exists, the static mapping's.
+func (d *Daemon) knownIdentity(cgroup string) identity.Identity {
+	if d.node == nil {
+		return identity.NewStatic(d.cfg.StaticIdentity(), d.cgRoot).Known(cgroup)
+	}
+	return d.node.Identities().Known(cgroup)
+}
+
 // connectionRefused is told about an API connection closed over a limit.
-func (d *Daemon) connectionRefused(p Peer, reason string) {
+func (d *Daemon) connectionRefused(c Caller, reason string) {
 	d.metrics.APIConnectionRefused()
-	d.recordRefusal(p, "connect", reason)
+	d.recordRefusal(c, "connect", reason)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -201,7 +230,6 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 	if err != nil {
 		return api.Task{}, badRequest("grants: %w", err)
 	}
-	p := peerFrom(r.Context())
 	var runAs []policy.Principal
 	for _, u := range req.RunAs {
 		runAs = append(runAs, policy.Principal{UID: u.UID, GIDs: u.GIDs})
@@ -209,7 +237,7 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 	t, err := d.node.Start(r.Context(), node.Request{
 		Workload: cg, Intent: req.Intent, Labels: req.Labels, TTL: ttl,
 		Grants: node.NewGrants(grants), Parent: req.Parent, Mode: mode, RunAs: runAs,
-		Requester: engine.Requester{UID: p.UID, GID: p.GID, KernelUID: true},
+		Requester: callerFrom(r.Context()).Requester(),
 	})
 	return wireTask(t), err
 }
@@ -269,8 +297,7 @@ func (d *Daemon) checkWorkload(cg string) (string, error) {
 
 func (d *Daemon) endTask(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	p := peerFrom(r.Context())
-	t, err := d.node.End(id, fmt.Sprintf("ended by uid %d", p.UID))
+	t, err := d.node.End(id, "ended by "+callerFrom(r.Context()).String())
 	switch {
 	case errors.Is(err, node.ErrNoTask):
 		writeError(w, http.StatusNotFound, fmt.Errorf("no task %s", id))
@@ -431,7 +458,7 @@ func (d *Daemon) Status() api.Status {
 		st.Degraded = append(st.Degraded, fmt.Sprintf("identity source %s degraded since %s: %s", ids.Source, ids.Since.UTC().Format(time.RFC3339), ids.Degraded))
 	}
 	d.mu.Lock()
-	for _, name := range []string{"api", "metrics"} {
+	for _, name := range []string{"api", "api-tcp", "metrics"} {
 		l, ok := d.listeners[name]
 		if !ok {
 			continue

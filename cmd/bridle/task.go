@@ -17,18 +17,51 @@ import (
 )
 
 func newTaskCommand() *cobra.Command {
-	var socket string
+	var c callerFlags
 	cmd := &cobra.Command{
 		Use:   "task",
 		Short: "Start, end and list tasks through the node daemon (bridled)",
 	}
-	cmd.PersistentFlags().StringVar(&socket, "socket", config.DefaultSocket, "bridled's API socket")
-	client := func() *api.Client { return api.NewClient(socket) }
-	cmd.AddCommand(newTaskStartCommand(client), newTaskEndCommand(client), newTaskListCommand(client))
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&c.socket, "socket", config.DefaultSocket, "bridled's API socket")
+	pf.StringVar(&c.tokenFile, "token-file", os.Getenv("BRIDLE_TOKEN_FILE"), "send the JWT-SVID in FILE as the caller's proof of identity on the socket (env BRIDLE_TOKEN_FILE)")
+	pf.StringVar(&c.apiURL, "api", "", "call bridled's API over mutual TLS at https://HOST:PORT instead of the socket (needs --svid-cert, --svid-key, --bundle)")
+	pf.StringVar(&c.svidCert, "svid-cert", "", "with --api: the caller's X.509-SVID, PEM (leaf first)")
+	pf.StringVar(&c.svidKey, "svid-key", "", "with --api: the SVID's private key, PEM")
+	pf.StringVar(&c.bundle, "bundle", "", "with --api: the trust bundle bridled's SVID must chain to, PEM")
+	cmd.AddCommand(newTaskStartCommand(c.client), newTaskEndCommand(c.client), newTaskListCommand(c.client))
 	return cmd
 }
 
-func newTaskStartCommand(client func() *api.Client) *cobra.Command {
+// callerFlags say where bridled is and how the caller proves who it is:
+// by its uid on the socket, plus a JWT-SVID if --token-file; or by its
+// X.509-SVID over mutual TLS (--api).
+type callerFlags struct {
+	socket, tokenFile                 string
+	apiURL, svidCert, svidKey, bundle string
+}
+
+func (f *callerFlags) client() (*api.Client, error) {
+	if f.apiURL == "" {
+		if f.svidCert != "" || f.svidKey != "" || f.bundle != "" {
+			return nil, usageError{fmt.Errorf("--svid-cert, --svid-key and --bundle go with --api")}
+		}
+		c := api.NewClient(f.socket)
+		if f.tokenFile != "" {
+			c.WithTokenFile(f.tokenFile)
+		}
+		return c, nil
+	}
+	if f.svidCert == "" || f.svidKey == "" || f.bundle == "" {
+		return nil, usageError{fmt.Errorf("--api needs --svid-cert, --svid-key and --bundle: bridled's TCP listener takes callers by X.509-SVID only")}
+	}
+	if f.tokenFile != "" {
+		return nil, usageError{fmt.Errorf("--token-file with --api: over mutual TLS the X.509-SVID is the caller's proof; send one, not two (unset BRIDLE_TOKEN_FILE)")}
+	}
+	return api.NewTLSClient(f.apiURL, f.svidCert, f.svidKey, f.bundle)
+}
+
+func newTaskStartCommand(client func() (*api.Client, error)) *cobra.Command {
 	var (
 		req                 api.StartRequest
 		labels              []string
@@ -72,8 +105,12 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 			if len(connect)+len(unix)+len(exec)+len(listen) > 0 {
 				req.Grants = grants
 			}
+			c, err := client()
+			if err != nil {
+				return err
+			}
 			var t api.Task
-			if err := client().Do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
+			if err := c.Do(cmd.Context(), http.MethodPost, "/v1/tasks", req, &t); err != nil {
 				return err
 			}
 			if asJSON {
@@ -99,15 +136,19 @@ func newTaskStartCommand(client func() *api.Client) *cobra.Command {
 	return cmd
 }
 
-func newTaskEndCommand(client func() *api.Client) *cobra.Command {
+func newTaskEndCommand(client func() (*api.Client, error)) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "end ID",
 		Short: "End a task: its grants are revoked and its open connections aborted",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := client()
+			if err != nil {
+				return err
+			}
 			var t api.Task
-			if err := client().Do(cmd.Context(), http.MethodDelete, "/v1/tasks/"+args[0], nil, &t); err != nil {
+			if err := c.Do(cmd.Context(), http.MethodDelete, "/v1/tasks/"+args[0], nil, &t); err != nil {
 				return err
 			}
 			if asJSON {
@@ -121,15 +162,19 @@ func newTaskEndCommand(client func() *api.Client) *cobra.Command {
 	return cmd
 }
 
-func newTaskListCommand(client func() *api.Client) *cobra.Command {
+func newTaskListCommand(client func() (*api.Client, error)) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the tasks in force",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := client()
+			if err != nil {
+				return err
+			}
 			var out api.TaskList
-			if err := client().Do(cmd.Context(), http.MethodGet, "/v1/tasks", nil, &out); err != nil {
+			if err := c.Do(cmd.Context(), http.MethodGet, "/v1/tasks", nil, &out); err != nil {
 				return err
 			}
 			if asJSON {

@@ -11,17 +11,26 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/bridle-sh/bridle/daemon/audit"
 )
 
-// Client calls bridled's task API on its unix socket.
+// Client calls bridled's task API, on its unix socket or over mutual TLS.
 type Client struct {
-	socket string
+	socket string // "" over TCP
+	base   string // URL the paths are appended to
 	http   *http.Client
 	stream *http.Client // no overall timeout: an event stream lasts a run
+	// tokenFile holds a JWT-SVID sent as the bearer token of every call;
+	// read at each call, since the token is short-lived and rewritten.
+	tokenFile string
 }
 
 // NewClient returns a client for the daemon listening on socket.
@@ -31,14 +40,58 @@ func NewClient(socket string) *Client {
 		return d.DialContext(ctx, "unix", socket)
 	}}
 	return &Client{
-		socket: socket,
+		socket: socket, base: "http://bridled",
 		http:   &http.Client{Timeout: 30 * time.Second, Transport: transport},
 		stream: &http.Client{Transport: transport},
 	}
 }
 
-// Socket is the socket the client calls.
+// NewTLSClient returns a client for bridled's task API at url
+// (https://HOST:PORT, api.tcp_listen), proving the caller with the
+// X.509-SVID in certFile and keyFile (PEM). The server must present an
+// X.509-SVID of the caller's own trust domain that chains to the bundle
+// in bundleFile (PEM CA certificates).
+func NewTLSClient(url, certFile, keyFile, bundleFile string) (*Client, error) {
+	if !strings.HasPrefix(url, "https://") {
+		return nil, fmt.Errorf("api url %q: want https://HOST:PORT", url)
+	}
+	svid, err := x509svid.Load(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("svid: %w", err)
+	}
+	td := svid.ID.TrustDomain()
+	bundle, err := x509bundle.Load(td, bundleFile)
+	if err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	transport := &http.Transport{
+		TLSClientConfig: tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td)),
+	}
+	return &Client{
+		base:   strings.TrimSuffix(url, "/"),
+		http:   &http.Client{Timeout: 30 * time.Second, Transport: transport},
+		stream: &http.Client{Transport: transport},
+	}, nil
+}
+
+// WithTokenFile makes every call carry the JWT-SVID in file as its bearer
+// token (Authorization: Bearer), so that bridled knows the caller by the
+// token's SPIFFE ID as well as by its uid.
+func (c *Client) WithTokenFile(file string) *Client {
+	c.tokenFile = file
+	return c
+}
+
+// Socket is the socket the client calls; "" over TCP.
 func (c *Client) Socket() string { return c.socket }
+
+// where names the daemon the client calls, for messages.
+func (c *Client) where() string {
+	if c.socket != "" {
+		return c.socket
+	}
+	return c.base
+}
 
 // StatusError is an answer other than 2xx, with the daemon's message.
 type StatusError struct {
@@ -84,16 +137,27 @@ func (c *Client) send(ctx context.Context, hc *http.Client, method, path string,
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://bridled"+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.tokenFile != "" {
+		tok, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("token: %w", err)
+		}
+		t := strings.TrimSpace(string(tok))
+		if t == "" {
+			return nil, fmt.Errorf("token file %s is empty", c.tokenFile)
+		}
+		req.Header.Set("Authorization", "Bearer "+t)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("bridled at %s: %w", c.socket, err)
+		return nil, fmt.Errorf("bridled at %s: %w", c.where(), err)
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
@@ -132,7 +196,7 @@ func (c *Client) Probe(ctx context.Context) (Status, error) {
 	err := c.Do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	var opErr *net.OpError
 	if err != nil && errors.As(err, &opErr) && opErr.Op == "dial" {
-		return st, fmt.Errorf("%w (%s: %v)", ErrNotRunning, c.socket, opErr.Err)
+		return st, fmt.Errorf("%w (%s: %v)", ErrNotRunning, c.where(), opErr.Err)
 	}
 	return st, err
 }

@@ -74,6 +74,11 @@ type Config struct {
 	// DNS configures Bridle's resolver, to which the kernel steers every
 	// confined workload's DNS (docs/DNS.md).
 	DNS DNS `yaml:"dns"`
+	// SPIFFE is where bridled gets its own X.509-SVID and the trust
+	// bundles callers' SVIDs are checked against.
+	SPIFFE SPIFFE `yaml:"spiffe"`
+	// API says which SVIDs the task API accepts from its callers.
+	API API `yaml:"api"`
 }
 
 // DNS configures the resolver. Zero values take the resolver's defaults.
@@ -291,6 +296,10 @@ type AuditRotate struct {
 type Admins struct {
 	UIDs []uint32 `yaml:"uids"`
 	GIDs []uint32 `yaml:"gids"`
+	// Identities are SPIFFE IDs of callers who proved them with an SVID
+	// (api.jwt_audiences, api.tcp_listen): an exact ID, or a trust domain
+	// (an ID with no path) for every ID in it.
+	Identities []string `yaml:"identities"`
 }
 
 // APILimits bound the connections the task API keeps open. A connection
@@ -412,6 +421,9 @@ func (c *Config) complete() error {
 		return err
 	}
 	if err := c.DNS.check(); err != nil {
+		return err
+	}
+	if err := c.checkCallers(); err != nil {
 		return err
 	}
 	if err := c.checkIdentity(); err != nil {

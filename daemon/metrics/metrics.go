@@ -87,6 +87,7 @@ type Metrics struct {
 	hardeningLacks  map[string]prometheus.Gauge // setting → workloads lacking it
 	apiUnrecorded   prometheus.Counter
 	apiConnRefused  prometheus.Counter
+	apiUnauth       map[string]prometheus.Counter // proof (jwt-svid, x509-svid) → count
 	listenerUp      map[string]prometheus.Gauge
 	dnsQueries      map[string]map[string]prometheus.Counter // verdict → reason
 	dnsCacheHits    prometheus.Counter
@@ -102,7 +103,7 @@ var dnsReasons = []string{
 }
 
 // listeners are bridled's own listeners, for bridle_listener_up.
-var listeners = []string{"api", "metrics"}
+var listeners = []string{"api", "api-tcp", "metrics"}
 
 // New registers bridled's metrics, and the Go and process collectors, on a
 // new registry.
@@ -223,9 +224,17 @@ func New(src Sources) *Metrics {
 		Name: "bridle_api_connections_refused_total",
 		Help: "API connections closed on accept because their caller was over a connection limit (api_limits).",
 	})
+	unauth := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_api_unauthenticated_total",
+		Help: "Task API calls and TLS connections refused because the SVID the caller offered did not hold (bad, expired, wrong audience, unknown trust domain, unauthorised ID), by kind of SVID (jwt-svid, x509-svid).",
+	}, []string{"svid"})
+	m.apiUnauth = map[string]prometheus.Counter{
+		"jwt-svid":  unauth.WithLabelValues("jwt-svid"),
+		"x509-svid": unauth.WithLabelValues("x509-svid"),
+	}
 	listenerUp := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "bridle_listener_up",
-		Help: "1 while bridled's listener (api, metrics) is bound and serving, 0 while it cannot bind (another process holds the address) and bridled retries.",
+		Help: "1 while bridled's listener (api, api-tcp, metrics) is bound and serving, 0 while it cannot bind (another process holds the address) and bridled retries.",
 	}, []string{"listener"})
 	m.listenerUp = make(map[string]prometheus.Gauge, len(listeners))
 	for _, l := range listeners {
@@ -240,7 +249,7 @@ func New(src Sources) *Metrics {
 		loads, m.policyInfo, m.apiRefused, m.eventsLost,
 		m.unhardened, lacks,
 		queries, m.dnsCacheHits, m.dnsUpstream, m.dnsUpstreamErrs,
-		m.apiUnrecorded, m.apiConnRefused, listenerUp,
+		m.apiUnrecorded, m.apiConnRefused, unauth, listenerUp,
 	)
 	if src.Drops != nil {
 		reg.MustRegister(newDropsCollector(src.Drops))
@@ -453,6 +462,17 @@ func (m *Metrics) APIConnectionRefused() {
 		return
 	}
 	m.apiConnRefused.Inc()
+}
+
+// APIUnauthenticated counts a call or TLS connection refused because the
+// SVID offered (svid: "jwt-svid" or "x509-svid") did not hold.
+func (m *Metrics) APIUnauthenticated(svid string) {
+	if m == nil {
+		return
+	}
+	if c, ok := m.apiUnauth[svid]; ok {
+		c.Inc()
+	}
 }
 
 // ListenerUp sets whether listener ("api", "metrics") is bound and

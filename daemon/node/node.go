@@ -298,7 +298,7 @@ func (n *Node) Start(ctx context.Context, req Request) (Task, error) {
 	})
 	n.log.Info("task started", "task", t.ID, "workload", t.Workload, "identity", t.Identity, "identity_source", t.IdentitySource,
 		"intent", t.Intent, "rules", t.Rules, "expires", t.Expires, "revision", t.PolicyRevision,
-		"parent", req.Parent, "by_uid", req.Requester.UID)
+		"parent", req.Parent, "by_uid", req.Requester.UID, "by_identity", req.Requester.Identity, "by_auth", req.Requester.Auth)
 	return t, nil
 }
 
@@ -318,7 +318,8 @@ func (n *Node) identify(ctx context.Context, req Request) (id identity.Identity,
 		return identity.Identity{ID: req.Identity, Source: identity.Request}, func() {}, nil
 	}
 	id, err = n.opt.Identities.Identify(ctx, identity.Workload{
-		Cgroup: req.Workload, StartedBy: req.Requester.UID, HasStartedBy: req.Requester.KernelUID,
+		Cgroup: req.Workload, StartedBy: req.Requester.UID, // A caller over TCP has no uid the kernel vouches for.
+		HasStartedBy: req.Requester.Auth == engine.AuthPeerCred || req.Requester.Auth == engine.AuthJWTSVID,
 	})
 	if err != nil {
 		return identity.Identity{}, nil, fmt.Errorf("identity of workload %s: %w", req.Workload, err)

@@ -190,3 +190,40 @@ func BenchmarkEvaluate(b *testing.B) {
 		}
 	}
 }
+
+// The orchestrator example: team A's orchestrator, known by the SPIFFE ID
+// it proved, starts coding tasks for team A's agents and nothing else;
+// an SVID the policy does not know starts nothing; a local admin known by
+// uid alone is not restricted by it.
+func TestExampleOrchestrator(t *testing.T) {
+	e := loadExamples(t)
+	const teamA = "spiffe://example.org/orchestrator/team-a"
+	for _, tc := range []struct {
+		name      string
+		requester Requester
+		agent     string
+		refused   string // part of a deny reason; "" for allowed
+	}{
+		{"team A's coding agent", Requester{UID: NoUID, GID: NoUID, Identity: teamA, Auth: AuthX509SVID}, "spiffe://example.org/agent/team-a/coding/alice", ""},
+		{"by JWT-SVID likewise", Requester{UID: 1000, GID: 1000, Identity: teamA, Auth: AuthJWTSVID}, "spiffe://example.org/agent/team-a/coding/alice", ""},
+		{"another team's coding agent", Requester{Identity: teamA, Auth: AuthJWTSVID}, "spiffe://example.org/agent/coding/bob", "may start tasks only for agents under spiffe://example.org/agent/team-a/"},
+		{"a team A agent of no coding kind", Requester{Identity: teamA, Auth: AuthJWTSVID}, "spiffe://example.org/agent/team-a/research/carol", "may start only [\"coding\"] tasks"},
+		{"an unknown orchestrator", Requester{Identity: "spiffe://example.org/orchestrator/ci", Auth: AuthX509SVID}, "spiffe://example.org/agent/team-a/coding/alice", "is not an orchestrator this policy knows"},
+		{"a local admin", Requester{UID: 1000, GID: 1000, Auth: AuthPeerCred}, "spiffe://example.org/agent/coding/bob", ""},
+	} {
+		in := exampleTask(tc.agent, "fix the build", map[string]string{"repo": "bridle"}, 0)
+		in.Requester = tc.requester
+		d, err := e.Evaluate(context.Background(), in)
+		var denied *DeniedError
+		switch {
+		case tc.refused == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.refused == "" && d.Envelope.TTL != 2*time.Hour:
+			t.Errorf("%s: envelope %+v, want the coding one", tc.name, d.Envelope)
+		case tc.refused != "" && !errors.As(err, &denied):
+			t.Errorf("%s: %v, want a refusal saying %q", tc.name, err, tc.refused)
+		case tc.refused != "" && !slices.ContainsFunc(denied.Reasons, func(r string) bool { return strings.Contains(r, tc.refused) }):
+			t.Errorf("%s: reasons %q, want one saying %q", tc.name, denied.Reasons, tc.refused)
+		}
+	}
+}

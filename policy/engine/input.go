@@ -57,18 +57,33 @@ type Parent struct {
 	Labels   map[string]string `json:"labels"`
 }
 
-// Requester is who asked for the task, as the daemon established it from the
-// caller's socket credentials.
+// Requester is who asked for the task, as the daemon established it: from
+// the caller's socket credentials, and from the SVID it proved its SPIFFE
+// ID with, if any.
 type Requester struct {
+	// UID and GID are the caller's kernel credentials on the unix socket.
+	// A caller over TCP (Auth "x509-svid") has none: both are NoUID.
 	UID uint32 `json:"uid"`
 	GID uint32 `json:"gid"`
-	// Identity is the caller's SPIFFE ID when the caller is itself a
-	// workload (an agent starting a sub-agent), "" otherwise.
+	// Identity is the SPIFFE ID the caller proved with a JWT-SVID or an
+	// X.509-SVID, "" for a caller known by its credentials alone.
 	Identity string `json:"identity"`
-	// KernelUID says UID was reported by the kernel for the caller's
-	// connection (a unix socket), not absent (a remote caller).
-	KernelUID bool `json:"-"`
+	// Auth is how the caller was identified: AuthPeerCred, AuthJWTSVID or
+	// AuthX509SVID.
+	Auth string `json:"auth"`
 }
+
+// How a requester was identified (Requester.Auth).
+const (
+	AuthPeerCred = "peercred"  // kernel credentials on the unix socket
+	AuthJWTSVID  = "jwt-svid"  // a JWT-SVID on the unix socket (uid and gid are the socket's)
+	AuthX509SVID = "x509-svid" // an X.509-SVID over mutual TLS (no uid or gid)
+)
+
+// NoUID is the uid and gid of a requester that has none (a caller over
+// TCP): (uid_t)-1, which no Linux process can hold, so that no policy
+// mistakes such a caller for root.
+const NoUID = ^uint32(0)
 
 // MarshalJSON writes in with empty label maps as {} rather than null, so a
 // policy's `input.task.labels[k]` lookups and count() calls work on every

@@ -23,7 +23,7 @@ func TestInputJSON(t *testing.T) {
 	}
 	want := `{"identity":"spiffe://example.org/agent/coding/a","identity_source":"","workload":{"cgroup":"/agents/w1","labels":{}},` +
 		`"task":{"id":"t1","intent":"fix","labels":{},"ttl":90},"parent":{"id":"t0","identity":"","intent":"","labels":{}},` +
-		`"requester":{"uid":0,"gid":0,"identity":""}}`
+		`"requester":{"uid":0,"gid":0,"identity":"","auth":""}}`
 	if string(b) != want {
 		t.Errorf("json.Marshal(Input) =\n%s\nwant\n%s", b, want)
 	}

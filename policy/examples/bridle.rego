@@ -20,6 +20,9 @@ import data.bridle.agents
 kinds := {
 	"spiffe://example.org/agent/coding/": "coding",
 	"spiffe://example.org/agent/research/": "research",
+	# Team A's own coding agents, whose tasks team A's orchestrator starts
+	# (orchestrators.rego).
+	"spiffe://example.org/agent/team-a/coding/": "coding",
 }
 
 kind_of(id) := kind if {

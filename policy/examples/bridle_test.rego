@@ -10,7 +10,7 @@ task(id, intent, labels) := {
 	"identity": id,
 	"workload": {"cgroup": "/agents/w1", "labels": {}},
 	"task": {"id": "t1", "intent": intent, "labels": labels, "ttl": 0},
-	"requester": {"uid": 1000, "gid": 1000, "identity": ""},
+	"requester": {"uid": 1000, "gid": 1000, "identity": "", "auth": "peercred"},
 }
 
 test_coding_identity_gets_the_coding_envelope if {
