@@ -5,7 +5,7 @@ BIN       := bin
 CLANG     ?= clang-19
 PKGS      := ./...
 
-.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels bench demo clean
+.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels bench demo spire clean
 
 all: build
 
@@ -56,6 +56,13 @@ test-kernels:
 		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe -program /usr/sbin/dnsmasq -program /usr/bin/getent \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
+
+# SPIRE server and agent for the identity tests, built from the module proxy
+# at the version tests/spire pins, into a cache outside the clone
+# (BRIDLE_SPIRE_DIR, default /root/.cache/bridle/spire/<version>). Minutes the
+# first time, nothing after.
+spire:
+	GO=$(GO) tests/spire/build.sh
 
 # Costs measured against a baseline of the same run (docs/BENCHMARKS.md).
 bench:
