@@ -14,7 +14,9 @@ import (
 	delegatedv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/agent/delegatedidentity/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 // Attest is how bridled asks SPIRE about a workload.
@@ -213,7 +215,7 @@ func (p *SPIREProvider) Status() Status {
 	defer p.mu.Unlock()
 	s := Status{Source: SPIRE, Watched: len(p.watches), Endpoint: p.cfg.AdminSocket}
 	if !p.downSince.IsZero() {
-		s.Degraded = fmt.Sprintf("SPIRE agent unreachable: %s; workloads keep their last identity for %v, then fall to the baseline", p.downErr, p.cfg.Hold)
+		s.Degraded = fmt.Sprintf("%s; workloads keep their last identity for %v, then fall to the baseline", p.downErr, p.cfg.Hold)
 		s.Since = p.downSince
 	}
 	return s
@@ -292,18 +294,29 @@ func (p *SPIREProvider) lost(w *watch, err error) {
 	from := w.identity
 	expired := from.ID != "" && now.Sub(w.downSince) >= p.cfg.Hold
 	if from.ID == "" {
-		w.err = unavailable("SPIRE agent unreachable: %v", err)
+		w.err = unavailable("%v", err)
 	}
 	if expired {
 		w.identity = Identity{}
-		w.err = unavailable("SPIRE agent unreachable for %v (hold): %v", p.cfg.Hold, err)
+		w.err = unavailable("SPIRE unreachable for more than %v (hold): %v", p.cfg.Hold, err)
 	}
 	w.mu.Unlock()
 	if expired {
 		p.log.Warn("workload identity given up: SPIRE unreachable longer than the hold time",
 			"workload", w.cgroup, "identity", from.ID, "hold", p.cfg.Hold, "err", err)
-		p.onChange(Change{Cgroup: w.cgroup, From: from, Reason: fmt.Sprintf("SPIRE unreachable for more than %v: %v", p.cfg.Hold, err)})
+		p.onChange(Change{Cgroup: w.cgroup, From: from, Reason: fmt.Sprintf("SPIRE unreachable for more than %v (hold): %v", p.cfg.Hold, err)})
 	}
+}
+
+// explain says what a failed call to the agent means for an operator.
+func explain(err error) error {
+	switch status.Code(err) {
+	case codes.PermissionDenied:
+		return fmt.Errorf("the SPIRE agent does not take bridled as a delegate (no registration entry for bridled yet, or its SPIFFE ID is not in the agent's authorized_delegates): %w", err)
+	case codes.Unavailable:
+		return fmt.Errorf("SPIRE agent unreachable: %w", err)
+	}
+	return fmt.Errorf("SPIRE agent: %w", err)
 }
 
 var errProcessExited = errors.New("the attested process exited")
@@ -343,7 +356,7 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 	}
 	stream, err := p.client.SubscribeToX509SVIDs(ctx, req)
 	if err != nil {
-		return err
+		return explain(err)
 	}
 	checked := false
 	for {
@@ -352,7 +365,7 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 			if proc != nil && !proc.Alive() {
 				return errProcessExited
 			}
-			return err
+			return explain(err)
 		}
 		if proc != nil && !checked {
 			// SPIRE attested whatever held the PID when it looked. The

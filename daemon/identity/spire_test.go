@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	delegatedv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/agent/delegatedidentity/v1"
+
 	"github.com/bridle-sh/bridle/tests/spiretest"
 )
 
@@ -48,7 +50,7 @@ func identifyEventually(t *testing.T, p *SPIREProvider, cgroup string) (Identity
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		id, err := p.Identify(context.Background(), Workload{Cgroup: cgroup})
-		if err == nil || time.Now().After(deadline) || !strings.Contains(err.Error(), "no SPIRE entry") {
+		if err == nil || time.Now().After(deadline) || !IsUnavailable(err) {
 			return id, err
 		}
 		time.Sleep(300 * time.Millisecond)
@@ -118,6 +120,21 @@ func TestSPIREPIDReuseCannotTakeAnIdentity(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "SPIRE's answer for a PID discarded") {
 		t.Fatalf("the answer about the reused PID was not discarded:\n%s", logs)
+	}
+	// What SPIRE says of that PID now is B's identity: the answer that was
+	// discarded.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := p.client.SubscribeToX509SVIDs(ctx, &delegatedv1.SubscribeToX509SVIDsRequest{Pid: int32(victim)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := Choose(resp.GetX509Svids()); err != nil || id != "spiffe://example.org/agent/b" {
+		t.Fatalf("SPIRE on the reused pid: %q %v", id, err)
 	}
 }
 
