@@ -184,7 +184,7 @@ func (s *spireDaemon) startTaskEventually(cg string) string {
 // sleepIn runs a process as uid in cg until the returned func is called.
 func (s *spireDaemon) sleepIn(cg string, uid uint32) func() {
 	s.t.Helper()
-	c := s.commandIn(cg, uid, "sleep", "600")
+	c := s.commandIn(cg, uid, probeBin, "sleep", "600")
 	if err := c.Start(); err != nil {
 		s.t.Fatal(err)
 	}
