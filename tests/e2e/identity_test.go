@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,4 +223,48 @@ func (s *spireDaemon) waitDegraded(want bool, text string) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// `bridle run` through a bridled under SPIRE: the run's workload has no
+// process when its task starts, and is attested by the uid the kernel
+// reported for the caller (bridle:started-by-uid); its records carry the
+// identity SPIRE gave.
+func TestIdentityRunUnderSPIRE(t *testing.T) {
+	s := newSPIREDaemon(t, "selectors", time.Minute)
+	s.start()
+	s.spire.CreateEntry(t, agentA, fmt.Sprintf("bridle:started-by-uid:%d", os.Getuid()))
+	var r result
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		r = s.runVia([]string{"--intent", "run under spire"}, probeBin, "tcp", s.targetA)
+		if !strings.Contains(r.stderr, "no SPIRE entry") || time.Now().After(deadline) {
+			break
+		}
+	}
+	wantAllowed(t, r)
+	r = s.runVia([]string{"--intent", "run under spire"}, probeBin, "tcp", s.targetB)
+	rec := wantRefused(t, r, "connect", "tcp")
+	if rec.Identity != agentA || rec.IdentitySource != "spire" {
+		t.Fatalf("a run's refusal: identity %q from %q, want %s from spire", rec.Identity, rec.IdentitySource, agentA)
+	}
+}
+
+// bridled is killed while a workload's task runs under a SPIRE identity,
+// and the entry is deleted while it is down: the restarted bridled follows
+// the restored task's identity again, finds it withdrawn, and ends it.
+func TestIdentitySPIREAfterRestart(t *testing.T) {
+	s := newSPIREDaemon(t, "selectors", time.Minute)
+	s.start()
+	cgA := s.workload("a")
+	entry := s.spire.CreateEntry(t, agentA, "bridle:cgroup:"+cgA)
+	id := s.startTaskEventually(cgA)
+	s.stop(syscall.SIGKILL)
+	s.spire.DeleteEntry(t, entry)
+	s.start()
+	rec := s.waitAuditFor(30*time.Second, func(r map[string]any) bool {
+		return r["action"] == "task_end" && r["task"] == id
+	})
+	if !strings.Contains(fmt.Sprint(rec["reason"]), "withdrawn") {
+		t.Fatalf("task end record: %v", rec)
+	}
+	wantPrefix(t, "after the restored task ended", s.probeConnect(cgA, s.targetA), "EPERM connect")
 }
