@@ -15,8 +15,9 @@ import (
 
 // subscribeUID asks the agent's admin socket, as this process, for the
 // X509-SVIDs of a workload with the given uid, retrying while the agent has
-// not yet synced the caller's own entry. It returns the SPIFFE IDs of the
-// first answer, or the last error.
+// not yet synced the caller's own entry. The stream's first answers may be
+// empty (the workload's entry not synced yet); it returns the SPIFFE IDs of
+// the first that is not, or the last error.
 func subscribeUID(t *testing.T, s *SPIRE, uid string) ([]string, error) {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+s.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -32,9 +33,9 @@ func subscribeUID(t *testing.T, s *SPIRE, uid string) ([]string, error) {
 		stream, err := client.SubscribeToX509SVIDs(ctx, &delegatedv1.SubscribeToX509SVIDsRequest{
 			Selectors: []*types.Selector{{Type: "unix", Value: "uid:" + uid}},
 		})
-		if err == nil {
+		for err == nil {
 			var resp *delegatedv1.SubscribeToX509SVIDsResponse
-			if resp, err = stream.Recv(); err == nil {
+			if resp, err = stream.Recv(); err == nil && len(resp.X509Svids) > 0 {
 				var ids []string
 				for _, svid := range resp.X509Svids {
 					id := svid.X509Svid.Id
