@@ -71,8 +71,9 @@ say "$("$GO" version), CGO_ENABLED=1, $(nproc) CPUs; a cold build takes minutes,
 # go build -v names each package as it compiles it: count them for a progress
 # line every 30 seconds instead of printing two thousand names.
 # (One-second sleeps: a killed heartbeat leaves no long sleep holding the
-# output open.)
+# output open; nor the lock, closed in it.)
 (
+	exec 9>&-
 	while :; do
 		for _ in $(seq 30); do sleep 1; done
 		say "still building after $(elapsed): $(wc -l <"$tmp/build.log") packages compiled"

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -91,17 +92,17 @@ type SPIRE struct {
 	AdminSocket      string // agent admin socket (Delegated Identity API)
 	AgentID          string // the agent's SPIFFE ID: parent of workload entries
 
-	bins           string
-	agentConfig    string
-	server, agent  *process
-	serverLog      string
-	agentLog       string
-	serverPort     int
-	bundlePath     string
-	agentDataDir   string
-	serverDataDir  string
-	delegates      []string
-	joinTokenValue string
+	bins          string
+	agentConfig   string
+	server, agent *process
+	serverLog     string
+	agentLog      string
+	serverPort    int
+	bundlePath    string
+	agentDataDir  string
+	serverDataDir string
+	delegates     []string
+	joinToken     string
 }
 
 // Start runs a SPIRE server and an agent attested to it by join token, and
@@ -118,7 +119,9 @@ func Start(t testing.TB, o Options) *SPIRE {
 		o.Delegates = []string{"spiffe://" + o.TrustDomain + bridledPath}
 	}
 
-	dir, err := os.MkdirTemp("/tmp", "sp")
+	// A prefix of its own: tests sharing the machine have been seen to
+	// remove /tmp/sp* while this one ran.
+	dir, err := os.MkdirTemp("/tmp", "bridle-spire-")
 	if err != nil {
 		t.Fatalf("spire dir: %v", err)
 	}
@@ -181,7 +184,7 @@ func Start(t testing.TB, o Options) *SPIRE {
 	if err := json.Unmarshal(out, &token); err != nil || token.Value == "" {
 		t.Fatalf("spire-server token generate: no token in %q (%v)", out, err)
 	}
-	s.joinTokenValue = token.Value
+	s.joinToken = token.Value
 	s.AgentID = "spiffe://" + s.TrustDomain + "/spire/agent/join_token/" + token.Value
 	if err := os.WriteFile(s.agentConfig, []byte(s.agentHCL()), 0o600); err != nil {
 		t.Fatalf("spire-agent config: %v", err)
@@ -311,7 +314,7 @@ func (s *SPIRE) serverCLI(t testing.TB, args ...string) []byte {
 	if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
 		n = 2
 	}
-	full := append(append(append([]string{}, args[:n]...), "-socketPath", s.ServerSocket), args[n:]...)
+	full := slices.Concat(args[:n], []string{"-socketPath", s.ServerSocket}, args[n:])
 	out, err := runCLI(filepath.Join(s.bins, "spire-server"), full...)
 	if err != nil {
 		t.Fatalf("spire-server %s: %v", strings.Join(args[:n], " "), err)
@@ -439,7 +442,7 @@ plugins {
 	}
 }
 `, s.agentDataDir, s.serverPort, s.WorkloadSocket, s.AdminSocket, s.bundlePath, s.TrustDomain,
-		s.joinTokenValue, strings.Join(delegates, ", "), SyncInterval.String(), s.agentDataDir)
+		s.joinToken, strings.Join(delegates, ", "), SyncInterval.String(), s.agentDataDir)
 }
 
 func freePort() (int, error) {

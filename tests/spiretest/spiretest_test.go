@@ -20,21 +20,47 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The test binary doubles as the workload: run with fetchEnv set, it asks
 // the Workload API at that socket for its X509-SVID, as whatever uid it was
-// started with, and prints the SPIFFE ID.
+// started with, and prints the SPIFFE ID; with goneEnv set too, it waits
+// until the agent has no SVID for it any more.
 const (
 	fetchEnv     = "SPIRETEST_FETCH_SOCKET"
+	goneEnv      = "SPIRETEST_FETCH_GONE"
 	fetchTimeout = 20 * time.Second
 )
 
 func TestMain(m *testing.M) {
 	if sock := os.Getenv(fetchEnv); sock != "" {
+		if os.Getenv(goneEnv) != "" {
+			os.Exit(waitNoSVID(sock))
+		}
 		os.Exit(fetchSVID(sock))
 	}
 	os.Exit(m.Run())
+}
+
+// waitNoSVID retries until the Workload API says it has no identity for
+// this process (its entry deleted, the agent synced).
+func waitNoSVID(sock string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
+	defer cancel()
+	for ctx.Err() == nil {
+		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+sock))
+		if status.Code(err) == codes.PermissionDenied {
+			return 0
+		}
+		if err == nil {
+			fmt.Println(svid.ID.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "uid %d: still an X509-SVID from %s after %v\n", os.Getuid(), sock, fetchTimeout)
+	return 1
 }
 
 // fetchSVID retries until the agent has an SVID for this process: an entry
@@ -60,14 +86,14 @@ func fetchSVID(sock string) int {
 // workload runs the test binary as uid and returns the SPIFFE ID it got from
 // the Workload API. The binary is copied into the SPIRE dir first: go test's
 // build dir is private to root.
-func workload(t *testing.T, s *SPIRE, uid uint32) string {
+func workload(t *testing.T, s *SPIRE, uid uint32, env ...string) string {
 	t.Helper()
 	bin := filepath.Join(s.Dir, "workload")
 	if _, err := os.Stat(bin); errors.Is(err, os.ErrNotExist) {
 		copyExecutable(t, bin)
 	}
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), fetchEnv+"="+s.WorkloadSocket)
+	cmd.Env = append(append(os.Environ(), fetchEnv+"="+s.WorkloadSocket), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -147,7 +173,10 @@ func TestWorkloadSVIDs(t *testing.T) {
 	}
 	t.Logf("after an agent restart the SVID was back in %v", time.Since(restarted).Round(time.Millisecond))
 
+	deleted := time.Now()
 	s.DeleteEntry(t, id)
+	workload(t, s, uid, goneEnv+"=1")
+	t.Logf("a deleted entry's SVID was gone from the agent in %v", time.Since(deleted).Round(time.Millisecond))
 }
 
 // Minted SVIDs stand for callers that are not on this node: the JWT carries
