@@ -118,7 +118,7 @@ func TestDecisionRecordSchema(t *testing.T) {
 	if deny == nil {
 		t.Fatalf("no deny record in %s", b)
 	}
-	want := []string{"time", "node", "workload", "identity", "task", "intent", "pid", "comm", "action",
+	want := []string{"time", "node", "workload", "identity", "identity_source", "task", "intent", "pid", "comm", "action",
 		"protocol", "address", "port", "path", "verdict", "reason", "enforcement", "policy_revision", "suppressed"}
 	var got []string
 	for k := range deny {
@@ -135,7 +135,7 @@ func TestDecisionRecordSchema(t *testing.T) {
 		t.Fatalf("time %v (%v)", deny["time"], err)
 	}
 	checks := map[string]any{
-		"node": host, "identity": "spiffe://example.org/agent/docs", "intent": "fetch the docs",
+		"node": host, "identity": "spiffe://example.org/agent/docs", "identity_source": "request", "intent": "fetch the docs",
 		"comm": "probe", "action": "connect", "protocol": "tcp", "address": "127.0.0.1",
 		"port": float64(p), "path": "", "verdict": "deny", "reason": "no rule allows it", "enforcement": "cgroup",
 		"policy_revision": "grants",
