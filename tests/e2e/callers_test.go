@@ -252,7 +252,7 @@ func TestCallerJWTSVID(t *testing.T) {
 		}
 	}
 	// The refused ID is what the caller proved: its record says so.
-	if rec := c.refusalRecord("not an admin"); rec["identity"] != orchestratorOther {
+	if rec := c.refusalRecord("identity "+orchestratorOther, "not an admin"); rec["identity"] != orchestratorOther {
 		t.Fatalf("refusal of a proved, unauthorised ID: record %v", rec)
 	}
 
@@ -296,13 +296,16 @@ func TestCallerMTLS(t *testing.T) {
 	if err == nil || !strings.Contains(out, "tls:") {
 		t.Fatalf("self-made certificate: want a TLS handshake failure, got %v: %s", err, out)
 	}
+	t.Logf("self-made certificate: %s", out)
 	c.wantNoTask("self-made certificate", cg)
 
 	// No certificate at all: a TLS client that verifies bridled's SVID
 	// but offers none of its own.
-	if err := c.callWithoutCertificate(bundle); err == nil || !strings.Contains(err.Error(), "tls:") {
+	err = c.callWithoutCertificate(bundle)
+	if err == nil || !strings.Contains(err.Error(), "tls:") {
 		t.Fatalf("no client certificate: want a TLS handshake failure, got %v", err)
 	}
+	t.Logf("no client certificate: %v", err)
 	c.wantNoTask("no client certificate", cg)
 	c.waitLog("TLS handshake error")
 
@@ -314,7 +317,7 @@ func TestCallerMTLS(t *testing.T) {
 		t.Fatalf("mTLS caller that is no admin: want 403, got %v: %s", err, out)
 	}
 	c.wantNoTask("no admin over mTLS", cg)
-	if rec := c.refusalRecord("not an admin"); rec["identity"] != orchestratorOther {
+	if rec := c.refusalRecord("identity "+orchestratorOther, "not an admin"); rec["identity"] != orchestratorOther {
 		t.Fatalf("refusal over mTLS: record %v", rec)
 	}
 }
