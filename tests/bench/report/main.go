@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"regexp"
 	"runtime"
@@ -408,10 +409,11 @@ func (r *results) value(bench, unit string) (float64, int, bool) {
 }
 
 func duration(ns float64) string {
-	switch {
-	case ns >= 1e6:
+	// By magnitude: a difference of two medians can be negative.
+	switch a := math.Abs(ns); {
+	case a >= 1e6:
 		return fmt.Sprintf("%.1f ms", ns/1e6)
-	case ns >= 1e3:
+	case a >= 1e3:
 		return fmt.Sprintf("%.2f µs", ns/1e3)
 	}
 	return fmt.Sprintf("%.0f ns", ns)
