@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -150,6 +151,12 @@ func (d *Daemon) callerOf(r *http.Request) (Caller, error) {
 	svid, err := jwtsvid.ParseAndValidate(strings.TrimSpace(token), d.svids.JWTBundles, d.cfg.API.JWTAudiences)
 	if err != nil {
 		return c, unauthenticated("JWT-SVID refused: %v", err)
+	}
+	// go-spiffe accepts a token up to a minute past its expiry (go-jose's
+	// leeway for clock skew): a JWT-SVID lives minutes, and one its
+	// issuer says has expired is not taken for another minute.
+	if now := time.Now(); !now.Before(svid.Expiry) {
+		return c, unauthenticated("JWT-SVID refused: token has expired (at %s, %s ago)", svid.Expiry.UTC().Format(time.RFC3339), now.Sub(svid.Expiry).Round(time.Second))
 	}
 	c.Identity = svid.ID
 	return c, nil

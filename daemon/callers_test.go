@@ -403,6 +403,8 @@ func TestJWTSVIDRefusals(t *testing.T) {
 	}{
 		{"wrong audience", e.trust.token(t, orchestrator, "spiffe://example.org/someone-else", later), "audience"},
 		{"expired", e.trust.token(t, orchestrator, bridledID, time.Now().Add(-time.Minute)), "expired"},
+		// Within go-jose's minute of leeway, which bridled does not give.
+		{"expired seconds ago", e.trust.token(t, orchestrator, bridledID, time.Now().Add(-2*time.Second)), "expired"},
 		{"unknown key", signToken(t, newKey(t), e.trust.jwtKID, orchestrator, bridledID, later), "unable to get claims"},
 		{"unknown key id", signToken(t, e.trust.jwtKey, "k-unknown", orchestrator, bridledID, later), "no JWT authority"},
 		{"unknown trust domain", other.token(t, "spiffe://other.org/orchestrator/team-a", bridledID, later), "no bundle found"},
