@@ -293,13 +293,27 @@ func (n *Node) Start(ctx context.Context, req Request) (Task, error) {
 	n.record(audit.Record{
 		Time: audit.Timestamp(t.Started), Workload: t.Workload, Identity: t.Identity,
 		IdentitySource: t.IdentitySource, Task: t.ID, Intent: t.Intent, Action: bpf.ActionTaskStart, Verdict: bpf.VerdictAllow,
-		Reason:      fmt.Sprintf("%d kernel rules, expires %s", t.Rules, expiry(t.Expires)),
+		Reason:      fmt.Sprintf("%d kernel rules, expires %s%s", t.Rules, expiry(t.Expires), startedBy(req.Requester)),
 		Enforcement: bpf.EnforcementDaemon, PolicyRevision: t.PolicyRevision,
 	})
 	n.log.Info("task started", "task", t.ID, "workload", t.Workload, "identity", t.Identity, "identity_source", t.IdentitySource,
 		"intent", t.Intent, "rules", t.Rules, "expires", t.Expires, "revision", t.PolicyRevision,
 		"parent", req.Parent, "by_uid", req.Requester.UID, "by_identity", req.Requester.Identity, "by_auth", req.Requester.Auth)
 	return t, nil
+}
+
+// startedBy names who asked for a task, for its start record: the uid the
+// kernel reported, and the SPIFFE ID the caller proved, if any.
+func startedBy(r engine.Requester) string {
+	switch r.Auth {
+	case engine.AuthPeerCred:
+		return fmt.Sprintf("; started by uid %d", r.UID)
+	case engine.AuthJWTSVID:
+		return fmt.Sprintf("; started by uid %d with identity %s (JWT-SVID)", r.UID, r.Identity)
+	case engine.AuthX509SVID:
+		return fmt.Sprintf("; started by identity %s (mTLS)", r.Identity)
+	}
+	return ""
 }
 
 func expiry(t time.Time) string {

@@ -212,8 +212,9 @@ func TestCallerJWTSVID(t *testing.T) {
 		return r["action"] == "task_start" && r["verdict"] == "allow" && r["task"] == id
 	})
 	// The task_start record is the workload's (its identity is the
-	// workload's, not the caller's); the requester is in bridled's log.
-	if start["workload"] != cg || start["identity"] != "spiffe://e2e.test/workload"+cg {
+	// workload's, not the caller's); its reason names the requester.
+	if start["workload"] != cg || start["identity"] != "spiffe://e2e.test/workload"+cg ||
+		!strings.Contains(fmt.Sprint(start["reason"]), fmt.Sprintf("started by uid %d with identity %s (JWT-SVID)", nobodyID, orchestratorOK)) {
 		t.Fatalf("task_start record: %v", start)
 	}
 	c.waitLog(fmt.Sprintf("by_uid=%d by_identity=%s by_auth=jwt-svid", nobodyID, orchestratorOK))
@@ -279,9 +280,12 @@ func TestCallerMTLS(t *testing.T) {
 	if err != nil || !strings.HasPrefix(id, "t-") {
 		t.Fatalf("task start over mTLS with %s's X.509-SVID: %v: %s", orchestratorOK, err, id)
 	}
-	c.waitAudit(func(r map[string]any) bool {
+	start := c.waitAudit(func(r map[string]any) bool {
 		return r["action"] == "task_start" && r["verdict"] == "allow" && r["task"] == id
 	})
+	if !strings.Contains(fmt.Sprint(start["reason"]), "started by identity "+orchestratorOK+" (mTLS)") {
+		t.Fatalf("task_start record: %v", start)
+	}
 	c.waitLog(fmt.Sprintf("by_identity=%s by_auth=x509-svid", orchestratorOK))
 	if tasks := c.listTasks(); len(tasks) != 1 || tasks[0].ID != id {
 		t.Fatalf("tasks: %+v", tasks)
