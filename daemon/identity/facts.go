@@ -176,6 +176,40 @@ func (p *Proc) StartTime() (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
+// Unprivileged reports whether the process runs with the credentials it
+// was given, not more: its real, effective, saved and filesystem uids are
+// one uid, and likewise its gids. A process running a setuid or setgid
+// program has an effective uid or gid that is not its own; SPIRE's unix
+// attestor selects by the effective ones, so such a process must never be
+// attested for its workload.
+func (p *Proc) Unprivileged() error {
+	b, err := p.read("status")
+	if err != nil {
+		return err
+	}
+	seen := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		name, rest, ok := strings.Cut(l, ":")
+		if !ok || (name != "Uid" && name != "Gid") {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 4 {
+			return fmt.Errorf("malformed %s line %q", name, l)
+		}
+		for _, v := range f[1:] {
+			if v != f[0] {
+				return fmt.Errorf("runs with %ss %s (real, effective, saved, filesystem): a setuid or setgid program", strings.ToLower(name), strings.Join(f, " "))
+			}
+		}
+		seen++
+	}
+	if seen != 2 {
+		return errors.New("no Uid or Gid line in status")
+	}
+	return nil
+}
+
 // uidIn returns the process's real uid and whether it is in cgroup.
 func (p *Proc) uidIn(cgroup string) (uint32, bool, error) {
 	cg, err := p.Cgroup()

@@ -385,7 +385,8 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 	}
 }
 
-// pin picks and pins a process of the workload, the oldest first.
+// pin picks and pins a process of the workload running with its own
+// credentials, in cgroup.procs order.
 func (p *SPIREProvider) pin(cgroup string) (*Proc, uint64, error) {
 	pids, err := Procs(p.cfg.Mount, cgroup)
 	if err != nil {
@@ -398,9 +399,13 @@ func (p *SPIREProvider) pin(cgroup string) (*Proc, uint64, error) {
 		}
 		start, err := proc.StartTime()
 		if err == nil {
-			var cg string
-			if cg, err = proc.Cgroup(); err == nil && cg == cgroup {
-				return proc, start, nil
+			// A process running a setuid or setgid program would be
+			// attested as that program's owner: never asked about.
+			if err = proc.Unprivileged(); err == nil {
+				var cg string
+				if cg, err = proc.Cgroup(); err == nil && cg == cgroup {
+					return proc, start, nil
+				}
 			}
 		}
 		proc.Close()
@@ -419,6 +424,11 @@ func samePinned(proc *Proc, started uint64, cgroup string) error {
 	}
 	if cg, err := proc.Cgroup(); err != nil || cg != cgroup {
 		return fmt.Errorf("process left the workload (now %q, %v)", cg, err)
+	}
+	// It may have executed a setuid program since it was pinned, before
+	// SPIRE looked.
+	if err := proc.Unprivileged(); err != nil {
+		return fmt.Errorf("process %w", err)
 	}
 	return nil
 }
