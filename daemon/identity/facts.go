@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,34 +41,80 @@ func UnitOf(cgroup string) string {
 	return ""
 }
 
-// ReadFacts reads a workload's facts below the cgroup v2 mount.
+// ReadFacts reads a workload's facts below the cgroup v2 mount. The
+// workload is its cgroup and every cgroup below it: processes there are
+// confined with it (a unit with DelegateSubgroup=, or children the
+// workload made), so they are its processes too. Counting only those of
+// the top cgroup would let a workload look empty, lose its uid and be
+// named by whoever asked for its task instead.
 func ReadFacts(mount, cgroup string) (Facts, error) {
 	f := Facts{Cgroup: cgroup, Unit: UnitOf(cgroup)}
-	pids, err := Procs(mount, cgroup)
+	cgroups, err := subtree(mount, cgroup)
 	if err != nil {
 		return f, err
 	}
 	first := true
-	for _, pid := range pids {
-		p, err := OpenProc(pid)
+	for _, cg := range cgroups {
+		pids, err := Procs(mount, cg)
 		if err != nil {
-			continue // gone meanwhile
+			if cg == cgroup {
+				return f, err
+			}
+			continue // removed meanwhile
 		}
-		uid, inside, err := p.uidIn(cgroup)
-		p.Close()
-		if err != nil || !inside {
-			continue
-		}
-		f.HasProcess = true
-		switch {
-		case first:
-			f.UID, f.HasUID, first = uid, true, false
-		case uid != f.UID:
-			f.HasUID = false
-			return f, nil
+		for _, pid := range pids {
+			p, err := OpenProc(pid)
+			if err != nil {
+				continue // gone meanwhile
+			}
+			uid, inside, err := p.uidIn(cgroup)
+			p.Close()
+			if err != nil || !inside {
+				continue
+			}
+			f.HasProcess = true
+			switch {
+			case first:
+				f.UID, f.HasUID, first = uid, true, false
+			case uid != f.UID:
+				f.HasUID = false
+				return f, nil
+			}
 		}
 	}
 	return f, nil
+}
+
+// subtree lists a cgroup and every cgroup below it.
+func subtree(mount, cgroup string) ([]string, error) {
+	top := filepath.Join(mount, cgroup)
+	var cgroups []string
+	err := filepath.WalkDir(top, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == top {
+				return err
+			}
+			return nil // a cgroup removed meanwhile
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		rel, err := filepath.Rel(top, path)
+		if err != nil {
+			return err
+		}
+		cgroups = append(cgroups, filepath.Join(cgroup, rel))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workload %s: %w", cgroup, err)
+	}
+	return cgroups, nil
+}
+
+// within reports whether cgroup path cg is cgroup or below it.
+func within(cg, cgroup string) bool {
+	return cg == cgroup || strings.HasPrefix(cg, strings.TrimSuffix(cgroup, "/")+"/")
 }
 
 // Procs lists the processes of a cgroup.
@@ -210,7 +257,8 @@ func (p *Proc) Unprivileged() error {
 	return nil
 }
 
-// uidIn returns the process's real uid and whether it is in cgroup.
+// uidIn returns the process's real uid and whether it is in the workload
+// of cgroup (the cgroup or one below it).
 func (p *Proc) uidIn(cgroup string) (uint32, bool, error) {
 	cg, err := p.Cgroup()
 	if err != nil {
@@ -230,7 +278,7 @@ func (p *Proc) uidIn(cgroup string) (uint32, bool, error) {
 			if err != nil {
 				return 0, false, err
 			}
-			return uint32(uid), cg == cgroup, nil
+			return uint32(uid), within(cg, cgroup), nil
 		}
 	}
 	return 0, false, errors.New("no Uid line in status")

@@ -2,6 +2,8 @@ package identity
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -129,5 +131,44 @@ func TestChooseOneIdentity(t *testing.T) {
 		if id, err := Choose(in); err == nil || !IsUnavailable(err) {
 			t.Errorf("%s: %q %v", name, id, err)
 		}
+	}
+}
+
+// A workload's processes may live in cgroups below its own (a unit with
+// DelegateSubgroup=, or one that made its own children): they are the
+// workload's all the same, confined with it. Its facts must count them,
+// or it looks empty, loses its uid selector and is named instead by the
+// uid of whoever asked for its task (bridle:started-by-uid).
+func TestFactsCoverTheWorkloadsSubtree(t *testing.T) {
+	mount, cg := testCgroup(t, "subtree")
+	child := cg + "/sub"
+	if err := os.Mkdir(filepath.Join(mount, child), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(mount, child)) })
+	runIn(t, mount, child, 4251)
+	f, err := ReadFacts(mount, cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.HasProcess || !f.HasUID || f.UID != 4251 {
+		t.Fatalf("facts of a workload whose process is in a child cgroup: %+v", f)
+	}
+	var s []string
+	for _, x := range Selectors(f, Workload{Cgroup: cg, StartedBy: 1000, HasStartedBy: true}) {
+		s = append(s, x.Value)
+	}
+	if got := strings.Join(s, " "); got != "cgroup:"+cg+" uid:4251" {
+		t.Fatalf("selectors %q", got)
+	}
+	// A process of another uid deeper still makes the uids mixed.
+	grandchild := child + "/deeper"
+	if err := os.Mkdir(filepath.Join(mount, grandchild), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(mount, grandchild)) })
+	runIn(t, mount, grandchild, 4252)
+	if f, err = ReadFacts(mount, cg); err != nil || !f.HasProcess || f.HasUID {
+		t.Fatalf("facts with mixed uids in the subtree: %+v %v", f, err)
 	}
 }
