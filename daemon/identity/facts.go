@@ -18,7 +18,7 @@ import (
 // from: nothing a workload can claim about itself.
 type Facts struct {
 	Cgroup string // path below the cgroup v2 mount
-	// Unit is the systemd unit the cgroup belongs to (the deepest path
+	// Unit is the systemd unit the cgroup belongs to (the shallowest path
 	// component naming a .service or .scope); "" when none.
 	Unit string
 	// UID is the real uid of every process in the workload; HasUID is
@@ -29,13 +29,15 @@ type Facts struct {
 	HasProcess bool
 }
 
-// UnitOf returns the systemd unit of a cgroup path: its deepest component
-// ending in .service or .scope.
+// UnitOf returns the systemd unit of a cgroup path: its shallowest
+// component ending in .service or .scope. The host's systemd never puts a
+// unit's cgroup below another unit's; anything named like a unit deeper
+// down was named by what runs in the unit (a delegated subtree, a user's
+// manager), which must not choose the unit it is known by.
 func UnitOf(cgroup string) string {
-	parts := strings.Split(cgroup, "/")
-	for i := len(parts) - 1; i >= 0; i-- {
-		if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
-			return parts[i]
+	for _, c := range strings.Split(cgroup, "/") {
+		if strings.HasSuffix(c, ".service") || strings.HasSuffix(c, ".scope") {
+			return c
 		}
 	}
 	return ""

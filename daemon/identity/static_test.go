@@ -172,3 +172,31 @@ func TestFactsCoverTheWorkloadsSubtree(t *testing.T) {
 		t.Fatalf("facts with mixed uids in the subtree: %+v %v", f, err)
 	}
 }
+
+// A workload that may make cgroups below its own (a unit with Delegate=)
+// names them as it likes, .service included. Its unit is the one the
+// host's systemd gave it, the shallowest unit in its path: a child named
+// after another agent's unit must not make it that agent, neither through
+// {unit} in the template of its own cgroup's pattern nor through the
+// units map (nor, with SPIRE, through bridle:unit).
+func TestUnitIsTheHostsNotOneAWorkloadNamed(t *testing.T) {
+	if got := UnitOf("/agents.slice/coding-1.service/coding-2.service"); got != "coding-1.service" {
+		t.Fatalf("unit of a child cgroup named like a unit: %q", got)
+	}
+	if got := UnitOf("/agents.slice/coding-1.service/payload/review-9.scope"); got != "coding-1.service" {
+		t.Fatalf("unit of a deeper child named like a unit: %q", got)
+	}
+	s := NewStatic(StaticConfig{
+		Node:    "n1",
+		Cgroups: map[string]string{"/agents.slice/coding-*.service": "spiffe://example.org/agent/coding/{unit}"},
+		Units:   map[string]string{"review-*.service": "spiffe://example.org/agent/review/{unit}"},
+	}, "")
+	for cg, want := range map[string]string{
+		"/agents.slice/coding-1.service/coding-2.service": "spiffe://example.org/agent/coding/coding-1.service",
+		"/other.slice/a.service/review-1.service":         "spiffe://n1/workload/other.slice/a.service/review-1.service",
+	} {
+		if got, err := s.Map(Facts{Cgroup: cg}); err != nil || got != want {
+			t.Errorf("%s: %q, %v; want %q", cg, got, err, want)
+		}
+	}
+}
