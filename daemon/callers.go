@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -64,14 +63,10 @@ func (c Caller) String() string {
 }
 
 // refusalKey is what a caller's refusals are rate-limited by: its uid on
-// the unix socket, its address's IP over TCP.
+// the unix socket, its address over TCP (see callerAddress).
 func (c Caller) refusalKey() string {
 	if c.overTCP() {
-		host, _, err := net.SplitHostPort(c.Remote)
-		if err != nil {
-			host = c.Remote
-		}
-		return "ip " + host
+		return "ip " + callerAddress(c.Remote)
 	}
 	return fmt.Sprintf("uid %d", c.Peer.UID)
 }

@@ -595,7 +595,7 @@ func TestTCPConnectionLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer second.Close()
-	if reason := <-refused; !strings.Contains(reason, "127.0.0.1 holds 1 TCP connections") {
+	if reason := <-refused; !strings.Contains(reason, "loopback holds 1 TCP connections") {
 		t.Fatalf("refusal %q", reason)
 	}
 	_ = second.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -654,5 +654,52 @@ func TestClientProofs(t *testing.T) {
 	}
 	if _, err := c.StartTask(ctx, req); err != nil {
 		t.Fatalf("over mutual TLS: %v", err)
+	}
+}
+
+// Every address of 127.0.0.0/8 reaches a listener on 127.0.0.1, and any
+// local user may bind any of them as its source: counted one by one, a
+// single local process would hold the whole TCP pool from 127.0.0.2,
+// 127.0.0.3… (connections held through the TLS handshake's timeout), and
+// no orchestrator could connect. Loopback callers are one address.
+func TestTCPConnectionLimitLoopbackIsOneAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan string, 4)
+	tl := newTCPListener(ln, config.APILimits{Connections: 4, ConnectionsPerUID: 1}, func(remote, reason string) { refused <- reason })
+	defer tl.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for i, src := range []string{"127.0.0.2", "127.0.0.3"} {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		select {
+		case a := <-accepted:
+			defer a.Close()
+			if i > 0 {
+				t.Fatalf("a second loopback connection (from %s) accepted over the per-address limit", src)
+			}
+		case r := <-refused:
+			if i == 0 {
+				t.Fatalf("first: refused %q", r)
+			}
+			t.Log(r)
+		case <-time.After(5 * time.Second):
+			t.Fatal("neither accepted nor refused")
+		}
 	}
 }

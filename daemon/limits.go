@@ -164,9 +164,10 @@ func (l *countListener) Accept() (net.Conn, error) {
 // tcpListener accepts connections to api.tcp_listen within limits of
 // their own, apart from the unix socket's, so that nothing on the network
 // can crowd out the node's local admins: api_limits.connections in all and
-// api_limits.connections_per_uid per remote IP (before the TLS handshake a
-// caller is nothing but an address). A connection over a limit is closed
-// at once and never reaches the handshake.
+// api_limits.connections_per_uid per remote address (before the TLS
+// handshake a caller is nothing but an address; see callerAddress). A
+// connection over a limit is closed at once and never reaches the
+// handshake.
 type tcpListener struct {
 	net.Listener
 	lim     config.APILimits
@@ -174,11 +175,31 @@ type tcpListener struct {
 
 	mu   sync.Mutex
 	open int
-	byIP map[netip.Addr]int
+	byIP map[string]int
 }
 
 func newTCPListener(ln net.Listener, lim config.APILimits, refused func(remote, reason string)) *tcpListener {
-	return &tcpListener{Listener: ln, lim: lim, refused: refused, byIP: map[netip.Addr]int{}}
+	return &tcpListener{Listener: ln, lim: lim, refused: refused, byIP: map[string]int{}}
+}
+
+// callerAddress is what a TCP caller's limits and refusal records are
+// kept by: its IP, except where one caller has many. Any local process
+// may connect from any address of 127.0.0.0/8 (or ::1): loopback is one
+// caller. An IPv6 host has a /64 to itself: one caller per /64.
+func callerAddress(remote string) string {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return remote
+	}
+	ip := ap.Addr().Unmap()
+	switch {
+	case ip.IsLoopback():
+		return "loopback"
+	case ip.Is6():
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
 }
 
 func (l *tcpListener) Accept() (net.Conn, error) {
@@ -187,10 +208,7 @@ func (l *tcpListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		var ip netip.Addr
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			ip = ap.Addr().Unmap()
-		}
+		ip := callerAddress(c.RemoteAddr().String())
 		if reason := l.take(ip); reason != "" {
 			c.Close()
 			l.refused(c.RemoteAddr().String(), reason)
@@ -200,7 +218,7 @@ func (l *tcpListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *tcpListener) take(ip netip.Addr) string {
+func (l *tcpListener) take(ip string) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -214,7 +232,7 @@ func (l *tcpListener) take(ip netip.Addr) string {
 	return ""
 }
 
-func (l *tcpListener) give(ip netip.Addr) {
+func (l *tcpListener) give(ip string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.open--

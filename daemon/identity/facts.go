@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,7 +18,7 @@ import (
 // from: nothing a workload can claim about itself.
 type Facts struct {
 	Cgroup string // path below the cgroup v2 mount
-	// Unit is the systemd unit the cgroup belongs to (the deepest path
+	// Unit is the systemd unit the cgroup belongs to (the shallowest path
 	// component naming a .service or .scope); "" when none.
 	Unit string
 	// UID is the real uid of every process in the workload; HasUID is
@@ -28,46 +29,94 @@ type Facts struct {
 	HasProcess bool
 }
 
-// UnitOf returns the systemd unit of a cgroup path: its deepest component
-// ending in .service or .scope.
+// UnitOf returns the systemd unit of a cgroup path: its shallowest
+// component ending in .service or .scope. The host's systemd never puts a
+// unit's cgroup below another unit's; anything named like a unit deeper
+// down was named by what runs in the unit (a delegated subtree, a user's
+// manager), which must not choose the unit it is known by.
 func UnitOf(cgroup string) string {
-	parts := strings.Split(cgroup, "/")
-	for i := len(parts) - 1; i >= 0; i-- {
-		if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
-			return parts[i]
+	for _, c := range strings.Split(cgroup, "/") {
+		if strings.HasSuffix(c, ".service") || strings.HasSuffix(c, ".scope") {
+			return c
 		}
 	}
 	return ""
 }
 
-// ReadFacts reads a workload's facts below the cgroup v2 mount.
+// ReadFacts reads a workload's facts below the cgroup v2 mount. The
+// workload is its cgroup and every cgroup below it: processes there are
+// confined with it (a unit with DelegateSubgroup=, or children the
+// workload made), so they are its processes too. Counting only those of
+// the top cgroup would let a workload look empty, lose its uid and be
+// named by whoever asked for its task instead.
 func ReadFacts(mount, cgroup string) (Facts, error) {
 	f := Facts{Cgroup: cgroup, Unit: UnitOf(cgroup)}
-	pids, err := Procs(mount, cgroup)
+	cgroups, err := subtree(mount, cgroup)
 	if err != nil {
 		return f, err
 	}
 	first := true
-	for _, pid := range pids {
-		p, err := OpenProc(pid)
+	for _, cg := range cgroups {
+		pids, err := Procs(mount, cg)
 		if err != nil {
-			continue // gone meanwhile
+			if cg == cgroup {
+				return f, err
+			}
+			continue // removed meanwhile
 		}
-		uid, inside, err := p.uidIn(cgroup)
-		p.Close()
-		if err != nil || !inside {
-			continue
-		}
-		f.HasProcess = true
-		switch {
-		case first:
-			f.UID, f.HasUID, first = uid, true, false
-		case uid != f.UID:
-			f.HasUID = false
-			return f, nil
+		for _, pid := range pids {
+			p, err := OpenProc(pid)
+			if err != nil {
+				continue // gone meanwhile
+			}
+			uid, inside, err := p.uidIn(cgroup)
+			p.Close()
+			if err != nil || !inside {
+				continue
+			}
+			f.HasProcess = true
+			switch {
+			case first:
+				f.UID, f.HasUID, first = uid, true, false
+			case uid != f.UID:
+				f.HasUID = false
+				return f, nil
+			}
 		}
 	}
 	return f, nil
+}
+
+// subtree lists a cgroup and every cgroup below it.
+func subtree(mount, cgroup string) ([]string, error) {
+	top := filepath.Join(mount, cgroup)
+	var cgroups []string
+	err := filepath.WalkDir(top, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == top {
+				return err
+			}
+			return nil // a cgroup removed meanwhile
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		rel, err := filepath.Rel(top, path)
+		if err != nil {
+			return err
+		}
+		cgroups = append(cgroups, filepath.Join(cgroup, rel))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workload %s: %w", cgroup, err)
+	}
+	return cgroups, nil
+}
+
+// within reports whether cgroup path cg is cgroup or below it.
+func within(cg, cgroup string) bool {
+	return cg == cgroup || strings.HasPrefix(cg, strings.TrimSuffix(cgroup, "/")+"/")
 }
 
 // Procs lists the processes of a cgroup.
@@ -176,7 +225,42 @@ func (p *Proc) StartTime() (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
-// uidIn returns the process's real uid and whether it is in cgroup.
+// Unprivileged reports whether the process runs with the credentials it
+// was given, not more: its real, effective, saved and filesystem uids are
+// one uid, and likewise its gids. A process running a setuid or setgid
+// program has an effective uid or gid that is not its own; SPIRE's unix
+// attestor selects by the effective ones, so such a process must never be
+// attested for its workload.
+func (p *Proc) Unprivileged() error {
+	b, err := p.read("status")
+	if err != nil {
+		return err
+	}
+	seen := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		name, rest, ok := strings.Cut(l, ":")
+		if !ok || (name != "Uid" && name != "Gid") {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 4 {
+			return fmt.Errorf("malformed %s line %q", name, l)
+		}
+		for _, v := range f[1:] {
+			if v != f[0] {
+				return fmt.Errorf("runs with %ss %s (real, effective, saved, filesystem): a setuid or setgid program", strings.ToLower(name), strings.Join(f, " "))
+			}
+		}
+		seen++
+	}
+	if seen != 2 {
+		return errors.New("no Uid or Gid line in status")
+	}
+	return nil
+}
+
+// uidIn returns the process's real uid and whether it is in the workload
+// of cgroup (the cgroup or one below it).
 func (p *Proc) uidIn(cgroup string) (uint32, bool, error) {
 	cg, err := p.Cgroup()
 	if err != nil {
@@ -196,7 +280,7 @@ func (p *Proc) uidIn(cgroup string) (uint32, bool, error) {
 			if err != nil {
 				return 0, false, err
 			}
-			return uint32(uid), cg == cgroup, nil
+			return uint32(uid), within(cg, cgroup), nil
 		}
 	}
 	return 0, false, errors.New("no Uid line in status")

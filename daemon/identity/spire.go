@@ -329,8 +329,11 @@ func (e *noProcessError) Error() string {
 
 // subscribe runs one subscription until it fails or ctx ends.
 func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// A hung agent (stopped, deadlocked) neither answers nor closes the
+	// stream: without the probe the hold would never start.
+	go p.probe(ctx, cancel)
 	req := &delegatedv1.SubscribeToX509SVIDsRequest{}
 	var proc *Proc
 	var started uint64
@@ -365,6 +368,9 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 			if proc != nil && !proc.Alive() {
 				return errProcessExited
 			}
+			if cause := context.Cause(ctx); ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
+				return cause // the probe found the agent unresponsive
+			}
 			return explain(err)
 		}
 		if proc != nil && !checked {
@@ -377,7 +383,7 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 				return errProcessExited
 			}
 			checked = true
-			go closeOnExit(ctx, proc, cancel)
+			go closeOnExit(ctx, proc, func() { cancel(nil) })
 		}
 		p.reachable(nil)
 		p.answer(w, resp)
@@ -385,7 +391,8 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 	}
 }
 
-// pin picks and pins a process of the workload, the oldest first.
+// pin picks and pins a process of the workload running with its own
+// credentials, in cgroup.procs order.
 func (p *SPIREProvider) pin(cgroup string) (*Proc, uint64, error) {
 	pids, err := Procs(p.cfg.Mount, cgroup)
 	if err != nil {
@@ -398,9 +405,13 @@ func (p *SPIREProvider) pin(cgroup string) (*Proc, uint64, error) {
 		}
 		start, err := proc.StartTime()
 		if err == nil {
-			var cg string
-			if cg, err = proc.Cgroup(); err == nil && cg == cgroup {
-				return proc, start, nil
+			// A process running a setuid or setgid program would be
+			// attested as that program's owner: never asked about.
+			if err = proc.Unprivileged(); err == nil {
+				var cg string
+				if cg, err = proc.Cgroup(); err == nil && cg == cgroup {
+					return proc, start, nil
+				}
 			}
 		}
 		proc.Close()
@@ -420,12 +431,17 @@ func samePinned(proc *Proc, started uint64, cgroup string) error {
 	if cg, err := proc.Cgroup(); err != nil || cg != cgroup {
 		return fmt.Errorf("process left the workload (now %q, %v)", cg, err)
 	}
+	// It may have executed a setuid program since it was pinned, before
+	// SPIRE looked.
+	if err := proc.Unprivileged(); err != nil {
+		return fmt.Errorf("process %w", err)
+	}
 	return nil
 }
 
 // closeOnExit ends the subscription when the pinned process exits: its
 // PID may then be reused, and SPIRE would go on answering for it.
-func closeOnExit(ctx context.Context, proc *Proc, cancel context.CancelFunc) {
+func closeOnExit(ctx context.Context, proc *Proc, cancel func()) {
 	for ctx.Err() == nil {
 		if !proc.Alive() {
 			cancel()
@@ -434,6 +450,38 @@ func closeOnExit(ctx context.Context, proc *Proc, cancel context.CancelFunc) {
 		select {
 		case <-ctx.Done():
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// probeTimeout bounds the agent's answer to a liveness probe.
+const probeTimeout = 5 * time.Second
+
+// probe checks, while a subscription is open, that the agent still
+// answers: a subscription to the trust bundles, whose first message the
+// agent sends at once from its cache. One that gets no answer within
+// probeTimeout ends the subscription with fail, as an unreachable agent:
+// the hold starts, and it is bounded.
+func (p *SPIREProvider) probe(ctx context.Context, fail context.CancelCauseFunc) {
+	every := min(max(p.cfg.Hold/4, time.Second), 30*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		stream, err := p.client.SubscribeToX509Bundles(pctx, &delegatedv1.SubscribeToX509BundlesRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			fail(fmt.Errorf("SPIRE agent unresponsive: no answer to a liveness probe within %v: %w", probeTimeout, err))
+			return
 		}
 	}
 }

@@ -204,3 +204,70 @@ func TestSPIREEntryChangeReported(t *testing.T) {
 		t.Fatalf("watched after release: %+v", st)
 	}
 }
+
+// A process of the workload runs a setuid-root program: its real uid is
+// the workload's, its effective uid is root's. SPIRE's unix attestor
+// selects by the effective uid, so asked about that PID it names root's
+// entry (here bridled's own). The workload chooses which of its processes
+// is pinned (the first in cgroup.procs: the oldest still there), so it
+// could choose one running a setuid program: such a process must never
+// be the one asked about.
+func TestSPIREPIDModeSetuidProcessCannotTakeRootsIdentity(t *testing.T) {
+	mount, cg := testCgroup(t, "setuid")
+	sp := startSPIRE(t)
+	sp.CreateEntry(t, "spiffe://example.org/agent/mine", "unix:uid:4311")
+
+	// A setuid-root copy of sleep, run as uid 4311: ruid 4311, euid 0.
+	dir, err := os.MkdirTemp("", "bridle-suid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	suid := filepath.Join(dir, "suid-sleep")
+	b, err := os.ReadFile("/usr/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(suid, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Chmod(suid, 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(filepath.Join(mount, cg), syscall.O_DIRECTORY|syscall.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	c := exec.Command(suid, "600")
+	c.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd,
+		Credential: &syscall.Credential{Uid: 4311, Gid: 4311, Groups: []uint32{}}}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+	time.Sleep(100 * time.Millisecond)
+	st, _ := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/status")
+	if !strings.Contains(string(st), "Uid:\t4311\t0\t0") {
+		t.Skipf("the setuid program did not run setuid (nosuid mount?):\n%s", st)
+	}
+	// The workload's ordinary process, after the setuid one.
+	runIn(t, mount, cg, 4311)
+
+	p, err := NewSPIRE(SPIREConfig{AdminSocket: sp.AdminSocket, Attest: ByPID, Hold: time.Minute, Timeout: 20 * time.Second, Mount: mount},
+		func(Change) {}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	id, err := identifyEventually(t, p, cg)
+	if id.ID == bridledID {
+		t.Fatalf("the workload (uid 4311) was given root's identity %s through its setuid process", id.ID)
+	}
+	if err != nil || id.ID != "spiffe://example.org/agent/mine" {
+		t.Fatalf("identify: %+v %v", id, err)
+	}
+}

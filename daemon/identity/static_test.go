@@ -2,6 +2,8 @@ package identity
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -128,6 +130,73 @@ func TestChooseOneIdentity(t *testing.T) {
 	} {
 		if id, err := Choose(in); err == nil || !IsUnavailable(err) {
 			t.Errorf("%s: %q %v", name, id, err)
+		}
+	}
+}
+
+// A workload's processes may live in cgroups below its own (a unit with
+// DelegateSubgroup=, or one that made its own children): they are the
+// workload's all the same, confined with it. Its facts must count them,
+// or it looks empty, loses its uid selector and is named instead by the
+// uid of whoever asked for its task (bridle:started-by-uid).
+func TestFactsCoverTheWorkloadsSubtree(t *testing.T) {
+	mount, cg := testCgroup(t, "subtree")
+	child := cg + "/sub"
+	if err := os.Mkdir(filepath.Join(mount, child), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(mount, child)) })
+	runIn(t, mount, child, 4251)
+	f, err := ReadFacts(mount, cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.HasProcess || !f.HasUID || f.UID != 4251 {
+		t.Fatalf("facts of a workload whose process is in a child cgroup: %+v", f)
+	}
+	var s []string
+	for _, x := range Selectors(f, Workload{Cgroup: cg, StartedBy: 1000, HasStartedBy: true}) {
+		s = append(s, x.Value)
+	}
+	if got := strings.Join(s, " "); got != "cgroup:"+cg+" uid:4251" {
+		t.Fatalf("selectors %q", got)
+	}
+	// A process of another uid deeper still makes the uids mixed.
+	grandchild := child + "/deeper"
+	if err := os.Mkdir(filepath.Join(mount, grandchild), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(mount, grandchild)) })
+	runIn(t, mount, grandchild, 4252)
+	if f, err = ReadFacts(mount, cg); err != nil || !f.HasProcess || f.HasUID {
+		t.Fatalf("facts with mixed uids in the subtree: %+v %v", f, err)
+	}
+}
+
+// A workload that may make cgroups below its own (a unit with Delegate=)
+// names them as it likes, .service included. Its unit is the one the
+// host's systemd gave it, the shallowest unit in its path: a child named
+// after another agent's unit must not make it that agent, neither through
+// {unit} in the template of its own cgroup's pattern nor through the
+// units map (nor, with SPIRE, through bridle:unit).
+func TestUnitIsTheHostsNotOneAWorkloadNamed(t *testing.T) {
+	if got := UnitOf("/agents.slice/coding-1.service/coding-2.service"); got != "coding-1.service" {
+		t.Fatalf("unit of a child cgroup named like a unit: %q", got)
+	}
+	if got := UnitOf("/agents.slice/coding-1.service/payload/review-9.scope"); got != "coding-1.service" {
+		t.Fatalf("unit of a deeper child named like a unit: %q", got)
+	}
+	s := NewStatic(StaticConfig{
+		Node:    "n1",
+		Cgroups: map[string]string{"/agents.slice/coding-*.service": "spiffe://example.org/agent/coding/{unit}"},
+		Units:   map[string]string{"review-*.service": "spiffe://example.org/agent/review/{unit}"},
+	}, "")
+	for cg, want := range map[string]string{
+		"/agents.slice/coding-1.service/coding-2.service": "spiffe://example.org/agent/coding/coding-1.service",
+		"/other.slice/a.service/review-1.service":         "spiffe://n1/workload/other.slice/a.service/review-1.service",
+	} {
+		if got, err := s.Map(Facts{Cgroup: cg}); err != nil || got != want {
+			t.Errorf("%s: %q, %v; want %q", cg, got, err, want)
 		}
 	}
 }

@@ -449,6 +449,22 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	// From here the task's end releases the identity.
 	started = true
 	n.opt.Metrics.ObserveApply(time.Since(began))
+	// SPIRE may have withdrawn or changed the identity since Identify
+	// returned: its change was reported while the task was not in force
+	// yet, so nothing ended it. Any change from now on finds the task.
+	if ident.Source == identity.SPIRE {
+		if now := n.opt.Identities.Known(req.Workload); now != ident {
+			if parent == nil {
+				n.family.Lock()
+				defer n.family.Unlock()
+			}
+			reason := fmt.Sprintf("identity %s withdrawn during the task's start (now %q)", ident.ID, now.ID)
+			if _, err := n.end(id, reason); err != nil {
+				n.log.Error("undo a task whose identity was withdrawn during its start", "task", id, "err", err)
+			}
+			return Task{}, &identity.UnavailableError{Err: fmt.Errorf("task %s not started: %s", id, reason)}
+		}
+	}
 	if n.opt.Store != nil {
 		// Needed only if the task becomes a parent after a restart.
 		// Without the file such a parent cannot have sub-agents (refused,
