@@ -32,6 +32,10 @@ const (
 type Identity struct {
 	ID     string `json:"id"`
 	Source Source `json:"source"`
+	// Selectors are those bridled attested to SPIRE for the workload
+	// ("type:value"), kept with its task so that a restarted bridled asks
+	// about it the same way; none for other sources and for pid mode.
+	Selectors []string `json:"selectors,omitempty"`
 }
 
 // Provider maps workloads to identities.

@@ -164,7 +164,8 @@ func (p *SPIREProvider) watchOf(wl Workload, last Identity) *watch {
 	w, ok := p.watches[cgroup]
 	if !ok {
 		wctx, cancel := context.WithCancel(context.Background())
-		w = &watch{cgroup: cgroup, workload: wl, cancel: cancel, first: make(chan struct{}), identity: last}
+		w = &watch{cgroup: cgroup, workload: wl, cancel: cancel, first: make(chan struct{}), identity: last,
+			selectors: parseSelectors(last.Selectors)}
 		p.watches[cgroup] = w
 		go p.follow(wctx, w)
 	}
@@ -499,11 +500,11 @@ func (p *SPIREProvider) answer(w *watch, resp *delegatedv1.SubscribeToX509SVIDsR
 	if err != nil {
 		w.identity, w.err = Identity{}, err
 	} else {
-		w.identity, w.err = Identity{ID: id, Source: SPIRE}, nil
+		w.identity, w.err = Identity{ID: id, Source: SPIRE, Selectors: selectorStrings(w.selectors)}, nil
 	}
 	to := w.identity
 	w.mu.Unlock()
-	if from.ID != "" && from != to {
+	if from.ID != "" && from.ID != to.ID {
 		reason := fmt.Sprintf("SPIRE now names %s", to.ID)
 		if to.ID == "" {
 			reason = fmt.Sprintf("SPIRE no longer names an identity: %v", err)
@@ -547,6 +548,26 @@ func spiffeID(id *types.SPIFFEID) string {
 		return ""
 	}
 	return "spiffe://" + id.TrustDomain + id.Path
+}
+
+func selectorStrings(sel []*types.Selector) []string {
+	var out []string
+	for _, s := range sel {
+		out = append(out, s.Type+":"+s.Value)
+	}
+	return out
+}
+
+// parseSelectors reads selectors kept with a task; nil when there are
+// none (then they are read from the kernel again).
+func parseSelectors(ss []string) []*types.Selector {
+	var out []*types.Selector
+	for _, s := range ss {
+		if typ, value, ok := strings.Cut(s, ":"); ok && typ != "" && value != "" {
+			out = append(out, &types.Selector{Type: typ, Value: value})
+		}
+	}
+	return out
 }
 
 // Selectors are the selectors bridled attests for a workload: its cgroup,

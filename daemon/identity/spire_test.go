@@ -182,7 +182,7 @@ func TestSPIREEntryChangeReported(t *testing.T) {
 	}
 	defer p.Close()
 	id, err := identifyEventually(t, p, cg)
-	if err != nil || id != (Identity{ID: "spiffe://example.org/agent/one", Source: SPIRE}) {
+	if err != nil || id.ID != "spiffe://example.org/agent/one" || id.Source != SPIRE || len(id.Selectors) == 0 {
 		t.Fatalf("identify: %+v %v", id, err)
 	}
 	if st := p.Status(); st.Watched != 1 || st.Degraded != "" {

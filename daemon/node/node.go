@@ -439,7 +439,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 			"workload", req.Workload, "err", err)
 	}
 	t, err := n.tasks.Start(id, tasks.StartRequest{
-		Workload: req.Workload, CgroupID: cgID, Identity: ident.ID, IdentitySource: ident.Source, Intent: req.Intent,
+		Workload: req.Workload, CgroupID: cgID, Identity: ident.ID, IdentitySource: ident.Source, IdentitySelectors: ident.Selectors, Intent: req.Intent,
 		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode, NotAfter: notAfter,
 		KeepUnix: keepUnix, PolicyRevision: revision, Parent: parentID,
 	})
@@ -453,7 +453,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	// returned: its change was reported while the task was not in force
 	// yet, so nothing ended it. Any change from now on finds the task.
 	if ident.Source == identity.SPIRE {
-		if now := n.opt.Identities.Known(req.Workload); now != ident {
+		if now := n.opt.Identities.Known(req.Workload); now.ID != ident.ID || now.Source != ident.Source {
 			if parent == nil {
 				n.family.Lock()
 				defer n.family.Unlock()

@@ -35,7 +35,7 @@ func (n *Node) Restore(stored []tasks.Task) {
 	// Their identities are followed again, as at their start.
 	for _, t := range n.List() {
 		if t.IdentitySource != identity.Request {
-			n.opt.Identities.Adopt(t.Workload, identity.Identity{ID: t.Identity, Source: t.IdentitySource})
+			n.opt.Identities.Adopt(t.Workload, identity.Identity{ID: t.Identity, Source: t.IdentitySource, Selectors: t.IdentitySelectors})
 		}
 	}
 	if n.opt.Store != nil {

@@ -49,15 +49,18 @@ type Task struct {
 	CgroupID uint64 `json:"cgroup_id"`
 	Identity string `json:"identity"`
 	// IdentitySource is where Identity came from.
-	IdentitySource identity.Source     `json:"identity_source,omitempty"`
-	Intent         string              `json:"intent"`
-	Labels         map[string]string   `json:"labels,omitempty"`
-	Slot           uint32              `json:"slot"`
-	Generation     uint32              `json:"generation"`
-	Started        time.Time           `json:"started"`
-	Expires        time.Time           `json:"expires,omitzero"` // zero: no expiry
-	Rules          int                 `json:"rules"`            // kernel entries in force
-	Mode           loader.WorkloadMode `json:"mode"`
+	IdentitySource identity.Source `json:"identity_source,omitempty"`
+	// IdentitySelectors are the selectors the identity was attested by
+	// (SPIRE, selectors mode), to ask the same way after a restart.
+	IdentitySelectors []string            `json:"identity_selectors,omitempty"`
+	Intent            string              `json:"intent"`
+	Labels            map[string]string   `json:"labels,omitempty"`
+	Slot              uint32              `json:"slot"`
+	Generation        uint32              `json:"generation"`
+	Started           time.Time           `json:"started"`
+	Expires           time.Time           `json:"expires,omitzero"` // zero: no expiry
+	Rules             int                 `json:"rules"`            // kernel entries in force
+	Mode              loader.WorkloadMode `json:"mode"`
 	// KeepUnix are the unix connections the workload held before the
 	// task: they were not made under it and stay open at its end.
 	KeepUnix []loader.UnixConn `json:"keep_unix,omitempty"`
@@ -74,13 +77,14 @@ type Task struct {
 
 // StartRequest asks for a task on a workload with a compiled envelope.
 type StartRequest struct {
-	Workload       string
-	CgroupID       uint64
-	Identity       string
-	IdentitySource identity.Source
-	Intent         string
-	Labels         map[string]string
-	TTL            time.Duration // 0: no expiry
+	Workload          string
+	CgroupID          uint64
+	Identity          string
+	IdentitySource    identity.Source
+	IdentitySelectors []string
+	Intent            string
+	Labels            map[string]string
+	TTL               time.Duration // 0: no expiry
 	// NotAfter, if set, bounds the expiry (a sub-agent's task ends with
 	// its parent's at the latest).
 	NotAfter time.Time
@@ -177,7 +181,7 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 	}
 	m.generation++
 	t := &Task{
-		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity, IdentitySource: req.IdentitySource,
+		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity, IdentitySource: req.IdentitySource, IdentitySelectors: req.IdentitySelectors,
 		Intent: req.Intent, Labels: req.Labels, Slot: slot, Generation: m.generation,
 		Started: time.Now().UTC(), Rules: req.Rules.Count(), Mode: req.Mode, KeepUnix: req.KeepUnix,
 		PolicyRevision: req.PolicyRevision, Parent: req.Parent, Grants: &req.Rules,
