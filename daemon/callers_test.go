@@ -703,3 +703,20 @@ func TestTCPConnectionLimitLoopbackIsOneAddress(t *testing.T) {
 		}
 	}
 }
+
+// A Workload API that does not answer at start leaves bridled running with
+// SVID callers refused, saying why, until it answers.
+func TestWorkloadAPILate(t *testing.T) {
+	addr := "unix://" + filepath.Join(t.TempDir(), "absent.sock")
+	w := openLate(context.Background(), addr, true, 200*time.Millisecond, slog.New(slog.DiscardHandler))
+	defer w.Close()
+	if w.Degraded() == "" {
+		t.Fatal("no Workload API, yet not degraded")
+	}
+	if _, err := w.GetJWTBundleForTrustDomain(spiffeid.RequireTrustDomainFromString("example.org")); err == nil || !strings.Contains(err.Error(), "no trust bundles") {
+		t.Fatalf("bundle without a Workload API: %v", err)
+	}
+	if _, err := w.GetX509SVID(); err == nil {
+		t.Fatal("an SVID without a Workload API")
+	}
+}

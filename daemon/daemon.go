@@ -57,6 +57,9 @@ type Daemon struct {
 	// without spiffe.workload_api. closeSVIDs drops the Workload API.
 	svids      SVIDSources
 	closeSVIDs func()
+	// workloadAPI is where svids come from; nil without
+	// spiffe.workload_api.
+	workloadAPI *workloadAPI
 
 	baselineMu       sync.Mutex // one baseline write at a time
 	mu               sync.Mutex
@@ -95,13 +98,16 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if d.audit, err = openAudit(d.cfg); err != nil {
 		return err
 	}
-	// Before the kernel is touched: a daemon configured to check SVIDs
-	// that cannot reach the Workload API fails with the reason.
+	// The Workload API's first answer is waited for (bounded); without
+	// one bridled starts all the same, refuses SVID callers with the
+	// reason and keeps asking.
 	if addr := d.cfg.SPIFFE.WorkloadAPI; addr != "" {
-		if d.svids, d.closeSVIDs, err = openWorkloadAPI(ctx, addr, d.cfg.API.TCPListen != "", workloadAPITimeout); err != nil {
-			return err
+		d.workloadAPI = openLate(ctx, addr, d.cfg.API.TCPListen != "", workloadAPITimeout, d.log)
+		d.svids = SVIDSources{SVID: d.workloadAPI, X509Bundles: d.workloadAPI, JWTBundles: d.workloadAPI}
+		d.closeSVIDs = d.workloadAPI.Close
+		if d.workloadAPI.Degraded() == "" {
+			d.log.Info("SVIDs and trust bundles from the Workload API", "address", addr)
 		}
-		d.log.Info("SVIDs and trust bundles from the Workload API", "address", addr)
 	}
 	// The policy comes first: a daemon that cannot decide envelopes must
 	// not touch the kernel's state at all.

@@ -452,6 +452,11 @@ func (d *Daemon) Status() api.Status {
 	} else {
 		st.Degraded = append(st.Degraded, "DNS is not steered to Bridle's resolver (names in envelopes resolve nothing; port 53 is judged by the rules): "+f.DNSRedirectReason)
 	}
+	if d.workloadAPI != nil {
+		if why := d.workloadAPI.Degraded(); why != "" {
+			st.Degraded = append(st.Degraded, "callers with SVIDs are refused: "+why)
+		}
+	}
 	ids := d.node.Identities().Status()
 	st.Identity = &ids
 	if ids.Degraded != "" {
