@@ -441,6 +441,20 @@ func TestJWTSVIDRefusals(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "Bearer") {
 		t.Fatalf("basic auth: %d %s", resp.StatusCode, b)
 	}
+	// Two Authorization headers, a good token beside a bad one: refused,
+	// whichever a proxy or a client library would have picked.
+	req, _ = http.NewRequest(http.MethodGet, "http://bridled/v1/status", nil)
+	req.Header.Add("Authorization", "Bearer "+e.trust.token(t, orchestrator, bridledID, later))
+	req.Header.Add("Authorization", "Bearer not.a.jwt")
+	resp, err = e.unixClient("").Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("two Authorization headers: %d %s", resp.StatusCode, b)
+	}
 }
 
 // A workload is refused even with a valid token.
