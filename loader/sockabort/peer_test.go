@@ -12,7 +12,7 @@ import (
 // connections to the granted peer and to others; each call with a peer
 // filter aborts those to that address, on those ports and transports, and
 // leaves every other connection open. Both methods.
-func TestDestroyToPeer(t *testing.T) {
+func TestDestroyToGrantedPeer(t *testing.T) {
 	for _, method := range []DestroyMethod{DestroyIter, DestroyNetlink} {
 		t.Run(string(method), func(t *testing.T) {
 			requireRoot(t)
