@@ -19,7 +19,9 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "lib/destroy.h"
+#include "lib/uapi.h"
 
 #define TCP_LISTEN 10
 
@@ -33,6 +35,9 @@ __u32 bridle_dst_ntargets;
 __u32 bridle_dst_listeners;
 /* Reset by the loader before a pass, read after it. */
 struct bridle_dst_counts bridle_dst_stats;
+/* Set by the loader before a pass: which peers' connections (see
+ * struct bridle_dst_peer); unset, every socket of the targets. */
+struct bridle_dst_peer bridle_dst_peer;
 
 /*
  * Whether sk was created in a target cgroup or one of its descendants.
@@ -64,6 +69,43 @@ static __always_inline int owned_by_target(struct sock *sk)
 	return 0;
 }
 
+/*
+ * Whether skc's peer passes the pass's peer filter. An IPv4 socket's peer
+ * is compared as IPv4-mapped, which is how an IPv6 socket holds an IPv4
+ * peer, so one filter finds both.
+ */
+static __always_inline int peer_matches(struct sock_common *skc)
+{
+	if (!bridle_dst_peer.set)
+		return 1;
+	__u32 peer[4] = {};
+	__u16 family = BPF_CORE_READ(skc, skc_family);
+	if (family == AF_INET) {
+		peer[2] = bpf_htonl(0x0000ffff);
+		peer[3] = BPF_CORE_READ(skc, skc_daddr);
+	} else if (family == AF_INET6) {
+		if (bpf_core_read(peer, sizeof(peer), &skc->skc_v6_daddr))
+			return 0;
+	} else {
+		return 0;
+	}
+	__u32 want[4];
+	__builtin_memcpy(want, bridle_dst_peer.addr, sizeof(want));
+	if (peer[0] != want[0] || peer[1] != want[1] || peer[2] != want[2] || peer[3] != want[3])
+		return 0;
+	__u32 n = bridle_dst_peer.nports;
+	if (n == 0)
+		return 1;
+	__u16 port = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	for (__u32 i = 0; i < BRIDLE_DST_MAX_PORTS; i++) {
+		if (i >= n)
+			break;
+		if (port >= bridle_dst_peer.ports[i].first && port <= bridle_dst_peer.ports[i].last)
+			return 1;
+	}
+	return 0;
+}
+
 SEC("iter/tcp")
 int bridle_dst_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -75,7 +117,7 @@ int bridle_dst_tcp(struct bpf_iter__tcp *ctx)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
 		return 0;
-	if (!owned_by_target((struct sock *)tp))
+	if (!owned_by_target((struct sock *)tp) || !peer_matches(skc))
 		return 0;
 	if (skc->skc_state == TCP_LISTEN && !bridle_dst_listeners) {
 		bridle_dst_stats.skipped++;
@@ -98,7 +140,7 @@ int bridle_dst_udp(struct bpf_iter__udp *ctx)
 	if (!up)
 		return 0;
 	struct sock *sk = (struct sock *)up;
-	if (!owned_by_target(sk))
+	if (!owned_by_target(sk) || !peer_matches((struct sock_common *)sk))
 		return 0;
 	int err = bpf_sock_destroy((struct sock_common *)sk);
 	if (err) {

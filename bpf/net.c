@@ -81,46 +81,49 @@ static __always_inline void event_set_dest(struct bridle_event *e, const struct 
 }
 
 /*
- * The generation learned entries of c's slot must carry. A workload whose
- * task has expired is judged by the baseline (slot 0), whose entries carry
- * generation 0, not by its task's.
+ * Whether an entry of the slot's task in an address map pair (map4 for
+ * IPv4, map6 for IPv6: the learned maps or the grant maps, which share
+ * their layout) allows d: the entry must be of the task now in the slot
+ * (its generation) and not expired; then the port must be one of its ports
+ * (ICMP has none: pass check_port 0). *port_refused says the address is
+ * there, the port not.
  */
-static __always_inline __u32 learned_generation(const struct bridle_ctx *c)
-{
-	return c->slot == BRIDLE_BASELINE_SLOT ? 0 : c->generation;
-}
-
-/*
- * Whether an address the slot's task learned from a resolver answer allows
- * d: the entry must be of the task now in the slot (its generation) and not
- * expired; then the port must be one of its ports (ICMP has none: pass
- * check_port 0). *port_refused says the address was learned, the port not.
- */
-static __always_inline int learned_allows(const struct bridle_ctx *c, __u32 proto, const struct dest *d,
-					  __u16 port, int check_port, int *port_refused)
+static __always_inline int timed_entry_allows(void *map4, void *map6, const struct bridle_ctx *c, __u32 proto,
+					      const struct dest *d, __u16 port, int check_port, int *port_refused)
 {
 	struct bridle_learned *l;
 	if (d->family == 4) {
 		struct bridle_learn4_key k = {.slot = c->slot, .proto = proto};
 		__builtin_memcpy(k.addr, &d->ip4, 4);
-		l = bpf_map_lookup_elem(&bridle_learn4, &k);
+		l = bpf_map_lookup_elem(map4, &k);
 	} else {
 		struct bridle_learn6_key k = {.slot = c->slot, .proto = proto};
 		__builtin_memcpy(k.addr, d->ip6, 16);
-		l = bpf_map_lookup_elem(&bridle_learn6, &k);
+		l = bpf_map_lookup_elem(map6, &k);
 	}
-	if (!l || l->generation != learned_generation(c))
-		return 0;
-	/* The kernel ends the entry itself, as it ends a task; with the
-	 * clock the task's own expiry check read, when it read one. */
-	__u64 now = c->now_ns ? c->now_ns : bpf_ktime_get_boot_ns();
-	if (now >= l->expires_ns)
+	if (!l || !bridle_entry_live(c, l->generation, l->expires_ns))
 		return 0;
 	if (check_port && !port_allowed(&l->ports, port)) {
 		*port_refused = 1;
 		return 0;
 	}
 	return 1;
+}
+
+/* Whether an address the slot's task learned from a resolver answer
+ * allows d (see timed_entry_allows). */
+static __always_inline int learned_allows(const struct bridle_ctx *c, __u32 proto, const struct dest *d,
+					  __u16 port, int check_port, int *port_refused)
+{
+	return timed_entry_allows(&bridle_learn4, &bridle_learn6, c, proto, d, port, check_port, port_refused);
+}
+
+/* Whether a grant a person approved for the slot's task allows d (see
+ * timed_entry_allows). */
+static __always_inline int granted_allows(const struct bridle_ctx *c, __u32 proto, const struct dest *d,
+					  __u16 port, int check_port, int *port_refused)
+{
+	return timed_entry_allows(&bridle_grant4, &bridle_grant6, c, proto, d, port, check_port, port_refused);
 }
 
 /*
@@ -227,14 +230,19 @@ static __always_inline int check_inet(struct bpf_sock_addr *ctx, __u8 action, in
 			allowed = port_allowed(ports, port);
 			reason = allowed ? BRIDLE_REASON_RULE : BRIDLE_REASON_PORT;
 		}
-		if (!allowed) {
-			int port_refused = 0;
-			allowed = learned_allows(&c, proto, &d, port, 1, &port_refused);
-			if (allowed)
-				reason = BRIDLE_REASON_RULE;
-			else if (port_refused)
-				reason = BRIDLE_REASON_PORT;
+		/* Then what the task learned by name, then what a person
+		 * granted it: each only where the rules refuse. */
+		int port_refused = 0;
+		if (!allowed && learned_allows(&c, proto, &d, port, 1, &port_refused)) {
+			allowed = 1;
+			reason = BRIDLE_REASON_RULE;
 		}
+		if (!allowed && granted_allows(&c, proto, &d, port, 1, &port_refused)) {
+			allowed = 1;
+			reason = BRIDLE_REASON_GRANT;
+		}
+		if (!allowed && port_refused)
+			reason = BRIDLE_REASON_PORT;
 	}
 
 	int refuse;
@@ -512,7 +520,7 @@ static __always_inline int dns_attribute(struct __sk_buff *skb, const struct bri
 		.cookie = cookie,
 		.seen_ns = now,
 		.slot = c.slot,
-		.generation = learned_generation(&c),
+		.generation = bridle_entry_generation(&c),
 	};
 	struct bridle_sockaddr *orig = bpf_map_lookup_elem(&bridle_dnsorig, &cookie);
 	if (orig) {
@@ -544,7 +552,7 @@ static __always_inline int dns_attribute(struct __sk_buff *skb, const struct bri
  *
  * Ping sockets have a connect hook but no sendmsg hook, so an unconnected
  * sendto() of an ICMP echo would pass unseen: their packets are judged by
- * the same rules here, learned addresses included.
+ * the same rules here, learned addresses and grants included.
  *
  * With a resolver set, packets to it are recorded for attribution (see
  * dns_attribute); without one that costs one compare.
@@ -600,9 +608,13 @@ int bridle_ping_egress(struct __sk_buff *skb)
 	struct bridle_ports *ports = lookup_dest(c.slot, IPPROTO_ICMP, &d);
 	int port_refused = 0;
 	int allowed = ports != 0 || learned_allows(&c, IPPROTO_ICMP, &d, 0, 0, &port_refused);
+	__u8 reason = allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched;
+	if (!allowed && granted_allows(&c, IPPROTO_ICMP, &d, 0, 0, &port_refused)) {
+		allowed = 1;
+		reason = BRIDLE_REASON_GRANT;
+	}
 	int refuse;
-	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_SENDMSG,
-						     allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched,
+	struct bridle_event *e = bridle_decide_event(&c, allowed, BRIDLE_ACTION_SENDMSG, reason,
 						     BRIDLE_ENFORCEMENT_CGROUP, BRIDLE_EVENT_NO_PROCESS, &refuse);
 	if (e) {
 		e->proto = BRIDLE_PROTO_ICMP;

@@ -143,12 +143,15 @@ const (
 	ReasonScriptOnly Reason = "allowed only as a #! script, and it is not one now"
 	ReasonFamily     Reason = "address family not allowed"
 	ReasonNamespace  Reason = "namespaces not allowed"
+	// ReasonGrant is an allow by a grant a person approved for the task
+	// (a step-up approval), not by its rules.
+	ReasonGrant Reason = "allowed by an approval"
 )
 
 var reasons = [...]Reason{
 	1: ReasonRule, 2: ReasonNoRule, 3: ReasonPort, 4: ReasonNoTask, 5: ReasonTaskExpired,
 	6: ReasonSocketType, 7: ReasonProtocol, 8: ReasonSockopt, 9: ReasonExtHeader,
-	10: ReasonScriptOnly, 11: ReasonFamily, 12: ReasonNamespace,
+	10: ReasonScriptOnly, 11: ReasonFamily, 12: ReasonNamespace, 13: ReasonGrant,
 }
 
 // ReasonOf names a value of enum bridle_reason.

@@ -176,15 +176,22 @@ func (noKernel) ClearSlot(uint32) error                                 { return
 func (noKernel) DestroySockets(...uint64) (loader.DestroyStats, error) {
 	return loader.DestroyStats{}, nil
 }
-func (noKernel) Bindings() (map[uint64]uint32, error)              { return map[uint64]uint32{}, nil }
-func (noKernel) ClearSlotsExcept(map[uint32]bool) error            { return nil }
-func (noKernel) Learn(uint32, uint32, []loader.LearnedAddr) error  { return nil }
-func (noKernel) Unlearn(uint32, []loader.LearnedAddr) error        { return nil }
-func (noKernel) Features() loader.Features                         { return loader.Features{} }
-func (noKernel) UnixConnections(uint64) ([]loader.UnixConn, error) { return nil, nil }
-func (noKernel) TakeSuppressed(uint64, uint32) (uint64, error)     { return 0, nil }
-func (noKernel) AttachCgroup(string) error                         { return nil }
-func (noKernel) SetResolver(netip.AddrPort, netip.AddrPort) error  { return nil }
+func (noKernel) Bindings() (map[uint64]uint32, error)                  { return map[uint64]uint32{}, nil }
+func (noKernel) ClearSlotsExcept(map[uint32]bool) error                { return nil }
+func (noKernel) Learn(uint32, uint32, []loader.LearnedAddr) error      { return nil }
+func (noKernel) Unlearn(uint32, []loader.LearnedAddr) error            { return nil }
+func (noKernel) Features() loader.Features                             { return loader.Features{} }
+func (noKernel) UnixConnections(uint64) ([]loader.UnixConn, error)     { return nil, nil }
+func (noKernel) TakeSuppressed(uint64, uint32) (uint64, error)         { return 0, nil }
+func (noKernel) AttachCgroup(string) error                             { return nil }
+func (noKernel) SetResolver(netip.AddrPort, netip.AddrPort) error      { return nil }
+func (noKernel) GrantAddrs(uint32, uint32, []loader.GrantedAddr) error { return nil }
+func (noKernel) RevokeAddrs(uint32, []loader.GrantedAddr) error        { return nil }
+func (noKernel) GrantExec(uint32, uint32, []loader.GrantedExec) error  { return nil }
+func (noKernel) RevokeExec(uint32, []loader.GrantedExec) error         { return nil }
+func (noKernel) AbortTo(uint64, policy.Protocol, netip.Addr, []policy.PortRange) (loader.DestroyStats, error) {
+	return loader.DestroyStats{}, nil
+}
 func (noKernel) ShutdownUnix(uint64, []loader.UnixConn) (loader.UnixStats, error) {
 	return loader.UnixStats{}, nil
 }

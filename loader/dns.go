@@ -211,7 +211,7 @@ func (e *Enforcer) Learn(slot, generation uint32, addrs []LearnedAddr) error {
 		if !a.IsValid() || a.Zone() != "" {
 			return fmt.Errorf("learn: %q is not an address", la.Addr)
 		}
-		v, err := learnedValue(la, a, generation)
+		v, err := timedValue("learn", la, a, generation, false)
 		if err != nil {
 			return err
 		}
@@ -253,12 +253,16 @@ func (e *Enforcer) Unlearn(slot uint32, addrs []LearnedAddr) error {
 	return nil
 }
 
-func learnedValue(la LearnedAddr, a netip.Addr, generation uint32) (netBridleLearned, error) {
+// timedValue is the kernel's entry for an address a task may reach until
+// an expiry (learned, or granted). op names the caller in errors. With
+// untilTaskEnd a zero expiry means the entry lasts as long as the task
+// (its generation); without it, an expiry is required.
+func timedValue(op string, la LearnedAddr, a netip.Addr, generation uint32, untilTaskEnd bool) (netBridleLearned, error) {
 	rule := policy.NetRule{Protocol: la.Protocol, Prefix: netip.PrefixFrom(a, a.BitLen()), Ports: la.Ports}
 	switch la.Protocol {
 	case policy.ProtoTCP, policy.ProtoUDP:
 		if len(la.Ports) == 0 {
-			return netBridleLearned{}, fmt.Errorf("learn %s: no ports", rule)
+			return netBridleLearned{}, fmt.Errorf("%s %s: no ports", op, rule)
 		}
 	case policy.ProtoICMP:
 		// Name rules hold ICMP's "every port" as {0, 65535}
@@ -266,21 +270,31 @@ func learnedValue(la LearnedAddr, a netip.Addr, generation uint32) (netBridleLea
 		if len(la.Ports) == 1 && la.Ports[0] == (policy.PortRange{First: 0, Last: 65535}) {
 			rule.Ports = nil
 		} else if len(la.Ports) != 0 {
-			return netBridleLearned{}, fmt.Errorf("learn %s: icmp has no ports", rule)
+			return netBridleLearned{}, fmt.Errorf("%s %s: icmp has no ports", op, rule)
 		}
 	default:
-		return netBridleLearned{}, fmt.Errorf("learn %s: protocol must be tcp, udp or icmp", rule)
-	}
-	if la.Expires.IsZero() {
-		return netBridleLearned{}, fmt.Errorf("learn %s: no expiry", rule)
+		return netBridleLearned{}, fmt.Errorf("%s %s: protocol must be tcp, udp or icmp", op, rule)
 	}
 	ports, err := portsValue(rule)
 	if err != nil {
-		return netBridleLearned{}, fmt.Errorf("learn: %w", err)
+		return netBridleLearned{}, fmt.Errorf("%s: %w", op, err)
 	}
-	ns, err := bootTimeNanos(la.Expires)
+	ns, err := expiryNanos(op+" "+rule.String(), la.Expires, untilTaskEnd)
 	if err != nil {
 		return netBridleLearned{}, err
 	}
 	return netBridleLearned{ExpiresNs: ns, Generation: generation, Ports: ports}, nil
+}
+
+// expiryNanos is an entry's expiry on the programs' clock. A zero expiry is
+// refused, or with untilTaskEnd is the end of time: the entry then ends
+// with its task, whose successor in the slot has another generation.
+func expiryNanos(what string, t time.Time, untilTaskEnd bool) (uint64, error) {
+	if t.IsZero() {
+		if !untilTaskEnd {
+			return 0, fmt.Errorf("%s: no expiry", what)
+		}
+		return ^uint64(0), nil
+	}
+	return bootTimeNanos(t)
 }

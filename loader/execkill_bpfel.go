@@ -54,6 +54,13 @@ type execkillBridleExecKey struct {
 	Ino  uint64
 }
 
+type execkillBridleGrant struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type execkillBridleLearn4Key struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -160,6 +167,9 @@ const (
 	execkillMapBridleDrops          = "bridle_drops"
 	execkillMapBridleEvents         = "bridle_events"
 	execkillMapBridleExec           = "bridle_exec"
+	execkillMapBridleExgrant        = "bridle_exgrant"
+	execkillMapBridleGrant4         = "bridle_grant4"
+	execkillMapBridleGrant6         = "bridle_grant6"
 	execkillMapBridleLearn4         = "bridle_learn4"
 	execkillMapBridleLearn6         = "bridle_learn6"
 	execkillMapBridleListen         = "bridle_listen"
@@ -230,6 +240,9 @@ type execkillMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -276,6 +289,9 @@ type execkillMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -295,6 +311,9 @@ func (m *execkillMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

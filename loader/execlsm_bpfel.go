@@ -54,6 +54,13 @@ type execlsmBridleExecKey struct {
 	Ino  uint64
 }
 
+type execlsmBridleGrant struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type execlsmBridleLearn4Key struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -160,6 +167,9 @@ const (
 	execlsmMapBridleDrops          = "bridle_drops"
 	execlsmMapBridleEvents         = "bridle_events"
 	execlsmMapBridleExec           = "bridle_exec"
+	execlsmMapBridleExgrant        = "bridle_exgrant"
+	execlsmMapBridleGrant4         = "bridle_grant4"
+	execlsmMapBridleGrant6         = "bridle_grant6"
 	execlsmMapBridleLearn4         = "bridle_learn4"
 	execlsmMapBridleLearn6         = "bridle_learn6"
 	execlsmMapBridleListen         = "bridle_listen"
@@ -230,6 +240,9 @@ type execlsmMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -276,6 +289,9 @@ type execlsmMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -295,6 +311,9 @@ func (m *execlsmMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

@@ -54,6 +54,13 @@ type guardlsmBridleExecKey struct {
 	Ino  uint64
 }
 
+type guardlsmBridleGrant struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type guardlsmBridleLearn4Key struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -160,6 +167,9 @@ const (
 	guardlsmMapBridleDrops          = "bridle_drops"
 	guardlsmMapBridleEvents         = "bridle_events"
 	guardlsmMapBridleExec           = "bridle_exec"
+	guardlsmMapBridleExgrant        = "bridle_exgrant"
+	guardlsmMapBridleGrant4         = "bridle_grant4"
+	guardlsmMapBridleGrant6         = "bridle_grant6"
 	guardlsmMapBridleLearn4         = "bridle_learn4"
 	guardlsmMapBridleLearn6         = "bridle_learn6"
 	guardlsmMapBridleListen         = "bridle_listen"
@@ -232,6 +242,9 @@ type guardlsmMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -278,6 +291,9 @@ type guardlsmMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -297,6 +313,9 @@ func (m *guardlsmMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

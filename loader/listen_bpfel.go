@@ -54,6 +54,13 @@ type listenBridleExecKey struct {
 	Ino  uint64
 }
 
+type listenBridleGrant struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type listenBridleLearn4Key struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -160,6 +167,9 @@ const (
 	listenMapBridleDrops               = "bridle_drops"
 	listenMapBridleEvents              = "bridle_events"
 	listenMapBridleExec                = "bridle_exec"
+	listenMapBridleExgrant             = "bridle_exgrant"
+	listenMapBridleGrant4              = "bridle_grant4"
+	listenMapBridleGrant6              = "bridle_grant6"
 	listenMapBridleLearn4              = "bridle_learn4"
 	listenMapBridleLearn6              = "bridle_learn6"
 	listenMapBridleListen              = "bridle_listen"
@@ -260,6 +270,9 @@ type listenMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -332,6 +345,9 @@ type listenMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -351,6 +367,9 @@ func (m *listenMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

@@ -104,6 +104,13 @@ type netBridleExecKey struct {
 	Ino  uint64
 }
 
+type netBridleGrant struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type netBridleLearn4Key struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -199,6 +206,7 @@ const (
 	netBridleReasonBRIDLE_REASON_SCRIPT_ONLY  netBridleReason = 10
 	netBridleReasonBRIDLE_REASON_FAMILY       netBridleReason = 11
 	netBridleReasonBRIDLE_REASON_NAMESPACE    netBridleReason = 12
+	netBridleReasonBRIDLE_REASON_GRANT        netBridleReason = 13
 )
 
 type netBridleResolver struct {
@@ -274,6 +282,9 @@ const (
 	netMapBridleDrops               = "bridle_drops"
 	netMapBridleEvents              = "bridle_events"
 	netMapBridleExec                = "bridle_exec"
+	netMapBridleExgrant             = "bridle_exgrant"
+	netMapBridleGrant4              = "bridle_grant4"
+	netMapBridleGrant6              = "bridle_grant6"
 	netMapBridleLearn4              = "bridle_learn4"
 	netMapBridleLearn6              = "bridle_learn6"
 	netMapBridleListen              = "bridle_listen"
@@ -380,6 +391,9 @@ type netMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -452,6 +466,9 @@ type netMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -471,6 +488,9 @@ func (m *netMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

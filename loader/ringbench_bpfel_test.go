@@ -24,6 +24,9 @@ const (
 	ringbenchMapBridleDrops          = "bridle_drops"
 	ringbenchMapBridleEvents         = "bridle_events"
 	ringbenchMapBridleExec           = "bridle_exec"
+	ringbenchMapBridleExgrant        = "bridle_exgrant"
+	ringbenchMapBridleGrant4         = "bridle_grant4"
+	ringbenchMapBridleGrant6         = "bridle_grant6"
 	ringbenchMapBridleLearn4         = "bridle_learn4"
 	ringbenchMapBridleLearn6         = "bridle_learn6"
 	ringbenchMapBridleListen         = "bridle_listen"
@@ -94,6 +97,9 @@ type ringbenchMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -140,6 +146,9 @@ type ringbenchMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -159,6 +168,9 @@ func (m *ringbenchMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

@@ -253,8 +253,8 @@ func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 	return nil
 }
 
-// ClearSlot deletes every rule of a slot, the addresses it learned, and its
-// task entry.
+// ClearSlot deletes every rule of a slot, the addresses it learned, its
+// grants, and its task entry.
 func (e *Enforcer) ClearSlot(slot uint32) error {
 	var errs []error
 	errs = append(errs, deleteWhere(e.net.BridleNet4, func(k *netBridleNet4Key) bool { return k.Slot == slot }))
@@ -264,6 +264,9 @@ func (e *Enforcer) ClearSlot(slot uint32) error {
 	errs = append(errs, deleteWhere(e.net.BridleListen, func(k *netBridleListenKey) bool { return k.Slot == slot }))
 	errs = append(errs, deleteWhere(e.net.BridleLearn4, func(k *netBridleLearn4Key) bool { return k.Slot == slot }))
 	errs = append(errs, deleteWhere(e.net.BridleLearn6, func(k *netBridleLearn6Key) bool { return k.Slot == slot }))
+	errs = append(errs, deleteWhere(e.net.BridleGrant4, func(k *netBridleLearn4Key) bool { return k.Slot == slot }))
+	errs = append(errs, deleteWhere(e.net.BridleGrant6, func(k *netBridleLearn6Key) bool { return k.Slot == slot }))
+	errs = append(errs, deleteWhere(e.net.BridleExgrant, func(k *netBridleExecKey) bool { return k.Slot == slot }))
 	errs = append(errs, e.net.BridleTasks.Update(slot, &netBridleTask{}, ebpf.UpdateAny))
 	return errors.Join(errs...)
 }
@@ -287,7 +290,7 @@ func (e *Enforcer) Bindings() (map[uint64]uint32, error) {
 	return out, nil
 }
 
-// ClearSlotsExcept deletes the rules, learned addresses and task entry of every task slot not
+// ClearSlotsExcept deletes the rules, learned addresses, grants and task entry of every task slot not
 // in keep. The baseline slot is never touched. A daemon that crashed
 // between writing a task's rules and recording the task leaves such slots
 // behind; a later task given the slot must not inherit their rules.
@@ -301,6 +304,9 @@ func (e *Enforcer) ClearSlotsExcept(keep map[uint32]bool) error {
 	errs = append(errs, deleteWhere(e.net.BridleListen, func(k *netBridleListenKey) bool { return stale(k.Slot) }))
 	errs = append(errs, deleteWhere(e.net.BridleLearn4, func(k *netBridleLearn4Key) bool { return stale(k.Slot) }))
 	errs = append(errs, deleteWhere(e.net.BridleLearn6, func(k *netBridleLearn6Key) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleGrant4, func(k *netBridleLearn4Key) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleGrant6, func(k *netBridleLearn6Key) bool { return stale(k.Slot) }))
+	errs = append(errs, deleteWhere(e.net.BridleExgrant, func(k *netBridleExecKey) bool { return stale(k.Slot) }))
 	for slot := uint32(1); slot < MaxSlots; slot++ {
 		if stale(slot) {
 			errs = append(errs, e.net.BridleTasks.Update(slot, &netBridleTask{}, ebpf.UpdateAny))

@@ -54,6 +54,13 @@ type sockoptBridleExecKey struct {
 	Ino  uint64
 }
 
+type sockoptBridleGrant struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	Pad        uint32
+}
+
 type sockoptBridleLearn4Key struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -160,6 +167,9 @@ const (
 	sockoptMapBridleDrops               = "bridle_drops"
 	sockoptMapBridleEvents              = "bridle_events"
 	sockoptMapBridleExec                = "bridle_exec"
+	sockoptMapBridleExgrant             = "bridle_exgrant"
+	sockoptMapBridleGrant4              = "bridle_grant4"
+	sockoptMapBridleGrant6              = "bridle_grant6"
 	sockoptMapBridleLearn4              = "bridle_learn4"
 	sockoptMapBridleLearn6              = "bridle_learn6"
 	sockoptMapBridleListen              = "bridle_listen"
@@ -258,6 +268,9 @@ type sockoptMapSpecs struct {
 	BridleDrops    *ebpf.MapSpec `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.MapSpec `ebpf:"bridle_events"`
 	BridleExec     *ebpf.MapSpec `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.MapSpec `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.MapSpec `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.MapSpec `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.MapSpec `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.MapSpec `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.MapSpec `ebpf:"bridle_listen"`
@@ -332,6 +345,9 @@ type sockoptMaps struct {
 	BridleDrops    *ebpf.Map `ebpf:"bridle_drops"`
 	BridleEvents   *ebpf.Map `ebpf:"bridle_events"`
 	BridleExec     *ebpf.Map `ebpf:"bridle_exec"`
+	BridleExgrant  *ebpf.Map `ebpf:"bridle_exgrant"`
+	BridleGrant4   *ebpf.Map `ebpf:"bridle_grant4"`
+	BridleGrant6   *ebpf.Map `ebpf:"bridle_grant6"`
 	BridleLearn4   *ebpf.Map `ebpf:"bridle_learn4"`
 	BridleLearn6   *ebpf.Map `ebpf:"bridle_learn6"`
 	BridleListen   *ebpf.Map `ebpf:"bridle_listen"`
@@ -351,6 +367,9 @@ func (m *sockoptMaps) Close() error {
 		m.BridleDrops,
 		m.BridleEvents,
 		m.BridleExec,
+		m.BridleExgrant,
+		m.BridleGrant4,
+		m.BridleGrant6,
 		m.BridleLearn4,
 		m.BridleLearn6,
 		m.BridleListen,

@@ -59,6 +59,7 @@ func TestVocabularyMatchesCEnums(t *testing.T) {
 			"BRIDLE_REASON_SCRIPT_ONLY":  string(bpf.ReasonScriptOnly),
 			"BRIDLE_REASON_FAMILY":       string(bpf.ReasonFamily),
 			"BRIDLE_REASON_NAMESPACE":    string(bpf.ReasonNamespace),
+			"BRIDLE_REASON_GRANT":        string(bpf.ReasonGrant),
 		}},
 		{"bridle_enforcement", func(v uint8) string { return string(bpf.EnforcementOf(v)) }, map[string]string{
 			"BRIDLE_ENFORCEMENT_CGROUP": string(bpf.EnforcementCgroup),

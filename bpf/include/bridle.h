@@ -66,6 +66,7 @@ enum bridle_reason {
 	 * family field then holds the AF_* number, not 4 or 6. */
 	BRIDLE_REASON_FAMILY = 11,
 	BRIDLE_REASON_NAMESPACE = 12,    /* workloads may not create namespaces */
+	BRIDLE_REASON_GRANT = 13,        /* allowed by a grant a person approved */
 };
 
 enum bridle_enforcement {
@@ -254,4 +255,17 @@ struct bridle_learned {
 	__u32 generation;
 	__u32 _pad;
 	struct bridle_ports ports; /* unused for icmp */
+};
+
+/*
+ * Grants: what a person approved for a task beyond its rules, until
+ * expires_ns, while the slot still holds the task of generation. Address
+ * grants use the learned keys and value (bridle_learn4_key,
+ * bridle_learn6_key, bridle_learned); a granted binary is keyed like a rule
+ * (bridle_exec_key) and carries this value.
+ */
+struct bridle_grant {
+	__u64 expires_ns; /* CLOCK_BOOTTIME; always set (0 reads as expired) */
+	__u32 generation;
+	__u32 _pad;
 };

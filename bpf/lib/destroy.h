@@ -29,3 +29,25 @@ struct bridle_dst_counts {
 	__s64 last_err;   /* the last refusal's errno (negative), 0 if none */
 	__u64 skipped;    /* matching sockets left alone (listeners) */
 };
+
+/* How many port ranges one pass's peer filter holds; the loader runs more
+ * passes for more. */
+#define BRIDLE_DST_MAX_PORTS 16
+
+struct bridle_dst_port_range {
+	__u16 first;
+	__u16 last;
+};
+
+/*
+ * A pass's peer filter: when set, only connections whose peer is addr on
+ * one of ports (any port when nports is 0) are aborted, so a grant's end
+ * resets what was opened under it and leaves the workload's other
+ * connections open.
+ */
+struct bridle_dst_peer {
+	__u8 addr[16]; /* IPv4 as IPv4-mapped IPv6, as an IPv6 socket holds it */
+	__u32 set;     /* 0: no filter */
+	__u32 nports;
+	struct bridle_dst_port_range ports[BRIDLE_DST_MAX_PORTS];
+};

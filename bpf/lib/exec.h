@@ -82,6 +82,15 @@ static __always_inline int check_exec(struct linux_binprm *bprm, __u8 enforcemen
 	__u8 *rule = bpf_map_lookup_elem(&bridle_exec, &k);
 	int allowed = rule != 0;
 	__u8 reason = allowed ? BRIDLE_REASON_RULE : c.reason_if_unmatched;
+	if (!rule) {
+		/* No rule: a grant a person approved for the task may allow
+		 * the binary, until its end. */
+		struct bridle_grant *g = bpf_map_lookup_elem(&bridle_exgrant, &k);
+		if (g && bridle_entry_live(&c, g->generation, g->expires_ns)) {
+			allowed = 1;
+			reason = BRIDLE_REASON_GRANT;
+		}
+	}
 	if (rule && (*rule & BRIDLE_EXEC_SCRIPT_ONLY)) {
 		/* bprm->buf holds the first bytes of bprm->file, read by the
 		 * kernel before this hook, and the binary handler is chosen by

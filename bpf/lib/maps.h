@@ -160,3 +160,40 @@ struct {
 	__type(value, struct bridle_learned);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bridle_learn6 SEC(".maps");
+
+/*
+ * Grants (docs/APPROVALS.md): what a person approved for a task, consulted
+ * after its rules and learned addresses refuse. Pinned like the learned
+ * maps: a grant ends at its expiry, checked by the programs, whether or not
+ * bridled runs then.
+ */
+
+/* (slot, transport, address) -> expiry, generation and ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_learn4_key);
+	__type(value, struct bridle_learned);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_grant4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_learn6_key);
+	__type(value, struct bridle_learned);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_grant6 SEC(".maps");
+
+/* (slot, device, inode) -> expiry and generation of a granted binary. (The
+ * name stays within the kernel's 15 bytes.) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bridle_exec_key);
+	__type(value, struct bridle_grant);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bridle_exgrant SEC(".maps");

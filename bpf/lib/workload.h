@@ -79,6 +79,30 @@ static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct
 }
 
 /*
+ * The generation entries of c's slot must carry (learned addresses,
+ * grants). A workload whose task has expired is judged by the baseline
+ * (slot 0), whose entries carry generation 0, not by its task's.
+ */
+static __always_inline __u32 bridle_entry_generation(const struct bridle_ctx *c)
+{
+	return c->slot == BRIDLE_BASELINE_SLOT ? 0 : c->generation;
+}
+
+/*
+ * Whether an entry of c's slot with its own end (a learned address, a
+ * grant) is in force: written for the task now in the slot, and not
+ * expired. The kernel ends the entry itself, as it ends a task; with the
+ * clock the task's own expiry check read, when it read one.
+ */
+static __always_inline int bridle_entry_live(const struct bridle_ctx *c, __u32 generation, __u64 expires_ns)
+{
+	if (generation != bridle_entry_generation(c))
+		return 0;
+	__u64 now = c->now_ns ? c->now_ns : bpf_ktime_get_boot_ns();
+	return now < expires_ns;
+}
+
+/*
  * Finds the workload entry for cgroup id, else for its nearest registered
  * ancestor (ANCESTOR(level) gives the id at a level, 0 past the cgroup's
  * depth), so a process in a sub-cgroup of a workload stays governed by it.

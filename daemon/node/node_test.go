@@ -96,6 +96,21 @@ func (k *fakeKernel) Learn(slot, gen uint32, addrs []loader.LearnedAddr) error {
 func (k *fakeKernel) Unlearn(slot uint32, addrs []loader.LearnedAddr) error {
 	return k.note("unlearn %d %v", slot, addrs)
 }
+func (k *fakeKernel) GrantAddrs(slot, gen uint32, addrs []loader.GrantedAddr) error {
+	return k.note("grant %d/%d %v", slot, gen, addrs)
+}
+func (k *fakeKernel) RevokeAddrs(slot uint32, addrs []loader.GrantedAddr) error {
+	return k.note("revoke %d %v", slot, addrs)
+}
+func (k *fakeKernel) GrantExec(slot, gen uint32, g []loader.GrantedExec) error {
+	return k.note("grant exec %d/%d %v", slot, gen, g)
+}
+func (k *fakeKernel) RevokeExec(slot uint32, g []loader.GrantedExec) error {
+	return k.note("revoke exec %d %v", slot, g)
+}
+func (k *fakeKernel) AbortTo(id uint64, proto policy.Protocol, addr netip.Addr, ports []policy.PortRange) (loader.DestroyStats, error) {
+	return loader.DestroyStats{}, k.note("abort %d %s %s %v", id, proto, addr, ports)
+}
 func (k *fakeKernel) SetResolver(v4, v6 netip.AddrPort) error {
 	return k.note("resolver %s %s", v4, v6)
 }

@@ -40,6 +40,15 @@ type Kernel interface {
 	// Unlearn deletes some.
 	Learn(slot, generation uint32, addrs []loader.LearnedAddr) error
 	Unlearn(slot uint32, addrs []loader.LearnedAddr) error
+	// GrantAddrs and GrantExec write what a person approved for a task,
+	// each with an expiry the kernel checks; RevokeAddrs and RevokeExec
+	// delete some; AbortTo resets a workload's connections to a peer
+	// whose grant ended.
+	GrantAddrs(slot, generation uint32, addrs []loader.GrantedAddr) error
+	RevokeAddrs(slot uint32, addrs []loader.GrantedAddr) error
+	GrantExec(slot, generation uint32, g []loader.GrantedExec) error
+	RevokeExec(slot uint32, g []loader.GrantedExec) error
+	AbortTo(cgroupID uint64, proto policy.Protocol, addr netip.Addr, ports []policy.PortRange) (loader.DestroyStats, error)
 }
 
 // Task is one task in force.
@@ -432,8 +441,8 @@ func (m *Manager) SetBaseline(rs policy.RuleSet, fresh bool) error {
 	return m.k.WriteRules(loader.BaselineSlot, rs)
 }
 
-// ErrNotInForce is returned by Learn for a slot generation whose task has
-// ended (or never was).
+// ErrNotInForce is returned by Learn and the grant methods for a slot
+// generation whose task has ended (or never was).
 var ErrNotInForce = errors.New("task not in force")
 
 // MaxLearned is how many learned addresses (per protocol) one task may
@@ -464,10 +473,7 @@ type learnedKey struct {
 func (m *Manager) Learn(slot, generation uint32, addrs []loader.LearnedAddr) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.index.RLock()
-	it, ok := m.byGeneration[generation]
-	m.index.RUnlock()
-	if slot == loader.BaselineSlot || !ok || !it.ended.IsZero() || it.task.Slot != slot || m.tasks[it.task.ID] == nil {
+	if _, ok := m.inForceLocked(slot, generation); !ok {
 		return fmt.Errorf("tasks: learn for slot %d generation %d: %w", slot, generation, ErrNotInForce)
 	}
 	held := m.learned[generation]
@@ -497,6 +503,102 @@ func (m *Manager) Learn(slot, generation uint32, addrs []loader.LearnedAddr) err
 		held[k] = a.Expires
 	}
 	return nil
+}
+
+// inForceLocked returns the task of generation in slot while it is in
+// force; the baseline slot holds none. Called with mu held, which keeps it
+// in force until mu is released.
+func (m *Manager) inForceLocked(slot, generation uint32) (*Task, bool) {
+	m.index.RLock()
+	it, ok := m.byGeneration[generation]
+	m.index.RUnlock()
+	if slot == loader.BaselineSlot || !ok || !it.ended.IsZero() || it.task.Slot != slot {
+		return nil, false
+	}
+	t := m.tasks[it.task.ID]
+	return t, t != nil
+}
+
+// GrantAddrs writes address grants a person approved into the kernel for
+// the task at slot and generation, while it is in force (ErrNotInForce
+// otherwise): an ended task's slot, about to be cleared or given to
+// another task, gets no entries. The kernel honours each only for that
+// generation and until its expiry, so it ends on time without bridled.
+func (m *Manager) GrantAddrs(slot, generation uint32, addrs []loader.GrantedAddr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.inForceLocked(slot, generation); !ok {
+		return fmt.Errorf("tasks: grant for slot %d generation %d: %w", slot, generation, ErrNotInForce)
+	}
+	if err := m.k.GrantAddrs(slot, generation, addrs); err != nil {
+		return fmt.Errorf("tasks: grant: %w", err)
+	}
+	return nil
+}
+
+// RevokeAddrs deletes address grants of the task at slot and generation
+// while it is in force. For a task that has ended it does nothing and
+// returns ErrNotInForce: its grants went with its slot, and the slot may
+// hold another task's by now.
+func (m *Manager) RevokeAddrs(slot, generation uint32, addrs []loader.GrantedAddr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.inForceLocked(slot, generation); !ok {
+		return fmt.Errorf("tasks: revoke grant for slot %d generation %d: %w", slot, generation, ErrNotInForce)
+	}
+	if err := m.k.RevokeAddrs(slot, addrs); err != nil {
+		return fmt.Errorf("tasks: revoke grant: %w", err)
+	}
+	return nil
+}
+
+// GrantExec writes binary grants for the task at slot and generation, as
+// GrantAddrs does addresses.
+func (m *Manager) GrantExec(slot, generation uint32, g []loader.GrantedExec) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.inForceLocked(slot, generation); !ok {
+		return fmt.Errorf("tasks: grant exec for slot %d generation %d: %w", slot, generation, ErrNotInForce)
+	}
+	if err := m.k.GrantExec(slot, generation, g); err != nil {
+		return fmt.Errorf("tasks: grant exec: %w", err)
+	}
+	return nil
+}
+
+// RevokeExec deletes binary grants of the task at slot and generation, as
+// RevokeAddrs does addresses.
+func (m *Manager) RevokeExec(slot, generation uint32, g []loader.GrantedExec) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.inForceLocked(slot, generation); !ok {
+		return fmt.Errorf("tasks: revoke exec grant for slot %d generation %d: %w", slot, generation, ErrNotInForce)
+	}
+	if err := m.k.RevokeExec(slot, g); err != nil {
+		return fmt.Errorf("tasks: revoke exec grant: %w", err)
+	}
+	return nil
+}
+
+// AbortTo resets the open TCP/UDP connections of the workload of the task
+// at slot and generation whose peer is addr on one of ports (all when
+// none): those opened under a grant that ended. Only while the task is in
+// force (ErrNotInForce otherwise): a task's end resets all its
+// connections already, and the workload may have a new task by now whose
+// connections to the peer are its own. A connection to the peer that the
+// task's rules allow as well is reset too; the workload may open it again.
+func (m *Manager) AbortTo(slot, generation uint32, proto policy.Protocol, addr netip.Addr, ports []policy.PortRange) (loader.DestroyStats, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t, ok := m.inForceLocked(slot, generation)
+	if !ok {
+		return loader.DestroyStats{}, fmt.Errorf("tasks: abort connections for slot %d generation %d: %w", slot, generation, ErrNotInForce)
+	}
+	st, err := m.k.AbortTo(t.CgroupID, proto, addr, ports)
+	if err != nil {
+		return st, fmt.Errorf("tasks: abort connections of %s to %s: %w", t.ID, addr, err)
+	}
+	return st, nil
 }
 
 // forgetExpired deletes a task's expired learned entries from the kernel

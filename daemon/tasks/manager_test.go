@@ -76,6 +76,26 @@ func (r *recorder) Unlearn(slot uint32, addrs []loader.LearnedAddr) error {
 	return r.note(fmt.Sprintf("unlearn %d %d", slot, len(addrs)))
 }
 
+func (r *recorder) GrantAddrs(slot, gen uint32, addrs []loader.GrantedAddr) error {
+	return r.note(fmt.Sprintf("grant %d/%d %d", slot, gen, len(addrs)))
+}
+
+func (r *recorder) RevokeAddrs(slot uint32, addrs []loader.GrantedAddr) error {
+	return r.note(fmt.Sprintf("revoke %d %d", slot, len(addrs)))
+}
+
+func (r *recorder) GrantExec(slot, gen uint32, g []loader.GrantedExec) error {
+	return r.note(fmt.Sprintf("grant exec %d/%d %d", slot, gen, len(g)))
+}
+
+func (r *recorder) RevokeExec(slot uint32, g []loader.GrantedExec) error {
+	return r.note(fmt.Sprintf("revoke exec %d %d", slot, len(g)))
+}
+
+func (r *recorder) AbortTo(id uint64, proto policy.Protocol, addr netip.Addr, ports []policy.PortRange) (loader.DestroyStats, error) {
+	return loader.DestroyStats{}, r.note(fmt.Sprintf("abort %d %s %s %v", id, proto, addr, ports))
+}
+
 func (r *recorder) log() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -294,6 +314,81 @@ func TestLearnOnlyForTasksInForce(t *testing.T) {
 	}
 	if got := strings.Count(k.log(), "learn "); got != 1 {
 		t.Errorf("%d kernel writes, want 1 (the task in force): %s", got, k.log())
+	}
+}
+
+// Grants, their revocation and the abort of their connections reach the
+// kernel only for the task in force at that slot and generation: an ended
+// task's slot may be cleared or given to another task, whose grants and
+// connections are not the ended one's to change.
+func TestGrantsOnlyForTasksInForce(t *testing.T) {
+	k := &recorder{}
+	m := NewManager(k, nil)
+	task, err := m.Start("t-1", StartRequest{CgroupID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := netip.MustParseAddr("192.0.2.7")
+	addrs := []loader.GrantedAddr{{Protocol: policy.ProtoTCP, Addr: peer}}
+	bins := []loader.GrantedExec{{Dev: 1, Ino: 2}}
+	ports := []policy.PortRange{{First: 443, Last: 443}}
+	calls := func(slot, gen uint32) []error {
+		errs := []error{
+			m.GrantAddrs(slot, gen, addrs),
+			m.RevokeAddrs(slot, gen, addrs),
+			m.GrantExec(slot, gen, bins),
+			m.RevokeExec(slot, gen, bins),
+		}
+		_, err := m.AbortTo(slot, gen, policy.ProtoTCP, peer, ports)
+		return append(errs, err)
+	}
+	k.calls = nil
+	for i, err := range calls(task.Slot, task.Generation) {
+		if err != nil {
+			t.Errorf("call %d for the task in force: %v", i, err)
+		}
+	}
+	want := fmt.Sprintf("grant %[1]d/%[2]d 1; revoke %[1]d 1; grant exec %[1]d/%[2]d 1; revoke exec %[1]d 1; abort 7 tcp 192.0.2.7 [443]",
+		task.Slot, task.Generation)
+	if got := k.log(); got != want {
+		t.Errorf("kernel calls %q, want %q", got, want)
+	}
+	for _, c := range []struct {
+		name      string
+		slot, gen uint32
+	}{
+		{"another slot", task.Slot + 1, task.Generation},
+		{"an older generation", task.Slot, task.Generation - 1},
+		{"the baseline", loader.BaselineSlot, 0},
+	} {
+		for i, err := range calls(c.slot, c.gen) {
+			if !errors.Is(err, ErrNotInForce) {
+				t.Errorf("%s, call %d: %v, want ErrNotInForce", c.name, i, err)
+			}
+		}
+	}
+	if err := m.End("t-1", "done"); err != nil {
+		t.Fatal(err)
+	}
+	m.Wait()
+	k.calls = nil
+	for i, err := range calls(task.Slot, task.Generation) {
+		if !errors.Is(err, ErrNotInForce) {
+			t.Errorf("after the end, call %d: %v, want ErrNotInForce", i, err)
+		}
+	}
+	if got := k.log(); got != "" {
+		t.Errorf("kernel calls for an ended task: %s", got)
+	}
+
+	// A kernel failure is reported, wrapped.
+	task, err = m.Start("t-2", StartRequest{CgroupID: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.fail = "grant"
+	if err := m.GrantAddrs(task.Slot, task.Generation, addrs); err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Errorf("grant with a failing kernel: %v", err)
 	}
 }
 

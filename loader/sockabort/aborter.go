@@ -107,6 +107,17 @@ func (a *Aborter) Destroy(cgroupIDs ...uint64) (DestroyStats, error) {
 	return d.Destroy(DestroyOptions{}, cgroupIDs...)
 }
 
+// DestroyTo aborts the sockets of the given cgroups (as Destroy does) whose
+// peer matches p: the connections opened under a grant that ended, while
+// the workloads' other connections stay open.
+func (a *Aborter) DestroyTo(p Peer, cgroupIDs ...uint64) (DestroyStats, error) {
+	d, err := a.destroyer()
+	if err != nil {
+		return DestroyStats{Method: DestroyNone}, err
+	}
+	return d.Destroy(DestroyOptions{Peer: &p}, cgroupIDs...)
+}
+
 // UnixFeature reports how a workload's unix connections are ended at a
 // task's end on this kernel (given that its unix hooks exist). The kernel
 // is probed once.

@@ -3,6 +3,7 @@ package sockabort
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -82,6 +83,65 @@ type DestroyOptions struct {
 	// sockets are swept. Empty: the caller's namespace and every namespace
 	// a process of the target cgroups is in.
 	NetNS string
+	// Peer, when set, limits the call to sockets whose peer it matches:
+	// the connections made under a grant that ended, while the
+	// workload's others stay open.
+	Peer *Peer
+}
+
+// Peer names the remote end of the connections to abort.
+type Peer struct {
+	// TCP and UDP pick the transports; neither set picks both.
+	TCP, UDP bool
+	// Addr is the peer's address; an IPv4 address also matches IPv6
+	// sockets that reach it IPv4-mapped.
+	Addr netip.Addr
+	// Ports are the peer's ports; none: every port.
+	Ports []PortRange
+}
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ First, Last uint16 }
+
+// valid reports what is wrong with p, if anything.
+func (p *Peer) valid() error {
+	if !p.Addr.IsValid() || p.Addr.Zone() != "" {
+		return fmt.Errorf("peer %q is not an address", p.Addr)
+	}
+	for _, r := range p.Ports {
+		if r.First > r.Last {
+			return fmt.Errorf("peer port range %d-%d is empty", r.First, r.Last)
+		}
+	}
+	return nil
+}
+
+// transports reports which socket tables p reaches; nil p reaches both.
+func (p *Peer) transports() (tcp, udp bool) {
+	if p == nil || (!p.TCP && !p.UDP) {
+		return true, true
+	}
+	return p.TCP, p.UDP
+}
+
+// matches reports whether a socket whose peer is addr:port is p's; nil p
+// matches every socket.
+func (p *Peer) matches(addr netip.Addr, port uint16) bool {
+	if p == nil {
+		return true
+	}
+	if addr.Unmap() != p.Addr.Unmap() {
+		return false
+	}
+	if len(p.Ports) == 0 {
+		return true
+	}
+	for _, r := range p.Ports {
+		if port >= r.First && port <= r.Last {
+			return true
+		}
+	}
+	return false
 }
 
 // DestroyStats is what one Destroy call did.
@@ -222,6 +282,11 @@ func (d *Destroyer) Destroy(opts DestroyOptions, cgroupIDs ...uint64) (DestroySt
 	if len(cgroupIDs) == 0 {
 		return st, errors.New("destroy sockets: no cgroup")
 	}
+	if opts.Peer != nil {
+		if err := opts.Peer.valid(); err != nil {
+			return st, fmt.Errorf("destroy sockets: %w", err)
+		}
+	}
 	var errs []error
 	targets := make([]destroyTarget, 0, len(cgroupIDs))
 	for _, id := range cgroupIDs {
@@ -253,9 +318,9 @@ func (d *Destroyer) Destroy(opts DestroyOptions, cgroupIDs ...uint64) (DestroySt
 		err := inNetNS(ns, func() error {
 			var err error
 			if d.method == DestroyIter {
-				one, err = d.iterPass(targets, opts.Listeners)
+				one, err = d.iterPass(targets, opts.Listeners, opts.Peer)
 			} else {
-				one, err = netlinkPass(ids, opts.Listeners)
+				one, err = netlinkPass(ids, opts.Listeners, opts.Peer)
 			}
 			return err
 		})

@@ -23,6 +23,18 @@ type destroyBridleDstCounts struct {
 	Skipped   uint64
 }
 
+type destroyBridleDstPeer struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Set    uint32
+	Nports uint32
+	Ports  [16]struct {
+		_     structs.HostLayout
+		First uint16
+		Last  uint16
+	}
+}
+
 type destroyBridleDstTarget struct {
 	_     structs.HostLayout
 	Id    uint64
@@ -38,6 +50,7 @@ const (
 	destroyProgBridleDstUdp      = "bridle_dst_udp"
 	destroyVarBridleDstListeners = "bridle_dst_listeners"
 	destroyVarBridleDstNtargets  = "bridle_dst_ntargets"
+	destroyVarBridleDstPeer      = "bridle_dst_peer"
 	destroyVarBridleDstStats     = "bridle_dst_stats"
 	destroyVarBridleDstTargets   = "bridle_dst_targets"
 )
@@ -100,6 +113,7 @@ type destroyMapSpecs struct {
 type destroyVariableSpecs struct {
 	BridleDstListeners *ebpf.VariableSpec `ebpf:"bridle_dst_listeners"`
 	BridleDstNtargets  *ebpf.VariableSpec `ebpf:"bridle_dst_ntargets"`
+	BridleDstPeer      *ebpf.VariableSpec `ebpf:"bridle_dst_peer"`
 	BridleDstStats     *ebpf.VariableSpec `ebpf:"bridle_dst_stats"`
 	BridleDstTargets   *ebpf.VariableSpec `ebpf:"bridle_dst_targets"`
 }
@@ -136,6 +150,7 @@ func (m *destroyMaps) Close() error {
 type destroyVariables struct {
 	BridleDstListeners *ebpf.Variable `ebpf:"bridle_dst_listeners"`
 	BridleDstNtargets  *ebpf.Variable `ebpf:"bridle_dst_ntargets"`
+	BridleDstPeer      *ebpf.Variable `ebpf:"bridle_dst_peer"`
 	BridleDstStats     *ebpf.Variable `ebpf:"bridle_dst_stats"`
 	BridleDstTargets   *ebpf.Variable `ebpf:"bridle_dst_targets"`
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -91,8 +92,8 @@ func probeNetlinkDestroy() error {
 
 // netlinkPass destroys the sockets of the given cgroup ids in the current
 // namespace: four dumps (TCP and UDP, IPv4 and IPv6), then SOCK_DESTROY for
-// each socket found.
-func netlinkPass(ids []uint64, listeners bool) (DestroyStats, error) {
+// each socket found whose peer matches peer (nil: every socket).
+func netlinkPass(ids []uint64, listeners bool, peer *Peer) (DestroyStats, error) {
 	var st DestroyStats
 	c, err := openSockDiag()
 	if err != nil {
@@ -111,13 +112,21 @@ func netlinkPass(ids []uint64, listeners bool) (DestroyStats, error) {
 	if listeners {
 		tcpStates |= 1 << tcpListen
 	}
+	wantTCP, wantUDP := peer.transports()
 	var errs []error
 	for _, proto := range []struct {
 		num    uint8
 		states uint32
 		count  *int
-	}{{unix.IPPROTO_TCP, tcpStates, &st.TCP}, {unix.IPPROTO_UDP, udpStates, &st.UDP}} {
+		want   bool
+	}{{unix.IPPROTO_TCP, tcpStates, &st.TCP, wantTCP}, {unix.IPPROTO_UDP, udpStates, &st.UDP, wantUDP}} {
+		if !proto.want {
+			continue
+		}
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			if peer != nil && family == unix.AF_INET && !peer.Addr.Unmap().Is4() {
+				continue // an IPv6 peer is only reached from IPv6 sockets
+			}
 			socks, err := c.inetDump(family, proto.num, proto.states, filter)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("sock_diag dump: %w", err))
@@ -128,7 +137,7 @@ func netlinkPass(ids []uint64, listeners bool) (DestroyStats, error) {
 				// The kernel filtered by cgroup; the attribute
 				// confirms it, and filters when the list was too
 				// long for bytecode.
-				if want[s.cgroup] {
+				if want[s.cgroup] && peer.matches(s.peer(family)) {
 					reqs = append(reqs, inetDiagReq{family: family, protocol: proto.num, id: s.id})
 				}
 			}
@@ -178,6 +187,17 @@ func (r *inetDiagReq) Serialize() []byte {
 type diagSock struct {
 	id     [inetDiagSockIDLen]byte // struct inet_diag_sockid, as the kernel sent it
 	cgroup uint64
+}
+
+// peer is the socket's remote address and port, read from its
+// inet_diag_sockid: idiag_dport (network order) at 2, idiag_dst at 20 (an
+// IPv4 socket's address in its first 4 bytes).
+func (s *diagSock) peer(family uint8) (netip.Addr, uint16) {
+	port := binary.BigEndian.Uint16(s.id[2:4])
+	if family == unix.AF_INET {
+		return netip.AddrFrom4([4]byte(s.id[20:24])), port
+	}
+	return netip.AddrFrom16([16]byte(s.id[20:36])), port
 }
 
 // cgroupBytecode is a sock_diag filter matching any of ids. Each condition

@@ -58,8 +58,10 @@ func refusal(err error) error {
 	return errors.New(msg)
 }
 
-// iterPass runs both iterators once over the current namespace's tables.
-func (d *Destroyer) iterPass(targets []destroyTarget, listeners bool) (DestroyStats, error) {
+// iterPass runs the iterators once over the current namespace's tables,
+// once more for every BRIDLE_DST_MAX_PORTS of the peer's port ranges past
+// the first.
+func (d *Destroyer) iterPass(targets []destroyTarget, listeners bool, peer *Peer) (DestroyStats, error) {
 	var st DestroyStats
 	vars := d.objs.destroyVariables
 	var l uint32
@@ -69,6 +71,61 @@ func (d *Destroyer) iterPass(targets []destroyTarget, listeners bool) (DestroySt
 	if err := vars.BridleDstListeners.Set(l); err != nil {
 		return st, err
 	}
+	iters := []*link.Iter{d.tcpIter, d.udpIter}
+	filters := []destroyBridleDstPeer{{}}
+	if peer != nil {
+		filters = peerFilters(peer)
+		tcp, udp := peer.transports()
+		iters = nil
+		if tcp {
+			iters = append(iters, d.tcpIter)
+		}
+		if udp {
+			iters = append(iters, d.udpIter)
+		}
+	}
+	var errs []error
+	for _, f := range filters {
+		if err := vars.BridleDstPeer.Set(f); err != nil {
+			return st, err
+		}
+		one, err := d.iterTargets(targets, iters)
+		st.add(one)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return st, errors.Join(errs...)
+}
+
+// peerFilters is the iterators' form of a peer: one filter per
+// BRIDLE_DST_MAX_PORTS of its port ranges (one with no ports: any port).
+func peerFilters(p *Peer) []destroyBridleDstPeer {
+	// As16 of an IPv4 address is its IPv4-mapped form, as the iterators
+	// compare it.
+	base := destroyBridleDstPeer{Set: 1, Addr: p.Addr.As16()}
+	if len(p.Ports) == 0 {
+		return []destroyBridleDstPeer{base}
+	}
+	var out []destroyBridleDstPeer
+	for ports := p.Ports; len(ports) > 0; {
+		f := base
+		n := min(len(ports), len(f.Ports))
+		for i, r := range ports[:n] {
+			f.Ports[i].First, f.Ports[i].Last = r.First, r.Last
+		}
+		f.Nports = uint32(n)
+		ports = ports[n:]
+		out = append(out, f)
+	}
+	return out
+}
+
+// iterTargets runs iters over the current namespace's tables for targets,
+// as many passes as the targets need.
+func (d *Destroyer) iterTargets(targets []destroyTarget, iters []*link.Iter) (DestroyStats, error) {
+	var st DestroyStats
+	vars := d.objs.destroyVariables
 	var errs []error
 	for len(targets) > 0 {
 		n := min(len(targets), len(destroyTargetsArray{}))
@@ -86,7 +143,7 @@ func (d *Destroyer) iterPass(targets []destroyTarget, listeners bool) (DestroySt
 		if err := vars.BridleDstStats.Set(destroyBridleDstCounts{}); err != nil {
 			return st, err
 		}
-		for _, it := range []*link.Iter{d.tcpIter, d.udpIter} {
+		for _, it := range iters {
 			if err := runIter(it); err != nil {
 				return st, err
 			}
