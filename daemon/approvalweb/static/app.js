@@ -30,7 +30,12 @@
 
   var es = new EventSource("/events");
   es.addEventListener("open", function () { live.textContent = "live"; live.className = "live on"; refresh(); });
-  es.addEventListener("error", function () { live.textContent = "reconnecting…"; live.className = "live off"; });
+  es.addEventListener("error", function () {
+    live.textContent = "reconnecting…";
+    live.className = "live off";
+    // A stream refused for good (the session ended): the page says why.
+    if (es.readyState === EventSource.CLOSED) { refresh(); }
+  });
   es.addEventListener("change", refresh);
   // Ages on the page move on even when nothing changes.
   setInterval(refresh, 30000);
