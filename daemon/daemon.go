@@ -21,6 +21,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/bridle-sh/bridle/daemon/api"
+	"github.com/bridle-sh/bridle/daemon/approvalweb"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/daemon/identity"
@@ -67,7 +68,12 @@ type Daemon struct {
 	baselineRules    int
 	baselineErr      error
 	listeners        map[string]api.Listener // bridled's own listeners, by name
-	fdErr            error                   // the descriptor limit leaves too little headroom
+
+	// approvals owns step-up approval requests; nil: approval calls are
+	// answered 503. approvalWeb serves its page on approvals.web_listen.
+	approvals   approvalsService
+	approvalWeb *approvalweb.Server
+	fdErr       error // the descriptor limit leaves too little headroom
 }
 
 // Run starts bridled with cfg and serves until ctx ends. Each value on
@@ -389,6 +395,8 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 			})
 		})
 	}
+	// Connections closed over a listener's limit are logged once a minute.
+	refusedLog := rate.NewLimiter(rate.Every(time.Minute), 1)
 	if d.cfg.MetricsListen != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", d.metrics.Handler())
@@ -398,7 +406,6 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 			ErrorLog: errLog,
 		}
 		servers = append(servers, msrv)
-		refusedLog := rate.NewLimiter(rate.Every(time.Minute), 1)
 		wg.Go(func() {
 			d.keepServing(ctx, msrv, "metrics", d.cfg.MetricsListen, func() (net.Listener, error) {
 				ln, err := net.Listen("tcp", d.cfg.MetricsListen)
@@ -408,6 +415,33 @@ func (d *Daemon) serve(ctx context.Context, reload <-chan os.Signal) error {
 				return &countListener{Listener: ln, max: d.cfg.APILimits.MetricsConnections, refused: func() {
 					if refusedLog.Allow() {
 						d.log.Warn("metrics connection closed: over the limit (api_limits.metrics_connections)", "limit", d.cfg.APILimits.MetricsConnections)
+					}
+				}}, nil
+			})
+		})
+	}
+
+	if addr := d.cfg.Approvals.WebAddr(); addr != "" && d.approvals != nil {
+		d.approvalWeb = approvalweb.New(d.approvals, approvalweb.Options{
+			Log:     d.log.With("component", "approvals-web"),
+			Refused: d.webAnswerRefused,
+		})
+		wsrv := &http.Server{
+			// No server-wide write timeout: the page's event stream lasts
+			// as long as the page; the handler sets one per write.
+			Handler: d.approvalWeb.Handler(), ReadHeaderTimeout: apiHeaderTimeout, ReadTimeout: apiReadTimeout,
+			IdleTimeout: apiIdleTimeout, MaxHeaderBytes: 16 << 10, ErrorLog: errLog,
+		}
+		servers = append(servers, wsrv)
+		wg.Go(func() {
+			d.keepServing(ctx, wsrv, approvalsWebListener, addr, func() (net.Listener, error) {
+				ln, err := net.Listen("tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				return &countListener{Listener: ln, max: approvalsWebConnections, refused: func() {
+					if refusedLog.Allow() {
+						d.log.Warn("approvals page connection closed: over the limit", "limit", approvalsWebConnections)
 					}
 				}}, nil
 			})
@@ -452,6 +486,8 @@ func (d *Daemon) keepServing(ctx context.Context, srv *http.Server, name, addr s
 				d.log.Info("serving metrics", "address", ln.Addr().String())
 			case "api-tcp":
 				d.log.Info("serving the task API over mutual TLS", "address", ln.Addr().String())
+			case approvalsWebListener:
+				d.log.Info("serving the approvals page (sign in with `bridle approvals web`)", "address", ln.Addr().String())
 			default:
 				d.log.Info("serving the task API", "socket", addr)
 			}

@@ -30,6 +30,14 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("GET /v1/tasks", d.guard(needReader, d.listTasks))
 	mux.Handle("GET /v1/events", d.guard(needAdmin, d.events))
 	mux.Handle("GET /v1/status", d.guard(needReader, d.status))
+	mux.Handle("GET /v1/approvals", d.guard(needReader, d.listApprovals))
+	mux.Handle("GET /v1/approvals/watch", d.guard(needReader, d.watchApprovals))
+	// Who may answer is the request's approvable entry's to say (its
+	// approvers, by default the admins): the guard only turns workloads
+	// and unproven callers away, and the manager decides.
+	mux.Handle("POST /v1/approvals/{id}/approve", d.guard(needCaller, d.approve))
+	mux.Handle("POST /v1/approvals/{id}/deny", d.guard(needCaller, d.deny))
+	mux.Handle("POST /v1/approvals/web-link", d.guard(needAdmin, d.approvalsWebLink))
 	return mux
 }
 
@@ -44,6 +52,9 @@ const (
 	// needAdmin: root, or a uid or gid of config admins. Starting and
 	// ending tasks, and event streams (which show what workloads do).
 	needAdmin
+	// needCaller: any caller that is not a workload; what it may do is
+	// decided past the guard (an approval's approvers).
+	needCaller
 )
 
 // guard admits a call by who the caller is (see callerOf and authorize):

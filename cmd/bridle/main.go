@@ -66,6 +66,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCommand(), newStatusCommand(), newTaskCommand())
+	root.AddCommand(newRunCommand(), newStatusCommand(), newTaskCommand(),
+		newApprovalsCommand(), newApproveCommand(), newDenyCommand())
 	return root
 }

@@ -136,6 +136,11 @@ func printDaemonStatus(socket string, st api.Status) {
 		}
 		fmt.Printf("identity:      %s%s, %s; %d workloads followed\n", id.Source, where, state, id.Watched)
 	}
+	for _, l := range st.Listeners {
+		if l.Name == "approvals-web" && l.Bound {
+			fmt.Printf("approvals:     page at http://%s (sign in with: bridle approvals web)\n", p(l.Address))
+		}
+	}
 	printHardening(st.Hardening)
 	if len(st.Degraded) == 0 {
 		fmt.Println("degraded:      no")

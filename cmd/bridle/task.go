@@ -22,13 +22,7 @@ func newTaskCommand() *cobra.Command {
 		Use:   "task",
 		Short: "Start, end and list tasks through the node daemon (bridled)",
 	}
-	pf := cmd.PersistentFlags()
-	pf.StringVar(&c.socket, "socket", config.DefaultSocket, "bridled's API socket")
-	pf.StringVar(&c.tokenFile, "token-file", os.Getenv("BRIDLE_TOKEN_FILE"), "send the JWT-SVID in FILE as the caller's proof of identity on the socket (env BRIDLE_TOKEN_FILE)")
-	pf.StringVar(&c.apiURL, "api", "", "call bridled's API over mutual TLS at https://HOST:PORT instead of the socket (needs --svid-cert, --svid-key, --bundle)")
-	pf.StringVar(&c.svidCert, "svid-cert", "", "with --api: the caller's X.509-SVID, PEM (leaf first)")
-	pf.StringVar(&c.svidKey, "svid-key", "", "with --api: the SVID's private key, PEM")
-	pf.StringVar(&c.bundle, "bundle", "", "with --api: the trust bundle bridled's SVID must chain to, PEM")
+	c.register(cmd)
 	cmd.AddCommand(newTaskStartCommand(c.client), newTaskEndCommand(c.client), newTaskListCommand(c.client))
 	return cmd
 }
@@ -39,6 +33,17 @@ func newTaskCommand() *cobra.Command {
 type callerFlags struct {
 	socket, tokenFile                 string
 	apiURL, svidCert, svidKey, bundle string
+}
+
+// register adds the flags to cmd and its subcommands.
+func (f *callerFlags) register(cmd *cobra.Command) {
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.socket, "socket", config.DefaultSocket, "bridled's API socket")
+	pf.StringVar(&f.tokenFile, "token-file", os.Getenv("BRIDLE_TOKEN_FILE"), "send the JWT-SVID in FILE as the caller's proof of identity on the socket (env BRIDLE_TOKEN_FILE)")
+	pf.StringVar(&f.apiURL, "api", "", "call bridled's API over mutual TLS at https://HOST:PORT instead of the socket (needs --svid-cert, --svid-key, --bundle)")
+	pf.StringVar(&f.svidCert, "svid-cert", "", "with --api: the caller's X.509-SVID, PEM (leaf first)")
+	pf.StringVar(&f.svidKey, "svid-key", "", "with --api: the SVID's private key, PEM")
+	pf.StringVar(&f.bundle, "bundle", "", "with --api: the trust bundle bridled's SVID must chain to, PEM")
 }
 
 func (f *callerFlags) client() (*api.Client, error) {

@@ -79,6 +79,8 @@ type Config struct {
 	SPIFFE SPIFFE `yaml:"spiffe"`
 	// API says which SVIDs the task API accepts from its callers.
 	API API `yaml:"api"`
+	// Approvals configures step-up approval requests and their page.
+	Approvals Approvals `yaml:"approvals"`
 }
 
 // DNS configures the resolver. Zero values take the resolver's defaults.
@@ -429,7 +431,7 @@ func (c *Config) complete() error {
 	if err := c.checkIdentity(); err != nil {
 		return err
 	}
-	return nil
+	return c.Approvals.complete()
 }
 
 func (l *APILimits) complete() error {
