@@ -51,6 +51,13 @@ const (
 	ActionSuppressed Action = "suppressed" // records left out of the audit file
 	// ActionDNS is a query to Bridle's resolver: one record per query.
 	ActionDNS Action = "dns"
+	// Step-up approvals: a refusal an approvable entry covers opens a
+	// request; an answer grants or denies it; a grant ends.
+	ActionApprovalRequest Action = "approval_request"
+	ActionApprovalGranted Action = "approval_granted"
+	ActionApprovalDenied  Action = "approval_denied"
+	ActionApprovalExpired Action = "approval_expired"
+	ActionGrantEnded      Action = "grant_ended"
 )
 
 var actions = [...]Action{

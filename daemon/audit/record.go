@@ -63,6 +63,12 @@ type Record struct {
 	QueryType string   `json:"qtype,omitempty"`
 	Answers   []string `json:"answers,omitempty"`
 
+	// Request is the approval request id: on the refusal that opened or
+	// matched a pending request, and on the approval records
+	// (approval_request, approval_granted, approval_denied,
+	// approval_expired, grant_ended) of that request.
+	Request string `json:"request,omitempty"`
+
 	// CgroupID is the workload's cgroup id (its directory's inode), for
 	// routing a kernel decision to the workload's subscribers inside the
 	// process that read it. It is not part of the record: never written,

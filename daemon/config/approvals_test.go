@@ -15,7 +15,7 @@ func TestApprovalsConfig(t *testing.T) {
 	}
 	a := c.Approvals
 	if a.WebAddr() != "127.0.0.1:0" || a.RequestTTL != 10*time.Minute || a.Cooldown != 5*time.Minute ||
-		a.Webhook.Timeout != 5*time.Second || a.Webhook.Retries != 5 {
+		a.Webhook.Timeout != 5*time.Second || *a.Webhook.Retries != 5 {
 		t.Fatalf("defaults: %+v web %q", a, a.WebAddr())
 	}
 	c, err = Parse([]byte(base+"approvals: {web_listen: \"\", request_ttl: 2m}\n"), "t")

@@ -79,7 +79,8 @@ type Config struct {
 	SPIFFE SPIFFE `yaml:"spiffe"`
 	// API says which SVIDs the task API accepts from its callers.
 	API API `yaml:"api"`
-	// Approvals configures step-up approval requests and their page.
+	// Approvals configures step-up approvals: requests opened from
+	// refusals the policy's approvable entries cover.
 	Approvals Approvals `yaml:"approvals"`
 }
 
@@ -423,6 +424,9 @@ func (c *Config) complete() error {
 		return err
 	}
 	if err := c.DNS.check(); err != nil {
+		return err
+	}
+	if err := c.Approvals.complete(); err != nil {
 		return err
 	}
 	if err := c.checkCallers(); err != nil {

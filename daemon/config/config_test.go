@@ -201,3 +201,35 @@ func TestIdentityConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestApprovalsSettings(t *testing.T) {
+	c, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\n"), "bridled.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Approvals
+	if a.RequestTTL != DefaultApprovalRequestTTL || a.Cooldown != DefaultApprovalCooldown || a.WebListen == nil ||
+		*a.WebListen != DefaultApprovalWebListen || a.Webhook.Timeout != DefaultWebhookTimeout || *a.Webhook.Retries != DefaultWebhookRetries {
+		t.Errorf("defaults %+v", a)
+	}
+	c, err = Parse([]byte("roots: [/a]\npolicy_dir: /p\napprovals:\n  request_ttl: 2m\n  web_listen: \"\"\n  webhook:\n    url: https://hooks.example/x\n    retries: 0\n"), "bridled.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := c.Approvals; a.RequestTTL.String() != "2m0s" || *a.WebListen != "" || *a.Webhook.Retries != 0 || a.Webhook.URL != "https://hooks.example/x" {
+		t.Errorf("settings %+v", a)
+	}
+	for _, bad := range []string{
+		"approvals:\n  request_ttl: -1m\n",
+		"approvals:\n  request_ttl: 10ms\n",
+		"approvals:\n  cooldown: -1s\n",
+		"approvals:\n  web_listen: localhost\n",
+		"approvals:\n  webhook:\n    url: ftp://x/\n",
+		"approvals:\n  webhook:\n    retries: -1\n",
+		"approvals:\n  webhok: {}\n",
+	} {
+		if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\n"+bad), "bridled.yaml"); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -93,7 +93,14 @@ type Metrics struct {
 	dnsCacheHits    prometheus.Counter
 	dnsUpstream     prometheus.Histogram
 	dnsUpstreamErrs prometheus.Counter
+	approvalPending prometheus.Gauge
+	approvalOutcome map[string]prometheus.Counter // approved, denied, expired, dropped
+	approvalAnswer  prometheus.Histogram
+	webhookFailures prometheus.Counter
 }
+
+// approvalOutcomes are the label values of bridle_approval_requests_total.
+var approvalOutcomes = []string{"opened", "approved", "denied", "expired", "dropped", other}
 
 // dnsReasons are the resolver's reasons (daemon/audit), the label values
 // of bridle_dns_queries_total.
@@ -241,6 +248,28 @@ func New(src Sources) *Metrics {
 		m.listenerUp[l] = listenerUp.WithLabelValues(l)
 	}
 
+	m.approvalPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "bridle_approval_requests_pending",
+		Help: "Approval requests waiting for an answer.",
+	})
+	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridle_approval_requests_total",
+		Help: "Approval requests by what became of them: opened, approved, denied, expired (unanswered), dropped (not opened: the task had too many pending).",
+	}, []string{"outcome"})
+	m.approvalOutcome = make(map[string]prometheus.Counter, len(approvalOutcomes))
+	for _, o := range approvalOutcomes {
+		m.approvalOutcome[o] = outcomes.WithLabelValues(o)
+	}
+	m.approvalAnswer = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "bridle_approval_answer_seconds",
+		Help:    "Time from an approval request's opening to its answer (approve or deny).",
+		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600},
+	})
+	m.webhookFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridle_approval_webhook_failures_total",
+		Help: "New approval requests the webhook could not deliver after all its retries.",
+	})
+
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -250,6 +279,7 @@ func New(src Sources) *Metrics {
 		m.unhardened, lacks,
 		queries, m.dnsCacheHits, m.dnsUpstream, m.dnsUpstreamErrs,
 		m.apiUnrecorded, m.apiConnRefused, unauth, listenerUp,
+		m.approvalPending, outcomes, m.approvalAnswer, m.webhookFailures,
 	)
 	if src.Drops != nil {
 		reg.MustRegister(newDropsCollector(src.Drops))
@@ -597,4 +627,39 @@ func (c *dropsCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(last))
 	ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(failures))
+}
+
+// ApprovalsPending sets how many approval requests wait for an answer.
+func (m *Metrics) ApprovalsPending(n int) {
+	if m == nil {
+		return
+	}
+	m.approvalPending.Set(float64(n))
+}
+
+// ApprovalRequest counts what became of an approval request: opened,
+// expired or dropped. Answers are counted by ApprovalAnswered.
+func (m *Metrics) ApprovalRequest(outcome string) {
+	if m == nil {
+		return
+	}
+	pick(m.approvalOutcome, outcome).Inc()
+}
+
+// ApprovalAnswered counts an answer (approved or denied) and the time the
+// request waited for it.
+func (m *Metrics) ApprovalAnswered(outcome string, waited time.Duration) {
+	if m == nil {
+		return
+	}
+	pick(m.approvalOutcome, outcome).Inc()
+	m.approvalAnswer.Observe(waited.Seconds())
+}
+
+// ApprovalWebhookFailed counts a new request the webhook could not deliver.
+func (m *Metrics) ApprovalWebhookFailed() {
+	if m == nil {
+		return
+	}
+	m.webhookFailures.Inc()
 }

@@ -24,7 +24,11 @@ func (n *Node) StartResolver(ctx context.Context, cfg dns.Config) (*dns.Server, 
 	}
 	cfg.Kernel = resolverKernel{n}
 	cfg.Tasks = n
-	cfg.Records = n.sinks()
+	sinks := n.sinks()
+	cfg.Records = audit.SinkFunc(func(rec audit.Record) {
+		n.refusedName(&rec)
+		sinks.Record(rec)
+	})
 	cfg.Node = n.opt.NodeName
 	cfg.Log = n.log
 	srv, err := dns.New(cfg)
@@ -81,9 +85,10 @@ func (n *Node) Lookup(p dns.Peer) (dns.Asker, bool) {
 	if cur, ok := n.tasks.Get(t.ID); !ok || cur.Generation != p.Generation {
 		return dns.Asker{}, false
 	}
+	names, ends := n.grantedNames(t, n.taskNames(t), t.Expires)
 	return dns.Asker{
 		TaskID: t.ID, Identity: t.Identity, IdentitySource: t.IdentitySource, Intent: t.Intent, Workload: t.Workload,
-		PolicyRevision: t.PolicyRevision, Names: n.taskNames(t), Ends: t.Expires,
+		PolicyRevision: t.PolicyRevision, Names: names, Ends: ends,
 	}, true
 }
 

@@ -29,7 +29,9 @@ func (n *Node) ReadEvents(r *loader.EventReader, extra ...audit.Sink) {
 			n.closeAll()
 			return
 		}
-		sinks.Record(n.Enrich(ev))
+		rec := n.Enrich(ev)
+		n.refusedEvent(&rec, ev)
+		sinks.Record(rec)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bridle-sh/bridle/bpf"
+	"github.com/bridle-sh/bridle/daemon/approvals"
 	"github.com/bridle-sh/bridle/daemon/audit"
 	"github.com/bridle-sh/bridle/daemon/dns"
 	"github.com/bridle-sh/bridle/daemon/identity"
@@ -138,6 +139,9 @@ type Node struct {
 	// generation, for the resolver (a baseline has none).
 	names    map[uint32]*policy.NameIndex
 	resolver *dns.Server // nil until StartResolver
+	// approvals opens requests from tasks' refusals; nil until
+	// UseApprovals.
+	approvals *approvals.Manager
 }
 
 type budgetKey struct {
@@ -403,7 +407,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 		parent = &p
 	}
 
-	rs, ttl, revision, writableOK, err := n.decide(ctx, id, ident, req, parent)
+	rs, ttl, revision, writableOK, approvable, err := n.decide(ctx, id, ident, req, parent)
 	if err != nil {
 		return Task{}, err
 	}
@@ -448,6 +452,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	}
 	// From here the task's end releases the identity.
 	started = true
+	n.approvalsStarted(t, approvable)
 	n.opt.Metrics.ObserveApply(time.Since(began))
 	// SPIRE may have withdrawn or changed the identity since Identify
 	// returned: its change was reported while the task was not in force
@@ -495,16 +500,22 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 // writableOK says whether exec rules the workload can write are accepted:
 // by the grants without a policy; with one, by the policy and the grants
 // (when given) both.
-func (n *Node) decide(ctx context.Context, id string, ident identity.Identity, req Request, parent *tasks.Task) (rs policy.RuleSet, ttl time.Duration, revision string, writableOK bool, err error) {
+//
+// approvable is what the task may be asked for, cut for a sub-agent to
+// what its parent covers; empty without a policy or an approvals manager.
+func (n *Node) decide(ctx context.Context, id string, ident identity.Identity, req Request, parent *tasks.Task) (rs policy.RuleSet, ttl time.Duration, revision string, writableOK bool, approvable policy.CompiledApprovable, err error) {
+	fail := func(err error) (policy.RuleSet, time.Duration, string, bool, policy.CompiledApprovable, error) {
+		return policy.RuleSet{}, 0, "", false, policy.CompiledApprovable{}, err
+	}
 	if n.opt.Engine == nil {
 		if req.Grants == nil {
-			return policy.RuleSet{}, 0, "", false, badRequest("no policy is loaded and the request names no grants")
+			return fail(badRequest("no policy is loaded and the request names no grants"))
 		}
 		rs, err := req.Grants.Rules()
 		if err != nil {
-			return policy.RuleSet{}, 0, "", false, &RequestError{err}
+			return fail(&RequestError{err})
 		}
-		return rs, req.TTL, GrantsRevision, req.Grants.Envelope.AllowWritableExec, nil
+		return rs, req.TTL, GrantsRevision, req.Grants.Envelope.AllowWritableExec, policy.CompiledApprovable{}, nil
 	}
 	in := engine.Input{
 		Identity:       ident.ID,
@@ -520,24 +531,27 @@ func (n *Node) decide(ctx context.Context, id string, ident identity.Identity, r
 	dec, err := n.opt.Engine.Evaluate(ctx, in)
 	n.opt.Metrics.ObservePolicyEval(time.Since(began))
 	if err != nil {
-		return policy.RuleSet{}, 0, "", false, err
+		return fail(err)
 	}
 	rs, err = policy.Compile(dec.Envelope)
 	if err != nil {
-		return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)}
+		return fail(&EnvelopeError{fmt.Errorf("envelope of policy %s: %w", dec.Revision, err)})
+	}
+	if approvable, err = n.approvableFor(dec.Approvable, dec.Revision, parent); err != nil {
+		return fail(&EnvelopeError{fmt.Errorf("approvable of policy %s: %w", dec.Revision, err)})
 	}
 	writableOK = dec.Envelope.AllowWritableExec
 	if req.Grants != nil {
 		g, err := req.Grants.Rules()
 		if err != nil {
-			return policy.RuleSet{}, 0, "", false, &RequestError{err}
+			return fail(&RequestError{err})
 		}
 		if rs, err = policy.Intersect(rs, g); err != nil {
-			return policy.RuleSet{}, 0, "", false, &EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)}
+			return fail(&EnvelopeError{fmt.Errorf("grants within policy %s: %w", dec.Revision, err)})
 		}
 		writableOK = writableOK && req.Grants.Envelope.AllowWritableExec
 	}
-	return rs, dec.Envelope.TTL, dec.Revision, writableOK, nil
+	return rs, dec.Envelope.TTL, dec.Revision, writableOK, approvable, nil
 }
 
 func failureKind(err error) string {
@@ -605,7 +619,11 @@ func (n *Node) taskEnded(e tasks.End) {
 	n.mu.Lock()
 	delete(n.names, e.Task.Generation)
 	resolver := n.resolver
+	m := n.approvals
 	n.mu.Unlock()
+	if m != nil {
+		m.TaskEnded(e.Task.ID)
+	}
 	if resolver != nil {
 		resolver.TaskEnded(e.Task.ID)
 	}

@@ -45,6 +45,8 @@ const (
 	envelopeQuery = "data.bridle.envelope"
 	baselineQuery = "data.bridle.baseline"
 	denyQuery     = "data.bridle.deny"
+	// approvableQuery is what a task may be granted on request.
+	approvableQuery = "data.bridle.approvable"
 )
 
 // ErrNoPolicy is returned by evaluations while no policy has been loaded.
@@ -71,6 +73,9 @@ type Decision struct {
 	// Revision identifies the policy that decided, for the decision
 	// events of everything the envelope then allows or refuses.
 	Revision string
+	// Approvable is what the task may be granted on request; empty when
+	// the policy defines no data.bridle.approvable (and for a baseline).
+	Approvable policy.Approvable
 }
 
 // Status describes the policy in force and the most recent failed load.
@@ -112,6 +117,7 @@ type prepared struct {
 	envelope rego.PreparedEvalQuery
 	baseline rego.PreparedEvalQuery
 	deny     rego.PreparedEvalQuery
+	approv   rego.PreparedEvalQuery
 	// modules are the policy's parsed modules, sorted by path, where a
 	// refused envelope entry is looked up to say where it was written.
 	modules []*ast.Module
@@ -369,6 +375,9 @@ func (e *Engine) prepare(ctx context.Context, source string, b *bundle.Bundle, r
 	if p.deny, err = prep(denyQuery); err != nil {
 		return nil, err
 	}
+	if p.approv, err = prep(approvableQuery); err != nil {
+		return nil, err
+	}
 
 	// Whatever a policy yields without looking at its input is checked
 	// now, so that a constant mistake (a bad CIDR, a bad host, a
@@ -383,6 +392,9 @@ func (e *Engine) prepare(ctx context.Context, source string, b *bundle.Bundle, r
 		return nil, err
 	}
 	if _, _, err := p.evalEnvelope(ctx, p.baseline, baselineQuery, empty, false); err != nil {
+		return nil, err
+	}
+	if _, err := p.evalApprovable(ctx, empty); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -419,7 +431,11 @@ func (e *Engine) Evaluate(ctx context.Context, in Input) (Decision, error) {
 	if maxTTL > 0 && (env.TTL == 0 || env.TTL > maxTTL) {
 		env.TTL = maxTTL
 	}
-	return Decision{Envelope: env, MaxTTL: maxTTL, Revision: p.revision}, nil
+	approvable, err := p.evalApprovable(ctx, input)
+	if err != nil {
+		return Decision{}, p.evalError(err)
+	}
+	return Decision{Envelope: env, MaxTTL: maxTTL, Revision: p.revision, Approvable: approvable}, nil
 }
 
 // Baseline decides the envelope of a workload that has no task: what the
@@ -498,6 +514,21 @@ func (p *prepared) evalEnvelope(ctx context.Context, q rego.PreparedEvalQuery, n
 		return policy.Envelope{}, 0, p.locate(err)
 	}
 	return env, maxTTL, nil
+}
+
+// evalApprovable decides what the task may be granted on request; an
+// entry the policy got wrong refuses the task, with where it was written,
+// as an envelope's does.
+func (p *prepared) evalApprovable(ctx context.Context, input ast.Value) (policy.Approvable, error) {
+	v, err := p.eval(ctx, p.approv, approvableQuery, input)
+	if err != nil || v == nil {
+		return policy.Approvable{}, err
+	}
+	a, err := policy.DecodeApprovable(v, approvableQuery)
+	if err != nil {
+		return policy.Approvable{}, p.locate(err)
+	}
+	return a, nil
 }
 
 // locate leads the error of a refused envelope entry with the file:line

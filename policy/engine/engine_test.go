@@ -215,6 +215,14 @@ func TestBadPolicyKeepsThePolicyInForce(t *testing.T) {
 			[]string{"p.rego:3:", "host and cidr together"}},
 		{"constant bad cidr", map[string]string{"p.rego": "package bridle\n\nbaseline := {\"egress\": [{\"protocol\": \"tcp\", \"cidr\": \"10.0.0.0/40\"}]}\n"},
 			[]string{"p.rego:3:", "data.bridle.baseline", "egress[0]", "prefix length"}},
+		{"approvable bad max_ttl", map[string]string{"p.rego": "package bridle\n\napprovable := {\"egress\": [\n\t{\"protocol\": \"tcp\", \"cidr\": \"192.0.2.0/24\", \"max_ttl\": \"ten minutes\"},\n]}\n"},
+			[]string{"p.rego:4:", "data.bridle.approvable", "egress[0]", "max_ttl"}},
+		{"approvable bad cidr", map[string]string{"p.rego": "package bridle\n\napprovable := {\"egress\": [{\"protocol\": \"tcp\", \"cidr\": \"10.0.0.0/40\", \"approvers\": {\"uids\": [1000]}}]}\n"},
+			[]string{"p.rego:3:", "data.bridle.approvable", "egress[0]", "prefix length"}},
+		{"approvers naming nobody", map[string]string{"p.rego": "package bridle\n\napprovable := {\"exec\": [{\"path\": \"/bin/sh\", \"approvers\": {}}]}\n"},
+			[]string{"p.rego:3:", "data.bridle.approvable", "exec[0]", "names nobody"}},
+		{"approvable unix socket", map[string]string{"p.rego": "package bridle\n\napprovable := {\"egress\": [{\"unix\": \"/run/x.sock\"}]}\n"},
+			[]string{"data.bridle.approvable", "unix sockets cannot be approved"}},
 		{"deny not strings", map[string]string{"p.rego": "package bridle\n\ndeny := true\n"}, []string{"data.bridle.deny", "want a set of message strings"}},
 		{"bad data file", map[string]string{"p.rego": "package bridle\n", "data.json": "{nope"}, []string{"data.json"}},
 	}
@@ -548,5 +556,43 @@ deny contains "slow" if {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("Evaluate took %v past a 100ms deadline", time.Since(start))
+	}
+}
+
+func TestEvaluateApprovable(t *testing.T) {
+	e := mustLoad(t, map[string]string{"p.rego": `package bridle
+
+envelope := {}
+
+approvable := {
+	"egress": [
+		{"protocol": "tcp", "cidr": "192.0.2.0/24", "ports": [443], "max_ttl": "30m"},
+		{"protocol": "tcp", "host": "*.github.com", "ports": [443], "approvers": {"uids": [1000], "identities": ["spiffe://example.org"]}},
+	],
+	"exec": [{"path": "/bin/sh", "max_ttl": "10m"}],
+}
+`})
+	dec, err := e.Evaluate(context.Background(), taskInput("x", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := dec.Approvable.Entries
+	if len(got) != 3 {
+		t.Fatalf("approvable %+v, want 3 entries", got)
+	}
+	if got[0].Egress == nil || got[0].Egress.Prefix.String() != "192.0.2.0/24" || got[0].MaxTTL != 30*time.Minute || got[0].Approvers != nil {
+		t.Errorf("entry 0 %+v", got[0])
+	}
+	if got[1].Egress == nil || got[1].Egress.Host != "*.github.com" || got[1].Approvers == nil ||
+		got[1].Approvers.UIDs[0] != 1000 || got[1].Approvers.Identities[0] != "spiffe://example.org" {
+		t.Errorf("entry 1 %+v", got[1])
+	}
+	if got[2].Exec == nil || got[2].Exec.Path != "/bin/sh" || got[2].MaxTTL != 10*time.Minute {
+		t.Errorf("entry 2 %+v", got[2])
+	}
+	// A policy without approvable: nothing may be asked for.
+	e = mustLoad(t, map[string]string{"p.rego": simplePolicy})
+	if dec, err := e.Evaluate(context.Background(), taskInput("x", 0)); err != nil || len(dec.Approvable.Entries) != 0 {
+		t.Fatalf("approvable %+v, err %v; want none", dec.Approvable, err)
 	}
 }

@@ -227,3 +227,32 @@ func TestExampleOrchestrator(t *testing.T) {
 		}
 	}
 }
+
+// The coding example's approvable entries decode, and their programs and
+// addresses compile as a node would compile them at task start.
+func TestExampleApprovable(t *testing.T) {
+	e := loadExamples(t)
+	in := exampleTask("spiffe://example.org/agent/coding/alice", "fix the flaky test", map[string]string{"repo": "bridle"}, 0)
+	d, err := e.Evaluate(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range d.Approvable.Entries {
+		got = append(got, fmt.Sprintf("%s %v", a, a.MaxTTL))
+	}
+	slices.Sort(got)
+	want := []string{"/usr/bin/ssh 30m0s", "tcp:*.github.com:443 30m0s", "tcp:192.0.2.10:22 30m0s", "tcp:198.51.100.128/25:443 1h0m0s"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("approvable = %q\nwant %q", got, want)
+	}
+	if _, err := os.Stat("/usr/bin/ssh"); err == nil {
+		if _, err := policy.CompileApprovable(d.Approvable); err != nil {
+			t.Fatalf("compile: %v", err)
+		}
+	}
+	research := exampleTask("spiffe://example.org/agent/research/bob", "summarise", nil, 0)
+	if d, err := e.Evaluate(context.Background(), research); err != nil || len(d.Approvable.Entries) != 0 {
+		t.Fatalf("research approvable %+v, err %v; want none", d.Approvable, err)
+	}
+}

@@ -5,6 +5,8 @@
 #   data.bridle.deny      - reasons to refuse the task (none: go on)
 #   data.bridle.envelope  - what the task may do: egress, exec, ttl
 #   data.bridle.baseline  - what a workload may do while it has no task
+#   data.bridle.approvable - what a task may be granted for a while if a
+#                           person approves (step-up approvals)
 #
 # This file only routes: the envelopes themselves live in one package per
 # kind of agent below data.bridle.agents (coding.rego, research.rego), so
@@ -35,6 +37,11 @@ kind := kind_of(input.identity)
 # Undefined when the identity matches no kind, and then the task is
 # refused below, so an unknown agent never gets anything.
 envelope := agents[kind].envelope
+
+# What a person may grant a task of this kind when it hits the edge of its
+# envelope. A kind that defines none leaves it undefined: its refusals are
+# plain refusals and ask nobody.
+approvable := agents[kind].approvable
 
 # A workload without a task gets nothing: no connection and no program
 # beyond the one it is already running. Leaving baseline undefined would

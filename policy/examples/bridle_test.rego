@@ -60,3 +60,13 @@ test_sub_agent_of_another_kind_is_refused if {
 test_baseline_allows_nothing if {
 	bridle.baseline == {"egress": [], "exec": []} with input as {"identity": coding_id}
 }
+
+test_approvable_routes_by_kind if {
+	coding := task(coding_id, "fix the flaky test", {"repo": "bridle"})
+	bridle.approvable == data.bridle.agents.coding.approvable with input as coding
+
+	# Research agents define nothing that may be asked for: their
+	# refusals ask nobody.
+	research := task(research_id, "summarise papers on eBPF", {})
+	not bridle.approvable with input as research
+}

@@ -52,6 +52,20 @@ exec contains {"path": "/usr/bin/ssh"} if {
 # A coding task lives at most two hours; a task asking for less gets less.
 envelope := {"egress": egress, "exec": exec, "ttl": "2h"}
 
+# What a coding task may ask for beyond its envelope: a push over SSH it
+# was not started for, packages from the public registry mirror, and
+# GitHub by name. Each is a question to a person, answered for a while:
+# max_ttl caps the answer, and approvers (when given) say who may give it;
+# without them, bridled's admins do.
+approvable := {
+	"egress": [
+		{"protocol": "tcp", "cidr": git_host, "ports": [22], "max_ttl": "30m"},
+		{"protocol": "tcp", "cidr": "198.51.100.128/25", "ports": [443], "max_ttl": "1h"},
+		{"protocol": "tcp", "host": "*.github.com", "ports": [443], "max_ttl": "30m", "approvers": {"uids": [1000], "identities": ["spiffe://example.org/human"]}},
+	],
+	"exec": [{"path": "/usr/bin/ssh", "max_ttl": "30m"}],
+}
+
 deny contains "a coding task must name its repository in the label repo" if {
 	not input.task.labels.repo
 }

@@ -46,3 +46,24 @@ test_repository_label_is_required if {
 	"a coding task must name its repository in the label repo" in coding.deny with input as task({})
 	count(coding.deny) == 0 with input as task({"repo": "bridle"})
 }
+
+test_push_may_be_asked_for if {
+	a := coding.approvable with input as task({"repo": "bridle"})
+	{"protocol": "tcp", "cidr": "192.0.2.10", "ports": [22], "max_ttl": "30m"} in a.egress
+	{"path": "/usr/bin/ssh", "max_ttl": "30m"} in a.exec
+}
+
+test_github_by_name_needs_a_named_approver if {
+	a := coding.approvable with input as task({"repo": "bridle"})
+	some e in a.egress
+	e.host == "*.github.com"
+	e.approvers.uids == [1000]
+}
+
+test_nothing_approvable_is_already_allowed if {
+	env := coding.envelope with input as task({"repo": "bridle"})
+	a := coding.approvable with input as task({"repo": "bridle"})
+	every e in a.egress {
+		not e in env.egress
+	}
+}
