@@ -195,7 +195,7 @@ func (d *Daemon) approvalsWebLink(w http.ResponseWriter, r *http.Request) {
 	}
 	c := callerFrom(r.Context())
 	by := c.Approver()
-	by.Auth = "web (" + c.Auth + ")"
+	by.Via = "web"
 	link, expires, err := d.approvalWeb.Link("http://"+webHost(l.Address), by)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)

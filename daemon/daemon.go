@@ -18,9 +18,11 @@ import (
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 
 	"github.com/bridle-sh/bridle/daemon/api"
+	"github.com/bridle-sh/bridle/daemon/approvals"
 	"github.com/bridle-sh/bridle/daemon/approvalweb"
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/dns"
@@ -71,9 +73,11 @@ type Daemon struct {
 
 	// approvals owns step-up approval requests; nil: approval calls are
 	// answered 503. approvalWeb serves its page on approvals.web_listen.
-	approvals   approvalsService
-	approvalWeb *approvalweb.Server
-	fdErr       error // the descriptor limit leaves too little headroom
+	approvals approvalsService
+	// approvalsManager is approvals, to close.
+	approvalsManager *approvals.Manager
+	approvalWeb      *approvalweb.Server
+	fdErr            error // the descriptor limit leaves too little headroom
 }
 
 // Run starts bridled with cfg and serves until ctx ends. Each value on
@@ -166,6 +170,38 @@ func (d *Daemon) setup(ctx context.Context) error {
 		return err
 	}
 	d.node.Restore(stored)
+	// After the restore: the grants a previous bridled left are ended,
+	// on time, through the tasks they belong to.
+	if err := d.startApprovals(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// startApprovals makes the approvals manager, the one owner of step-up
+// requests and their grants, and hands it to the node and the API.
+func (d *Daemon) startApprovals() error {
+	a := d.cfg.Approvals
+	m, err := approvals.New(approvals.Options{
+		Kernel: d.node.Tasks(), Records: d.node.Record, Metrics: d.metrics,
+		RequestTTL: a.RequestTTL, Cooldown: a.Cooldown,
+		IsAdmin: func(by approvals.Approver) bool {
+			if by.Auth != engine.AuthX509SVID && d.cfg.IsAdmin(by.UID, by.Groups) {
+				return true
+			}
+			id, err := spiffeid.FromString(by.Identity)
+			return err == nil && d.cfg.IsAdminIdentity(id)
+		},
+		Webhook:   approvals.Webhook{URL: a.Webhook.URL, Timeout: a.Webhook.Timeout, Retries: *a.Webhook.Retries},
+		StateFile: filepath.Join(d.cfg.StateDir, "approvals.json"),
+		Node:      d.cfg.NodeName, Log: d.log.With("component", "approvals"),
+	})
+	if err != nil {
+		return fmt.Errorf("approvals: %w", err)
+	}
+	d.node.UseApprovals(m)
+	d.approvalsManager = m
+	d.approvals = m
 	return nil
 }
 
@@ -572,6 +608,9 @@ func (d *Daemon) close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = d.dns.Shutdown(ctx)
 		cancel()
+	}
+	if d.approvalsManager != nil {
+		d.approvalsManager.Close()
 	}
 	if d.node != nil {
 		d.node.Identities().Close()

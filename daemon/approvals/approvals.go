@@ -53,7 +53,10 @@ type Approver struct {
 	UID, GID uint32
 	Groups   []uint32
 	Identity string
-	Auth     string
+	Auth     string // how the approver was identified: engine.AuthPeerCred, AuthJWTSVID, AuthX509SVID
+	// Via is "web" for an answer given on the approvals page, by the
+	// person its sign-in link was made for; "" for the API.
+	Via string
 }
 
 // hasUID reports whether the kernel vouches for UID: not over mutual TLS.
@@ -61,13 +64,19 @@ func (a Approver) hasUID() bool { return a.Auth != engine.AuthX509SVID }
 
 // String names the approver in records.
 func (a Approver) String() string {
+	var s string
 	switch {
 	case !a.hasUID():
-		return a.Identity
+		s = a.Identity
 	case a.Identity != "":
-		return fmt.Sprintf("uid %d (%s)", a.UID, a.Identity)
+		s = fmt.Sprintf("uid %d (%s)", a.UID, a.Identity)
+	default:
+		s = fmt.Sprintf("uid %d", a.UID)
 	}
-	return fmt.Sprintf("uid %d", a.UID)
+	if a.Via == "web" {
+		s += " on the approvals page"
+	}
+	return s
 }
 
 // Request states.

@@ -13,7 +13,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/approvals"
 )
 
-var alice = approvals.Approver{UID: 1000, GID: 1000, Identity: "spiffe://example.org/admin/alice", Auth: "web (peercred)"}
+var alice = approvals.Approver{UID: 1000, GID: 1000, Identity: "spiffe://example.org/admin/alice", Auth: "peercred", Via: "web"}
 
 func testRequest(id string) approvals.Request {
 	now := time.Now()
@@ -127,7 +127,7 @@ func TestSignInSessionAndCSRF(t *testing.T) {
 	}
 
 	// Bob may not answer: refused, and told for the record.
-	bob := approvals.Approver{UID: 1001, GID: 1001, Auth: "web (peercred)"}
+	bob := approvals.Approver{UID: 1001, GID: 1001, Auth: "peercred", Via: "web"}
 	svc.add(testRequest("apr-2"))
 	cb := client(t)
 	link, _, _ = s.Link(ts.URL, bob)
