@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -127,13 +128,16 @@ func statusOf(err error) int {
 func TestApprovalRoutes(t *testing.T) {
 	var auditBuf bytes.Buffer
 	d := testDaemon(t, []string{"/bridle-test-no-such-root"}, &auditBuf)
+	// Root is an admin by its uid; so is the test's uid when it runs as
+	// another user (make test-unprivileged).
+	d.cfg.Admins.UIDs = []uint32{uint32(os.Getuid())}
 	c := serveAPI(t, d)
 	ctx := context.Background()
 
 	if _, err := c.Approvals(ctx); statusOf(err) != http.StatusServiceUnavailable {
 		t.Fatalf("approvals without a manager: %v", err)
 	}
-	svc := &approvalsStandIn{approvers: []uint32{0}}
+	svc := &approvalsStandIn{approvers: []uint32{uint32(os.Getuid())}}
 	d.approvals = svc
 	svc.add(approvals.Request{ID: "apr-1", Task: "t1", Action: "connect", Target: "tcp 192.0.2.7:443", Opened: time.Now(), MaxTTL: 30 * time.Minute})
 
@@ -174,7 +178,7 @@ func TestApprovalRoutes(t *testing.T) {
 	if err != nil || a.State != "approved" || a.Answer == nil || a.Answer.For != "2m0s" {
 		t.Fatalf("approve: %+v %v", a, err)
 	}
-	if g := svc.answers; len(g) != 1 || g[0].d != 2*time.Minute || g[0].by.UID != 0 || g[0].by.Auth != "peercred" {
+	if g := svc.answers; len(g) != 1 || g[0].d != 2*time.Minute || g[0].by.UID != uint32(os.Getuid()) || g[0].by.Auth != "peercred" {
 		t.Fatalf("the manager got %+v", g)
 	}
 	if _, err := c.Approve(ctx, "apr-1", time.Minute); statusOf(err) != http.StatusConflict {

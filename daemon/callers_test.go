@@ -266,9 +266,9 @@ api:
   jwt_audiences: [%q]
   tcp_listen: "127.0.0.1:0"
   tcp_authorized: [%q, %q]
-admins: {identities: [%q]}
+admins: {uids: [%d], identities: [%q]}
 readers: {identities: [%q]}
-`, root, policyDir, bridledID, orchestrator, ciID, orchestrator, ciID)), "test")
+`, root, policyDir, bridledID, orchestrator, ciID, os.Getuid(), orchestrator, ciID)), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestJWTSVIDCallerStartsTask(t *testing.T) {
 	e.endAll(t)
 
 	// The same call without the token: the policy sees a requester with
-	// no identity (root is an admin by its uid), and says so.
+	// no identity (the test's uid is an admin), and says so.
 	status, body, err = e.startTask(t, e.unixClient(""), "http://bridled")
 	if err != nil || status != http.StatusForbidden || !strings.Contains(body, `requester identity \"\" auth \"peercred\"`) {
 		t.Fatalf("no token: %d %s %v", status, body, err)
