@@ -129,6 +129,11 @@ func (r Record) line() string {
 		} else if r.Action == bpf.ActionExec {
 			b.WriteString("; run by descriptor, so no path names it: allow the binary's file with --allow-exec")
 		}
+		if r.Request != "" {
+			// The policy lets the task ask for this: a person can
+			// answer while the workload waits or retries.
+			fmt.Fprintf(&b, "; approval request %s is pending: bridle approve %s --for DURATION (or bridle deny %s)", r.Request, r.Request, r.Request)
+		}
 	}
 	return b.String()
 }

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/bridle-sh/bridle/bpf"
@@ -61,5 +62,15 @@ func TestLine(t *testing.T) {
 				t.Errorf("got  %q\nwant %q", got, c.want)
 			}
 		})
+	}
+}
+
+// A refusal that opened an approval request says how to answer it.
+func TestLineNamesTheApprovalRequest(t *testing.T) {
+	r := Record{Verdict: bpf.VerdictDeny, Action: bpf.ActionConnect, Protocol: bpf.ProtocolTCP, Address: "192.0.2.7", Port: 443,
+		Comm: "curl", PID: 7, Reason: "no rule allows it", Request: "req-0123456789ab"}
+	want := "approval request req-0123456789ab is pending: bridle approve req-0123456789ab --for DURATION (or bridle deny req-0123456789ab)"
+	if got := r.Line(); !strings.Contains(got, want) {
+		t.Fatalf("line %q", got)
 	}
 }
