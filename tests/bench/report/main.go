@@ -283,6 +283,7 @@ func table() []row {
 			minus: learnedUDP + "rule"},
 		row{label: "OPA envelope evaluation (example coding agent)", bench: "BenchmarkPolicyEval/coding-agent"},
 	)
+	rows = append(rows, approvalRows()...)
 	rows = append(rows, callerRows()...)
 	rows = append(rows,
 		row{label: "decision events, paced (read rate)", bench: ring + "paced", unit: "events/s",
@@ -297,6 +298,33 @@ func table() []row {
 			}},
 	)
 	return rows
+}
+
+// approvalRows are the rows of step-up approvals: how soon a refusal is
+// a question a person sees, how soon an answer lets the workload through,
+// and what a task's grants cost its connects.
+func approvalRows() []row {
+	const (
+		cycle   = "BenchmarkApproval/cycle"
+		granted = "BenchmarkConnectUDPGranted/"
+	)
+	ms := func(v float64, _ *results) string { return fmt.Sprintf("%.3f ms", v/1e6) }
+	return []row{
+		{label: "approvals: refusal → request visible to a watcher (kernel event, manager, subscriber), p50", bench: cycle,
+			unit: "request-p50-ns", target: "≤ 100 ms", met: atMost(100e6), value: ms},
+		{label: "approvals: Approve call → the workload's next connect allowed, p50", bench: cycle,
+			unit: "grant-p50-ns", target: "≤ 10 ms", met: atMost(10e6), value: ms},
+		{label: "UDP connect(), no hook (grant run)", bench: granted + "nohook", base: granted + "nohook", target: "baseline"},
+		{label: "UDP connect(), allowed by a rule, 10 rules (grant run)", bench: granted + "rule", base: granted + "nohook"},
+		{label: "UDP connect(), allowed by a grant among 1k", bench: granted + "granted-1k", base: granted + "nohook"},
+		{label: "UDP connect(), empty connect4 program (grant run)", bench: granted + "emptyhook", base: granted + "nohook"},
+		{label: "UDP connect(), grant among 1k, to the hook's floor", bench: granted + "granted-1k", base: granted + "emptyhook",
+			target: "≤ 1.10x (as the rules)", met: ratioAtMost(1.10)},
+		{label: "connect4 program, kernel time, allowed by a rule (grant run)", bench: granted + "rule-kernel", unit: "kernel-ns/connect"},
+		{label: "connect4 program, kernel time, allowed by a grant among 1k", bench: granted + "granted-1k-kernel", unit: "kernel-ns/connect"},
+		{label: "grant path added to a connect, kernel time (granted − rule: rules, learned and grant lookups)",
+			bench: granted + "granted-1k-kernel", minus: granted + "rule-kernel", unit: "kernel-ns/connect"},
+	}
 }
 
 // callerRows are the rows of the benchmarks that need a real SPIRE: they
