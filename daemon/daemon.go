@@ -172,7 +172,7 @@ func (d *Daemon) setup(ctx context.Context) error {
 	d.node.Restore(stored)
 	// After the restore: the grants a previous bridled left are ended,
 	// on time, through the tasks they belong to.
-	if err := d.startApprovals(); err != nil {
+	if err := d.startApprovals(ctx); err != nil {
 		return err
 	}
 	return nil
@@ -180,7 +180,7 @@ func (d *Daemon) setup(ctx context.Context) error {
 
 // startApprovals makes the approvals manager, the one owner of step-up
 // requests and their grants, and hands it to the node and the API.
-func (d *Daemon) startApprovals() error {
+func (d *Daemon) startApprovals(ctx context.Context) error {
 	a := d.cfg.Approvals
 	m, err := approvals.New(approvals.Options{
 		Kernel: d.node.Tasks(), Records: d.node.Record, Metrics: d.metrics,
@@ -200,6 +200,7 @@ func (d *Daemon) startApprovals() error {
 		return fmt.Errorf("approvals: %w", err)
 	}
 	d.node.UseApprovals(m)
+	d.node.RestoreApprovals(ctx)
 	d.approvalsManager = m
 	d.approvals = m
 	return nil

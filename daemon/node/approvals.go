@@ -1,6 +1,9 @@
 package node
 
 import (
+	"context"
+	"github.com/bridle-sh/bridle/policy/engine"
+	"slices"
 	"time"
 
 	"github.com/bridle-sh/bridle/bpf"
@@ -149,4 +152,53 @@ func (n *Node) grantedNames(t Task, x *policy.NameIndex, ends time.Time) (*polic
 		}
 	}
 	return policy.NewNameIndex(rules), ends
+}
+
+// RestoreApprovals hands the approvals manager what the tasks a previous
+// bridled left in force may ask for, as the policy in force decides it now
+// (parents first, so a sub-agent's set is cut to its parent's). Who asked
+// for a restored task is not kept: the policy sees no requester, and a
+// policy that refuses such an input gives that task nothing to ask for;
+// it stays as it is, with plain refusals.
+func (n *Node) RestoreApprovals(ctx context.Context) {
+	if n.opt.Engine == nil || n.approvalsManager() == nil {
+		return
+	}
+	ts := n.List()
+	slices.SortStableFunc(ts, func(a, b Task) int {
+		switch {
+		case a.Parent == "" && b.Parent != "":
+			return -1
+		case a.Parent != "" && b.Parent == "":
+			return 1
+		}
+		return 0
+	})
+	for _, t := range ts {
+		in := engine.Input{
+			Identity: t.Identity, IdentitySource: string(t.IdentitySource),
+			Workload: engine.Workload{Cgroup: t.Workload},
+			Task:     &engine.Task{ID: t.ID, Intent: t.Intent, Labels: t.Labels},
+		}
+		var parent *tasks.Task
+		if t.Parent != "" {
+			p, ok := n.tasks.Get(t.Parent)
+			if !ok {
+				continue
+			}
+			parent = &p
+			in.Parent = &engine.Parent{ID: p.ID, Identity: p.Identity, Intent: p.Intent, Labels: p.Labels}
+		}
+		dec, err := n.opt.Engine.Evaluate(ctx, in)
+		if err != nil {
+			n.log.Warn("restored task: nothing to ask approval for (the policy did not decide)", "task", t.ID, "err", err)
+			continue
+		}
+		a, err := n.approvableFor(dec.Approvable, dec.Revision, parent)
+		if err != nil {
+			n.log.Warn("restored task: nothing to ask approval for", "task", t.ID, "err", err)
+			continue
+		}
+		n.approvalsStarted(t, a)
+	}
 }
