@@ -532,13 +532,13 @@ func TestApprovalNonApproverRefused(t *testing.T) {
 	wantPrefix(t, "after refused answers", e.probeConnect(cg, e.guarded), "EPERM connect")
 
 	// The entry's approver answers.
-	out, err := e.cliAs(approverUID, "approve", req.ID, "--for", "3s")
+	out, err := e.cliAs(approverUID, "approve", req.ID, "--for", "5s")
 	if err != nil || !strings.HasPrefix(out, "approved "+req.ID) {
 		t.Fatalf("bridle approve as the approver (uid %d): %v: %s", approverUID, err, out)
 	}
 	wantPrefix(t, "approved by the approver", e.probeConnect(cg, e.guarded), "ok")
 	rec := e.waitAudit(approvalRecord("approval_granted", req.ID))
-	if !strings.HasPrefix(fmt.Sprint(rec["reason"]), fmt.Sprintf("approved by uid %d for 3s", approverUID)) {
+	if !strings.HasPrefix(fmt.Sprint(rec["reason"]), fmt.Sprintf("approved by uid %d for 5s", approverUID)) {
 		t.Fatalf("approval_granted record: %v", rec)
 	}
 }
@@ -608,7 +608,7 @@ func TestApprovalGrantEndsWhileDaemonDown(t *testing.T) {
 
 	wantPrefix(t, "before any answer", e.probeConnect(cg, e.granted), "EPERM connect")
 	req := e.waitPending(id, "connect")
-	ans := e.approve(req.ID, "4s")
+	ans := e.approve(req.ID, "5s")
 	var held <-chan string
 	if features.SocketDestroy != "none" {
 		held = e.holdInCgroup(cg, e.granted)
@@ -635,4 +635,38 @@ func TestApprovalGrantEndsWhileDaemonDown(t *testing.T) {
 		}
 	}
 	wantPrefix(t, "after the restart", e.probeConnect(cg, e.granted), "EPERM connect")
+}
+
+// A grant never outlives its task: ending the task ends the grant, resets
+// the connection opened under it, and leaves nothing for a later task of
+// the same workload.
+func TestApprovalGrantEndsWithTask(t *testing.T) {
+	e := newApprovalsEnv(t)
+	cg := e.workload("agent")
+	id := e.startTask(cg, "")
+
+	wantPrefix(t, "before any answer", e.probeConnect(cg, e.granted), "EPERM connect")
+	req := e.waitPending(id, "connect")
+	e.approve(req.ID, "5s")
+	var held <-chan string
+	if features.SocketDestroy != "none" {
+		held = e.holdInCgroup(cg, e.granted)
+	}
+	if out, err := e.bridle("end", id); err != nil {
+		t.Fatalf("task end: %v: %s", err, out)
+	}
+	end := e.waitAudit(approvalRecord("grant_ended", req.ID))
+	if !strings.HasPrefix(fmt.Sprint(end["reason"]), "task ended") || end["task"] != id {
+		t.Fatalf("grant_ended record: %v", end)
+	}
+	if held != nil {
+		if line := waitLine(t, "task ended under a grant", held); line != "closed ECONNABORTED" {
+			t.Fatalf("connection opened under the grant: %q, want it aborted", line)
+		}
+	}
+	next := e.startTask(cg, "")
+	wantPrefix(t, "the workload's next task", e.probeConnect(cg, e.granted), "EPERM connect")
+	if r := e.waitPending(next, "connect"); r.ID == req.ID {
+		t.Fatalf("the next task's refusal matched the ended task's request: %+v", r)
+	}
 }
