@@ -15,6 +15,7 @@ package approvals
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -692,4 +693,31 @@ func newID() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return "req-" + hex.EncodeToString(b[:])
+}
+
+// MarshalJSON writes the durations as Go durations ("30m0s"), as the task
+// API does, so the webhook's body reads like the API's.
+func (r Request) MarshalJSON() ([]byte, error) {
+	type plain Request
+	maxTTL := ""
+	if r.MaxTTL > 0 {
+		maxTTL = r.MaxTTL.String()
+	}
+	return json.Marshal(struct {
+		plain
+		MaxTTL string `json:"max_ttl"`
+	}{plain(r), maxTTL})
+}
+
+// MarshalJSON writes For as a Go duration.
+func (a Answer) MarshalJSON() ([]byte, error) {
+	type plain Answer
+	f := ""
+	if a.For > 0 {
+		f = a.For.String()
+	}
+	return json.Marshal(struct {
+		plain
+		For string `json:"for,omitempty"`
+	}{plain(a), f})
 }

@@ -1,6 +1,7 @@
 package approvals
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -518,5 +519,16 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The webhook's body gives durations as the API does.
+func TestRequestJSONDurations(t *testing.T) {
+	b, err := json.Marshal(Request{ID: "req-1", MaxTTL: 30 * time.Minute, Answer: &Answer{By: "uid 0", For: 2 * time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(b); !strings.Contains(s, `"max_ttl":"30m0s"`) || !strings.Contains(s, `"for":"2m0s"`) || strings.Count(s, "max_ttl") != 1 {
+		t.Fatalf("json %s", s)
 	}
 }

@@ -635,6 +635,10 @@ func TestApprovalGrantEndsWhileDaemonDown(t *testing.T) {
 		}
 	}
 	wantPrefix(t, "after the restart", e.probeConnect(cg, e.granted), "EPERM connect")
+	// The restored task may ask again: its refusal opens a new request.
+	if r := e.waitPending(id, "connect"); r.ID == req.ID {
+		t.Fatalf("the restored task's refusal matched the old request: %+v", r)
+	}
 }
 
 // A grant never outlives its task: ending the task ends the grant, resets
