@@ -81,8 +81,9 @@ func TestPageInChromium(t *testing.T) {
 	); err != nil {
 		t.Fatalf("sign in: %v", err)
 	}
-	if loc, err := chromedp.Run(ctx, chromedp.Location()); err != nil || strings.Contains(loc, "token=") {
-		t.Fatalf("after sign-in the page is at %q (%v): the token must not stay in the address", loc, err)
+	page, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil || strings.Contains(page, "token=") {
+		t.Fatalf("after sign-in the page is at %q (%v): the token must not stay in the address", page, err)
 	}
 
 	svc.add(testRequest("apr-live"))
@@ -125,7 +126,7 @@ func TestPageInChromium(t *testing.T) {
 
 	// The browser's session, in a form that did not come from the page:
 	// refused without the CSRF token, whatever else it carries.
-	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{ts.URL}})
+	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{page}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestPageInChromium(t *testing.T) {
 	if session == "" {
 		t.Fatalf("no session cookie in the browser: %+v", cookies.Cookies)
 	}
-	forged, err := http.NewRequest("POST", ts.URL+"/requests/apr-exec/approve", strings.NewReader(url.Values{"for": {"10m"}}.Encode()))
+	forged, err := http.NewRequest("POST", page+"requests/apr-exec/approve", strings.NewReader(url.Values{"for": {"10m"}}.Encode()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +201,60 @@ func saveScreenshot(t *testing.T, png []byte) {
 	if os.Getenv("BRIDLE_UPDATE_SCREENSHOT") != "" {
 		if err := os.WriteFile(filepath.Join("..", "..", "docs", "approvals-page.png"), png, 0o644); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// Cookies are not kept apart by port: a browser sends a cookie of
+// 127.0.0.1 to every service on 127.0.0.1, whatever its port, and
+// SameSite does not help (another port is the same site). A session
+// cookie scoped to "/" would reach any local listener the admin opens
+// after signing in (a local user's server, an agent's dev server), which
+// could then answer on the page as the admin. The session's cookie is
+// scoped to a path of its own, unknown to other services.
+func TestSessionCookieStaysOffOtherPorts(t *testing.T) {
+	bin := chromium(t)
+	svc := newStandIn(alice.UID)
+	svc.add(testRequest("apr-steal"))
+	s := New(svc, Options{})
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	got := make(chan string, 16)
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Cookie")
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = w.Write([]byte(`<!doctype html><p id="done">a local dev server</p>`))
+	}))
+	defer other.Close()
+	link, _, err := s.Link(ts.URL, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(bin),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(link),
+		chromedp.WaitVisible(chromedp.CSS("#live.on")),
+		chromedp.Navigate(other.URL+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#done")),
+	); err != nil {
+		t.Fatal(err)
+	}
+	close(got)
+	for c := range got {
+		if strings.Contains(c, SessionCookie+"=") {
+			t.Fatalf("another service on the page's host got the session cookie: %q", c)
 		}
 	}
 }

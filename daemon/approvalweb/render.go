@@ -30,7 +30,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 <body>
 <header><h1>Bridle approvals</h1>
 <div class="who">Signed in as <b>{{.Who}}</b>
-<form method="post" action="/signout"><input type="hidden" name="csrf" value="{{.CSRF}}"><button>Sign out</button></form></div>
+<form method="post" action="signout"><input type="hidden" name="csrf" value="{{.CSRF}}"><button>Sign out</button></form></div>
 <div id="live" class="live">connecting…</div></header>
 <main id="requests">{{template "requests" .}}</main>
 </body></html>{{end}}
@@ -49,11 +49,11 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 <dt>Request</dt><dd>{{.ID}}{{if .MaxTTL}} · at most {{short .MaxTTL}}{{end}}</dd>
 </dl>
 <div class="answers">
-<form method="post" action="/requests/{{.ID}}/approve" class="approve">
+<form method="post" action="requests/{{.ID}}/approve" class="approve">
 <input type="hidden" name="csrf" value="{{$.CSRF}}">
 <label>Approve for <select name="for">{{range (index $.Choices .ID)}}<option value="{{.}}">{{short .}}</option>{{end}}</select></label>
 <button type="submit">Approve</button></form>
-<form method="post" action="/requests/{{.ID}}/deny" class="deny">
+<form method="post" action="requests/{{.ID}}/deny" class="deny">
 <input type="hidden" name="csrf" value="{{$.CSRF}}">
 <label>Reason <input type="text" name="reason" maxlength="500" placeholder="why not"></label>
 <button type="submit">Deny</button></form>
@@ -70,7 +70,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 <html lang="en"><head><meta charset="utf-8"><title>Bridle approvals</title>
 <link rel="stylesheet" href="/static/app.css"></head>
 <body><header><h1>Bridle approvals</h1></header>
-<main><p class="message">{{.}}</p><p><a href="/">Back to the approvals</a></p></main></body></html>{{end}}`))
+<main><p class="message">{{.Text}}</p><p><a href="{{.Back}}">Back to the approvals</a></p></main></body></html>{{end}}`))
 
 type view struct {
 	Who     string
@@ -121,8 +121,15 @@ func (s *Server) fragment(w http.ResponseWriter, _ *http.Request, ss *session) {
 }
 
 func (s *Server) message(w http.ResponseWriter, status int, msg string) {
-	render(w, status, "message", msg)
+	render(w, status, "message", message{Text: msg, Back: "/"})
 }
+
+// sessionMessage is a message on a session's page, leading back to it.
+func (s *Server) sessionMessage(w http.ResponseWriter, ss *session, status int, msg string) {
+	render(w, status, "message", message{Text: msg, Back: ss.path("")})
+}
+
+type message struct{ Text, Back string }
 
 func render(w http.ResponseWriter, status int, name string, data any) {
 	var b bytes.Buffer

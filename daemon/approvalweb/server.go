@@ -8,7 +8,10 @@
 // SameSite=Strict) that expires. Every answer given in the session is the
 // admin's the link was made for: the approvals manager judges and records
 // it as theirs. Every form carries the session's CSRF token, checked on
-// each POST.
+// each POST. A session lives below a path of its own (/s/BASE/), and its
+// cookie is scoped to that path: browsers keep cookies apart by host, not
+// by port, so a cookie scoped to "/" would be sent to every other service
+// on the page's host (another user's, an agent's) the admin opens.
 package approvalweb
 
 import (
@@ -84,8 +87,12 @@ type grant struct {
 type session struct {
 	by      approvals.Approver
 	csrf    string
+	base    string // the random path segment the session's page lives under
 	expires time.Time
 }
+
+// path is the session's page, or what is below it.
+func (ss *session) path(rest string) string { return "/s/" + ss.base + "/" + rest }
 
 // New returns a server of the page over svc.
 func New(svc Service, opt Options) *Server {
@@ -154,12 +161,13 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /static/", http.FileServerFS(static))
 	mux.HandleFunc("GET /signin", s.signIn)
-	mux.HandleFunc("GET /{$}", s.withSession(s.page))
-	mux.HandleFunc("GET /requests", s.withSession(s.fragment))
-	mux.HandleFunc("GET /events", s.withSession(s.events))
-	mux.HandleFunc("POST /requests/{id}/approve", s.withSession(s.checkCSRF(s.approve)))
-	mux.HandleFunc("POST /requests/{id}/deny", s.withSession(s.checkCSRF(s.deny)))
-	mux.HandleFunc("POST /signout", s.withSession(s.checkCSRF(s.signOut)))
+	mux.HandleFunc("GET /{$}", s.notSignedIn)
+	mux.HandleFunc("GET /s/{base}/{$}", s.withSession(s.page))
+	mux.HandleFunc("GET /s/{base}/requests", s.withSession(s.fragment))
+	mux.HandleFunc("GET /s/{base}/events", s.withSession(s.events))
+	mux.HandleFunc("POST /s/{base}/requests/{id}/approve", s.withSession(s.checkCSRF(s.approve)))
+	mux.HandleFunc("POST /s/{base}/requests/{id}/deny", s.withSession(s.checkCSRF(s.deny)))
+	mux.HandleFunc("POST /s/{base}/signout", s.withSession(s.checkCSRF(s.signOut)))
 	return secure(mux)
 }
 
@@ -194,29 +202,36 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := randomToken()
 	csrf, err2 := randomToken()
-	if err := errors.Join(err, err2); err != nil {
+	base, err3 := randomToken()
+	if err := errors.Join(err, err2, err3); err != nil {
 		s.message(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	ss := &session{by: g.by, csrf: csrf, expires: now.Add(s.opt.SessionTTL)}
+	ss := &session{by: g.by, csrf: csrf, base: base, expires: now.Add(s.opt.SessionTTL)}
 	s.mu.Lock()
 	s.prune(now)
 	s.sessions[hash(id)] = ss
 	s.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{
-		Name: SessionCookie, Value: id, Path: "/", Expires: ss.expires,
+		Name: SessionCookie, Value: id, Path: ss.path(""), Expires: ss.expires,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 	})
 	s.opt.Log.Info("approvals page: signed in", "as", who(g.by), "remote", r.RemoteAddr)
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, ss.path(""), http.StatusSeeOther)
+}
+
+func (s *Server) notSignedIn(w http.ResponseWriter, _ *http.Request) {
+	s.message(w, http.StatusUnauthorized, "Not signed in, or the session ended. Run `bridle approvals web` for a sign-in link.")
 }
 
 // withSession admits a request of a live session only.
 func (s *Server) withSession(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ss := s.session(r)
-		if ss == nil {
-			s.message(w, http.StatusUnauthorized, "Not signed in, or the session ended. Run `bridle approvals web` for a sign-in link.")
+		// A cookie is only sent below its own session's path; one under
+		// another's is no session of this page.
+		if ss == nil || subtle.ConstantTimeCompare([]byte(r.PathValue("base")), []byte(ss.base)) != 1 {
+			s.notSignedIn(w, r)
 			return
 		}
 		h(w, r, ss)
@@ -248,27 +263,27 @@ func (s *Server) checkCSRF(h func(http.ResponseWriter, *http.Request, *session))
 		got := r.PostFormValue("csrf")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(ss.csrf)) != 1 {
 			s.opt.Log.Warn("approvals page: form without the session's CSRF token refused", "call", r.Method+" "+r.URL.Path, "remote", r.RemoteAddr)
-			s.message(w, http.StatusForbidden, "This form did not come from the approvals page (CSRF token missing or wrong). Reload the page and answer again.")
+			s.sessionMessage(w, ss, http.StatusForbidden, "This form did not come from the approvals page (CSRF token missing or wrong). Reload the page and answer again.")
 			return
 		}
 		h(w, r, ss)
 	}
 }
 
-func (s *Server) signOut(w http.ResponseWriter, r *http.Request, _ *session) {
+func (s *Server) signOut(w http.ResponseWriter, r *http.Request, ss *session) {
 	if c, err := r.Cookie(SessionCookie); err == nil {
 		s.mu.Lock()
 		delete(s.sessions, hash(c.Value))
 		s.mu.Unlock()
 	}
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: ss.path(""), MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	s.message(w, http.StatusOK, "Signed out.")
 }
 
 func (s *Server) approve(w http.ResponseWriter, r *http.Request, ss *session) {
 	d, err := time.ParseDuration(r.PostFormValue("for"))
 	if err != nil || d <= 0 {
-		s.message(w, http.StatusBadRequest, fmt.Sprintf("Duration %q: want one like 10m.", r.PostFormValue("for")))
+		s.sessionMessage(w, ss, http.StatusBadRequest, fmt.Sprintf("Duration %q: want one like 10m.", r.PostFormValue("for")))
 		return
 	}
 	_, err = s.svc.Approve(r.PathValue("id"), ss.by, d)
@@ -286,19 +301,19 @@ func (s *Server) answered(w http.ResponseWriter, r *http.Request, ss *session, e
 	var notApprover *approvals.NotApproverError
 	switch {
 	case err == nil:
-		http.Redirect(w, r, "/", http.StatusSeeOther)
+		http.Redirect(w, r, ss.path(""), http.StatusSeeOther)
 	case errors.Is(err, approvals.ErrNoRequest):
-		s.message(w, http.StatusNotFound, err.Error())
+		s.sessionMessage(w, ss, http.StatusNotFound, err.Error())
 	case errors.Is(err, approvals.ErrNotPending):
-		s.message(w, http.StatusConflict, err.Error())
+		s.sessionMessage(w, ss, http.StatusConflict, err.Error())
 	case errors.As(err, &notApprover):
 		if s.opt.Refused != nil {
 			s.opt.Refused(ss.by, "web "+r.Method+" "+r.URL.Path, err.Error())
 		}
-		s.message(w, http.StatusForbidden, err.Error())
+		s.sessionMessage(w, ss, http.StatusForbidden, err.Error())
 	default:
 		s.opt.Log.Error("approvals page: answer failed", "call", r.Method+" "+r.URL.Path, "err", err)
-		s.message(w, http.StatusInternalServerError, err.Error())
+		s.sessionMessage(w, ss, http.StatusInternalServerError, err.Error())
 	}
 }
 

@@ -86,15 +86,18 @@ func TestSignInSessionAndCSRF(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("sign-in: %d", resp.StatusCode)
 	}
+	// The session lives below a path of its own, and its cookie with it.
+	base := ts.URL + resp.Header.Get("Location")
 	ck := resp.Cookies()
-	if len(ck) != 1 || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteStrictMode || ck[0].Path != "/" {
-		t.Fatalf("session cookie: %+v", ck)
+	if len(ck) != 1 || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteStrictMode || ck[0].Path != resp.Header.Get("Location") ||
+		!strings.HasPrefix(ck[0].Path, "/s/") || len(ck[0].Path) < 40 {
+		t.Fatalf("session cookie: %+v (page at %s)", ck, base)
 	}
 	if resp, _ := do(t, client(t), "GET", link, nil); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("the link used again: %d", resp.StatusCode)
 	}
 
-	resp, page := do(t, c, "GET", ts.URL+"/", nil)
+	resp, page := do(t, c, "GET", base, nil)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(page, "tcp 192.0.2.7:443") || !strings.Contains(page, "fix the flaky test") {
 		t.Fatalf("page: %d\n%s", resp.StatusCode, page)
 	}
@@ -106,23 +109,23 @@ func TestSignInSessionAndCSRF(t *testing.T) {
 	csrf := csrfOf(t, page)
 
 	for _, form := range []url.Values{{"for": {"2m"}}, {"for": {"2m"}, "csrf": {"x" + csrf}}} {
-		if resp, _ := do(t, c, "POST", ts.URL+"/requests/apr-1/approve", form); resp.StatusCode != http.StatusForbidden {
+		if resp, _ := do(t, c, "POST", base+"requests/apr-1/approve", form); resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("approve without the CSRF token (%v): %d", form, resp.StatusCode)
 		}
 	}
 	if g := svc.given(); len(g) != 0 {
 		t.Fatalf("forged answers reached the manager: %+v", g)
 	}
-	if resp, _ := do(t, c, "POST", ts.URL+"/requests/apr-1/deny", url.Values{"csrf": {csrf}, "reason": {"not today"}}); resp.StatusCode != http.StatusSeeOther {
+	if resp, _ := do(t, c, "POST", base+"requests/apr-1/deny", url.Values{"csrf": {csrf}, "reason": {"not today"}}); resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("deny: %d", resp.StatusCode)
 	}
 	if g := svc.given(); len(g) != 1 || !g[0].deny || g[0].reason != "not today" || g[0].by.Identity != alice.Identity || g[0].by.UID != alice.UID {
 		t.Fatalf("answers: %+v", g)
 	}
-	if resp, _ := do(t, c, "POST", ts.URL+"/requests/apr-1/approve", url.Values{"csrf": {csrf}, "for": {"2m"}}); resp.StatusCode != http.StatusConflict {
+	if resp, _ := do(t, c, "POST", base+"requests/apr-1/approve", url.Values{"csrf": {csrf}, "for": {"2m"}}); resp.StatusCode != http.StatusConflict {
 		t.Fatalf("approve an answered request: %d", resp.StatusCode)
 	}
-	if resp, _ := do(t, c, "POST", ts.URL+"/requests/nope/approve", url.Values{"csrf": {csrf}, "for": {"2m"}}); resp.StatusCode != http.StatusNotFound {
+	if resp, _ := do(t, c, "POST", base+"requests/nope/approve", url.Values{"csrf": {csrf}, "for": {"2m"}}); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("approve no request: %d", resp.StatusCode)
 	}
 
@@ -131,9 +134,18 @@ func TestSignInSessionAndCSRF(t *testing.T) {
 	svc.add(testRequest("apr-2"))
 	cb := client(t)
 	link, _, _ = s.Link(ts.URL, bob)
-	do(t, cb, "GET", link, nil)
-	_, page = do(t, cb, "GET", ts.URL+"/", nil)
-	if resp, _ := do(t, cb, "POST", ts.URL+"/requests/apr-2/approve", url.Values{"csrf": {csrfOf(t, page)}, "for": {"2m"}}); resp.StatusCode != http.StatusForbidden {
+	resp, _ = do(t, cb, "GET", link, nil)
+	baseB := ts.URL + resp.Header.Get("Location")
+	// Alice's cookie under Bob's path is no session.
+	crossed, _ := http.NewRequest("GET", baseB, nil)
+	crossed.AddCookie(&http.Cookie{Name: SessionCookie, Value: ck[0].Value})
+	if resp, err := http.DefaultClient.Do(crossed); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a session's cookie under another's path: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	_, page = do(t, cb, "GET", baseB, nil)
+	if resp, _ := do(t, cb, "POST", baseB+"requests/apr-2/approve", url.Values{"csrf": {csrfOf(t, page)}, "for": {"2m"}}); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("a non-approver's answer: %d", resp.StatusCode)
 	}
 	if len(refused) != 1 || !strings.Contains(refused[0], "uid 1001") {
@@ -147,7 +159,7 @@ func TestSignInSessionAndCSRF(t *testing.T) {
 		t.Fatalf("an expired link: %d", resp.StatusCode)
 	}
 	now = now.Add(DefaultSessionTTL)
-	if resp, _ := do(t, c, "GET", ts.URL+"/", nil); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := do(t, c, "GET", base, nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("an expired session: %d", resp.StatusCode)
 	}
 }

@@ -82,8 +82,9 @@ func TestApprovalsPageWithBridled(t *testing.T) {
 	); err != nil {
 		t.Fatalf("sign in with %s: %v", link, err)
 	}
-	if loc, err := chromedp.Run(ctx, chromedp.Location()); err != nil || strings.Contains(loc, "token=") {
-		t.Fatalf("after sign-in the page is at %q (%v): the token must not stay in the address", loc, err)
+	page, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil || strings.Contains(page, "token=") {
+		t.Fatalf("after sign-in the page is at %q (%v): the token must not stay in the address", page, err)
 	}
 
 	// The refusal opens the request; the page shows it by itself.
@@ -111,7 +112,7 @@ func TestApprovalsPageWithBridled(t *testing.T) {
 
 	// A form that did not come from the page, with the browser's session
 	// cookie and no CSRF token: refused, and nothing approved.
-	e.forgeApproval(ctx, link, req.ID)
+	e.forgeApproval(ctx, page, req.ID)
 	if got := e.approval(req.ID); got.State != "pending" {
 		t.Fatalf("after the forged form the request is %s, want pending: %+v", got.State, got)
 	}
@@ -221,15 +222,11 @@ func (e *daemonEnv) pendingRequest(task, target string) api.Approval {
 }
 
 // forgeApproval posts an approval form with the browser's session cookie
-// and no CSRF token, as another site's page would, and wants 403.
-func (e *daemonEnv) forgeApproval(ctx context.Context, link, id string) {
+// and no CSRF token, as another site's page would, and wants 403. page is
+// the signed-in page's address (its session's path).
+func (e *daemonEnv) forgeApproval(ctx context.Context, page, id string) {
 	e.t.Helper()
-	u, err := url.Parse(link)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	base := u.Scheme + "://" + u.Host
-	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{base}})
+	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{page}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -242,7 +239,7 @@ func (e *daemonEnv) forgeApproval(ctx context.Context, link, id string) {
 	if session == "" {
 		e.t.Fatalf("no session cookie in the browser: %+v", cookies)
 	}
-	forged, err := http.NewRequest("POST", base+"/requests/"+id+"/approve", strings.NewReader(url.Values{"for": {"10m"}}.Encode()))
+	forged, err := http.NewRequest("POST", page+"requests/"+id+"/approve", strings.NewReader(url.Values{"for": {"10m"}}.Encode()))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -2,6 +2,7 @@
 // requests part of the page is fetched again, rendered by bridled. An
 // answer being typed is not swept away: the swap waits until the field
 // loses focus.
+// Addresses are relative: the page lives below its session's own path.
 (function () {
   "use strict";
   var main = document.getElementById("requests");
@@ -16,7 +17,7 @@
   function refresh() {
     if (typing()) { stale = true; return; }
     stale = false;
-    fetch("/requests", { credentials: "same-origin", cache: "no-store" }).then(function (r) {
+    fetch("requests", { credentials: "same-origin", cache: "no-store" }).then(function (r) {
       if (r.status === 401) { window.location.reload(); return null; }
       return r.ok ? r.text() : null;
     }).then(function (html) {
@@ -28,7 +29,7 @@
     setTimeout(function () { if (stale) { refresh(); } }, 0);
   });
 
-  var es = new EventSource("/events");
+  var es = new EventSource("events");
   es.addEventListener("open", function () { live.textContent = "live"; live.className = "live on"; refresh(); });
   es.addEventListener("error", function () {
     live.textContent = "reconnecting…";
