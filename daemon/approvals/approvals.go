@@ -606,9 +606,18 @@ func (m *Manager) answerable(id string, by Approver) (*request, *Task, error) {
 	}
 	entry := t.Approvable.Entries[r.entry]
 	allowed := false
-	if entry.Approvers != nil {
-		allowed = entry.Approvers.Allows(by.UID, by.hasUID(), append([]uint32{by.GID}, by.Groups...), by.Identity)
-	} else {
+	switch {
+	case m.workloadIdentityLocked(by.Identity):
+		// A task's workload, by the SPIFFE ID it runs under: over mutual
+		// TLS no cgroup says the caller is a workload, and approvers
+		// naming a trust domain would include it.
+	case entry.Approvers != nil:
+		var gids []uint32
+		if by.hasUID() { // over mutual TLS no gid is the kernel's either
+			gids = append([]uint32{by.GID}, by.Groups...)
+		}
+		allowed = entry.Approvers.Allows(by.UID, by.hasUID(), gids, by.Identity)
+	default:
 		allowed = m.opt.IsAdmin(by)
 	}
 	if !allowed {
@@ -617,6 +626,20 @@ func (m *Manager) answerable(id string, by Approver) (*request, *Task, error) {
 		return nil, nil, err
 	}
 	return r, t, nil
+}
+
+// workloadIdentityLocked reports whether id is the identity of a task's
+// workload the manager knows: such a caller answers no request.
+func (m *Manager) workloadIdentityLocked(id string) bool {
+	if id == "" {
+		return false
+	}
+	for _, t := range m.tasks {
+		if t.Identity == id {
+			return true
+		}
+	}
+	return false
 }
 
 func answerOf(by Approver, at time.Time) *Answer {

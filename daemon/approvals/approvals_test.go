@@ -532,3 +532,33 @@ func TestRequestJSONDurations(t *testing.T) {
 		t.Fatalf("json %s", s)
 	}
 }
+
+// A workload cannot answer its own request by the SPIFFE ID it runs
+// under: over mutual TLS no cgroup tells bridled the caller is a
+// workload, and an entry's approvers naming a whole trust domain include
+// the workload's own ID. Nor can another task's workload (a sub-agent's
+// parent, a sibling) answer by its ID.
+func TestWorkloadIdentityMayNotAnswer(t *testing.T) {
+	e := netEntry("192.0.2.0/24", 443, 0)
+	e.Approvers = &policy.Approvers{GIDs: []uint32{engine.NoUID}, Identities: []string{"spiffe://example.org"}}
+	h := newHarness(t, Options{}, approvable(t, e))
+	h.m.TaskStarted(Task{ID: "t2", Workload: "/w2", Identity: "spiffe://example.org/parent", Slot: 4, Generation: 1,
+		Ends: h.clk.now().Add(time.Hour), Approvable: approvable(t, e)})
+	id := h.refuse(t, connect("192.0.2.7", 443))
+
+	var na *NotApproverError
+	for _, by := range []Approver{
+		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/agent", Auth: engine.AuthX509SVID},
+		{UID: 1000, GID: 1000, Identity: "spiffe://example.org/agent", Auth: engine.AuthJWTSVID},
+		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/parent", Auth: engine.AuthX509SVID},
+		// Over mutual TLS no gid is the kernel's either.
+		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://other.example/x", Auth: engine.AuthX509SVID},
+	} {
+		if _, err := h.m.Approve(id, by, time.Minute); !errors.As(err, &na) {
+			t.Fatalf("%s approved: %v, want NotApproverError", by, err)
+		}
+	}
+	if _, err := h.m.Approve(id, Approver{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/oncall", Auth: engine.AuthX509SVID}, time.Minute); err != nil {
+		t.Fatalf("a person of the trust domain: %v", err)
+	}
+}
