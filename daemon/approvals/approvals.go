@@ -549,13 +549,16 @@ func (m *Manager) Approve(id string, by Approver, d time.Duration) (Request, err
 	if r.target.Action == policy.TargetDNS {
 		g.Names = t.Approvable.NameRules(r.entry, r.target.Name)
 	}
+	// Among the grants first: the kernel's entry for an address is
+	// written from every grant that shares it.
+	m.grants[r.ID] = g
 	if err := m.writeGrant(g); err != nil {
+		delete(m.grants, r.ID)
 		return Request{}, fmt.Errorf("approvals: grant %s: %w", id, err)
 	}
 	m.closeLocked(r, Approved)
 	r.Answer = answerOf(by, now)
 	r.Answer.For, r.Answer.GrantEnds = ends.Sub(now), ends
-	m.grants[r.ID] = g
 	g.timer = time.AfterFunc(ends.Sub(now), func() { m.endGrant(g.Request) })
 	m.saveLocked()
 	m.opt.Metrics.ApprovalAnswered("approved", now.Sub(r.Opened))

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -560,5 +561,39 @@ func TestWorkloadIdentityMayNotAnswer(t *testing.T) {
 	}
 	if _, err := h.m.Approve(id, Approver{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/oncall", Auth: engine.AuthX509SVID}, time.Minute); err != nil {
 		t.Fatalf("a person of the trust domain: %v", err)
+	}
+}
+
+// Two grants to one address share the kernel's entry for it: the entry
+// holds both ports until the first grant's end, then is rewritten from
+// the one left, never deleted under it.
+func TestGrantsToOneAddressShareItsEntry(t *testing.T) {
+	h := newHarness(t, Options{}, approvable(t, netEntry("192.0.2.0/24", 443, 0), netEntry("192.0.2.0/24", 22, 0)))
+	long := h.refuse(t, connect("192.0.2.7", 443))
+	short := h.refuse(t, connect("192.0.2.7", 22))
+	if _, err := h.m.Approve(long, admin, 30*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.m.Approve(short, admin, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	last := h.k.addrs[len(h.k.addrs)-1]
+	if len(last.Ports) != 2 || last.Expires.Sub(h.clk.now()) > 2*time.Minute {
+		t.Fatalf("entry after the second grant %+v: want ports 443 and 22 until the shorter end", last)
+	}
+	calls := len(h.k.called())
+	h.clk.advance(2 * time.Minute)
+	h.m.endGrant(short)
+	after := h.k.called()[calls:]
+	if slices.Contains(after, "revoke-addrs") {
+		t.Fatalf("the shorter grant's end deleted the entry the longer one still needs: %v", after)
+	}
+	last = h.k.addrs[len(h.k.addrs)-1]
+	if len(last.Ports) != 1 || last.Ports[0].First != 443 || last.Expires.Sub(h.clk.now()) < 27*time.Minute {
+		t.Fatalf("entry after the shorter grant ended %+v: want 443 until the longer end", last)
+	}
+	h.m.endGrant(long)
+	if got := h.k.called(); got[len(got)-2] != "revoke-addrs" {
+		t.Fatalf("the last grant's end: calls %v, want the entry revoked", got)
 	}
 }

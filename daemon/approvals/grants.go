@@ -56,14 +56,45 @@ func (g *grant) execs() []loader.GrantedExec {
 	return []loader.GrantedExec{{Dev: g.Target.Dev, Ino: g.Target.Ino, Expires: g.Ends}}
 }
 
-// writeGrant puts g into the task's kernel rules. A dns grant writes
-// nothing: the resolver asks GrantedNames.
+// sameEntry reports whether two address grants share the kernel's entry:
+// one per slot, protocol and address, whatever the ports.
+func sameEntry(a, b *grant) bool {
+	return a.Target.Action == policy.TargetConnect && b.Target.Action == policy.TargetConnect &&
+		a.Slot == b.Slot && a.Generation == b.Generation &&
+		a.Target.Protocol == b.Target.Protocol && a.Target.Addr.Unmap() == b.Target.Addr.Unmap()
+}
+
+// entryFor is the kernel entry of the address grants that share g's: the
+// union of their ports, ending at the earliest of their ends. bridled
+// rewrites it from the others when one ends; if bridled is dead by then,
+// the others end early, never late. ok is false when none is left.
+func (m *Manager) entryFor(g *grant, without string) (loader.GrantedAddr, bool) {
+	e := g.addrs()[0]
+	e.Ports, e.Expires = nil, time.Time{}
+	found := false
+	for id, o := range m.grants {
+		if id == without || !sameEntry(g, o) {
+			continue
+		}
+		a := o.addrs()[0]
+		e.Ports = append(e.Ports, a.Ports...)
+		if !found || a.Expires.Before(e.Expires) {
+			e.Expires = a.Expires
+		}
+		found = true
+	}
+	return e, found
+}
+
+// writeGrant puts g, already among m.grants, into the task's kernel
+// rules. A dns grant writes nothing: the resolver asks GrantedNames.
 func (m *Manager) writeGrant(g *grant) error {
 	t := m.tasks[g.Task]
 	g.Workload, g.Identity, g.Intent, g.Revision = t.Workload, t.Identity, t.Intent, t.PolicyRevision
 	switch g.Target.Action {
 	case policy.TargetConnect:
-		return m.opt.Kernel.GrantAddrs(g.Slot, g.Generation, g.addrs())
+		e, _ := m.entryFor(g, "")
+		return m.opt.Kernel.GrantAddrs(g.Slot, g.Generation, []loader.GrantedAddr{e})
 	case policy.TargetExec:
 		return m.opt.Kernel.GrantExec(g.Slot, g.Generation, g.execs())
 	}
@@ -93,7 +124,12 @@ func (m *Manager) revokeLocked(g *grant) (loader.DestroyStats, error) {
 	var errs []error
 	switch g.Target.Action {
 	case policy.TargetConnect:
-		if err := m.opt.Kernel.RevokeAddrs(g.Slot, g.Generation, g.addrs()); err != nil {
+		// Called with g out of m.grants: the entry holds what is left.
+		if rest, ok := m.entryFor(g, g.Request); ok {
+			if err := m.opt.Kernel.GrantAddrs(g.Slot, g.Generation, []loader.GrantedAddr{rest}); err != nil {
+				errs = append(errs, fmt.Errorf("rewrite the address's other grants: %w", err))
+			}
+		} else if err := m.opt.Kernel.RevokeAddrs(g.Slot, g.Generation, g.addrs()); err != nil {
 			errs = append(errs, fmt.Errorf("revoke: %w", err))
 		}
 		a := g.addrs()[0]
