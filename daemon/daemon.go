@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -191,6 +192,9 @@ func (d *Daemon) startApprovals(ctx context.Context) error {
 			}
 			id, err := spiffeid.FromString(by.Identity)
 			return err == nil && d.cfg.IsAdminIdentity(id)
+		},
+		IsWorkloadIdentity: func(id string) bool {
+			return slices.ContainsFunc(d.node.List(), func(t node.Task) bool { return t.Identity == id })
 		},
 		Webhook:   approvals.Webhook{URL: a.Webhook.URL, Timeout: a.Webhook.Timeout, Retries: *a.Webhook.Retries},
 		StateFile: filepath.Join(d.cfg.StateDir, "approvals.json"),

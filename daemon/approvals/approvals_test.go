@@ -542,7 +542,9 @@ func TestRequestJSONDurations(t *testing.T) {
 func TestWorkloadIdentityMayNotAnswer(t *testing.T) {
 	e := netEntry("192.0.2.0/24", 443, 0)
 	e.Approvers = &policy.Approvers{GIDs: []uint32{engine.NoUID}, Identities: []string{"spiffe://example.org"}}
-	h := newHarness(t, Options{}, approvable(t, e))
+	// sibling is the workload of a task with no approvable entries, which
+	// the manager does not hold: the node says it is a workload's.
+	h := newHarness(t, Options{IsWorkloadIdentity: func(id string) bool { return id == "spiffe://example.org/sibling" }}, approvable(t, e))
 	h.m.TaskStarted(Task{ID: "t2", Workload: "/w2", Identity: "spiffe://example.org/parent", Slot: 4, Generation: 1,
 		Ends: h.clk.now().Add(time.Hour), Approvable: approvable(t, e)})
 	id := h.refuse(t, connect("192.0.2.7", 443))
@@ -552,6 +554,7 @@ func TestWorkloadIdentityMayNotAnswer(t *testing.T) {
 		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/agent", Auth: engine.AuthX509SVID},
 		{UID: 1000, GID: 1000, Identity: "spiffe://example.org/agent", Auth: engine.AuthJWTSVID},
 		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/parent", Auth: engine.AuthX509SVID},
+		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://example.org/sibling", Auth: engine.AuthX509SVID},
 		// Over mutual TLS no gid is the kernel's either.
 		{UID: engine.NoUID, GID: engine.NoUID, Identity: "spiffe://other.example/x", Auth: engine.AuthX509SVID},
 	} {

@@ -24,7 +24,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -176,6 +179,12 @@ func (s *Server) Handler() http.Handler {
 // token), and a deadline for the write.
 func secure(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !localHost(r.Host) {
+			// A page on another site whose name was made to resolve to
+			// this address (DNS rebinding) names that site here.
+			http.Error(w, "approvals page: unexpected Host "+strconv.Quote(r.Host)+": open it by its address", http.StatusMisdirectedRequest)
+			return
+		}
 		hd := w.Header()
 		hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		hd.Set("X-Frame-Options", "DENY")
@@ -185,6 +194,20 @@ func secure(h http.Handler) http.Handler {
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
 		h.ServeHTTP(w, r)
 	})
+}
+
+// localHost reports whether a Host header names the page by an IP address
+// or as localhost, the only names its links use.
+func localHost(host string) bool {
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = host
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return strings.EqualFold(h, "localhost")
 }
 
 // signIn exchanges a one-time link's token for a session.

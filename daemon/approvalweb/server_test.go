@@ -191,3 +191,20 @@ func TestChoicesKeepToMaxTTL(t *testing.T) {
 		t.Fatalf("choices(0) = %v", got)
 	}
 }
+
+// A request naming another site in Host (DNS rebinding) is refused.
+func TestHostMustBeAnAddress(t *testing.T) {
+	for host, ok := range map[string]bool{"127.0.0.1:8080": true, "[::1]:9": true, "localhost:1": true, "LOCALHOST": true,
+		"attacker.example:8080": false, "127.0.0.1.nip.io": false, "": false} {
+		if localHost(host) != ok {
+			t.Errorf("localHost(%q) = %v, want %v", host, !ok, ok)
+		}
+	}
+	h := secure(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	req := httptest.NewRequest(http.MethodGet, "http://attacker.example/", nil)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != http.StatusMisdirectedRequest {
+		t.Fatalf("rebound Host: %d", w.Code)
+	}
+}
