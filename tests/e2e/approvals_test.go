@@ -674,3 +674,14 @@ func TestApprovalGrantEndsWithTask(t *testing.T) {
 		t.Fatalf("the next task's refusal matched the ended task's request: %+v", r)
 	}
 }
+
+// `bridle run` through bridled says, on its terminal, when its workload's
+// refusal opened a request, and how to answer it.
+func TestApprovalRunLiveLine(t *testing.T) {
+	e := newApprovalsEnv(t)
+	r := e.runVia([]string{"--intent", "run asks"}, probeBin, "tcp", e.granted)
+	wantRefused(t, r, "connect", "tcp")
+	if !strings.Contains(r.stderr, "is pending: bridle approve req-") {
+		t.Fatalf("bridle run did not name the request it opened:\n%s", r.stderr)
+	}
+}
