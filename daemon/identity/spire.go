@@ -395,9 +395,17 @@ func (p *SPIREProvider) subscribe(ctx context.Context, w *watch, first func()) e
 // pin picks and pins a process of the workload running with its own
 // credentials, in cgroup.procs order.
 func (p *SPIREProvider) pin(cgroup string) (*Proc, uint64, error) {
-	pids, err := Procs(p.cfg.Mount, cgroup)
+	// The workload is its cgroup and every cgroup below it (see
+	// ReadFacts): a process in a child cgroup is one of its processes.
+	cgroups, err := subtree(p.cfg.Mount, cgroup)
 	if err != nil {
 		return nil, 0, &noProcessError{cgroup}
+	}
+	var pids []int
+	for _, cg := range cgroups {
+		if ps, err := Procs(p.cfg.Mount, cg); err == nil {
+			pids = append(pids, ps...)
+		}
 	}
 	for _, pid := range pids {
 		proc, err := OpenProc(pid)
@@ -410,7 +418,7 @@ func (p *SPIREProvider) pin(cgroup string) (*Proc, uint64, error) {
 			// attested as that program's owner: never asked about.
 			if err = proc.Unprivileged(); err == nil {
 				var cg string
-				if cg, err = proc.Cgroup(); err == nil && cg == cgroup {
+				if cg, err = proc.Cgroup(); err == nil && within(cg, cgroup) {
 					return proc, start, nil
 				}
 			}
@@ -429,7 +437,7 @@ func samePinned(proc *Proc, started uint64, cgroup string) error {
 	if st, err := proc.StartTime(); err != nil || st != started {
 		return fmt.Errorf("process start time changed or unreadable (%v)", err)
 	}
-	if cg, err := proc.Cgroup(); err != nil || cg != cgroup {
+	if cg, err := proc.Cgroup(); err != nil || !within(cg, cgroup) {
 		return fmt.Errorf("process left the workload (now %q, %v)", cg, err)
 	}
 	// It may have executed a setuid program since it was pinned, before

@@ -271,3 +271,26 @@ func TestSPIREPIDModeSetuidProcessCannotTakeRootsIdentity(t *testing.T) {
 		t.Fatalf("identify: %+v %v", id, err)
 	}
 }
+
+// In pid mode a workload whose processes all sit in a cgroup below its
+// own (a unit with DelegateSubgroup=) is attested through one of them.
+func TestSPIREPIDModeProcessInAChildCgroup(t *testing.T) {
+	mount, cg := testCgroup(t, "pid-child")
+	child := cg + "/inner"
+	if err := os.Mkdir(filepath.Join(mount, child), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(mount, child)) })
+	sp := startSPIRE(t)
+	sp.CreateEntry(t, "spiffe://example.org/agent/inner", "unix:uid:4331")
+	runIn(t, mount, child, 4331)
+	p, err := NewSPIRE(SPIREConfig{AdminSocket: sp.AdminSocket, Attest: ByPID, Hold: time.Minute, Timeout: 20 * time.Second, Mount: mount},
+		func(Change) {}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if id, err := identifyEventually(t, p, cg); err != nil || id.ID != "spiffe://example.org/agent/inner" {
+		t.Fatalf("a workload whose process is in its child cgroup: %+v %v", id, err)
+	}
+}
