@@ -45,6 +45,9 @@ type Kernel interface {
 	// task by slot and generation: a slot whose task ended may be
 	// another task's by now, and is left alone.
 	AbortTo(slot, generation uint32, proto policy.Protocol, addr netip.Addr, ports []policy.PortRange) (loader.DestroyStats, error)
+	// LearnedEndingAt lists the addresses the task learned from the
+	// resolver whose life ends at t: a name grant's, cut to its end.
+	LearnedEndingAt(slot, generation uint32, t time.Time) []loader.LearnedAddr
 }
 
 // Approver is who answers: a local user by the kernel's credentials, or a

@@ -29,6 +29,7 @@ type fakeKernel struct {
 	addrs   []loader.GrantedAddr
 	execs   []loader.GrantedExec
 	aborted []netip.Addr
+	learned []loader.LearnedAddr // what LearnedEndingAt answers
 	fail    error
 }
 
@@ -65,6 +66,13 @@ func (k *fakeKernel) AbortTo(slot, gen uint32, p policy.Protocol, a netip.Addr, 
 	k.aborted = append(k.aborted, a)
 	k.mu.Unlock()
 	return loader.DestroyStats{TCP: 1}, nil
+}
+
+func (k *fakeKernel) LearnedEndingAt(slot, gen uint32, at time.Time) []loader.GrantedAddr {
+	k.log("learned-ending")
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.learned
 }
 
 func (k *fakeKernel) called() []string {
@@ -426,6 +434,16 @@ func TestGrantedNames(t *testing.T) {
 	}
 	if len(h.k.called()) != 0 {
 		t.Fatalf("a name grant wrote to the kernel: %v (the resolver learns its addresses)", h.k.called())
+	}
+	// Its end resets the connections to what the resolver learned under
+	// it (the addresses whose life ends with it).
+	h.k.learned = []loader.LearnedAddr{{Protocol: policy.ProtoTCP, Addr: netip.MustParseAddr("140.82.112.5")}}
+	h.m.endGrant(id)
+	if len(h.k.aborted) != 1 || h.k.aborted[0] != netip.MustParseAddr("140.82.112.5") {
+		t.Fatalf("connections reset at the name grant's end: %v", h.k.aborted)
+	}
+	if got := h.rec.actions(); got[len(got)-1] != bpf.ActionGrantEnded {
+		t.Fatalf("records %v, want grant_ended last", got)
 	}
 }
 

@@ -142,6 +142,19 @@ func (m *Manager) revokeLocked(g *grant) (loader.DestroyStats, error) {
 		if err := m.opt.Kernel.RevokeExec(g.Slot, g.Generation, g.execs()); err != nil {
 			errs = append(errs, fmt.Errorf("revoke: %w", err))
 		}
+	case policy.TargetDNS:
+		// While a name grant lasts, the resolver cuts the life of what it
+		// learns for the task to the grant's end (see node.grantedNames):
+		// the addresses ending now are those learned under it. Their
+		// kernel entries end by themselves; connections to them are reset.
+		for _, a := range m.opt.Kernel.LearnedEndingAt(g.Slot, g.Generation, g.Ends) {
+			s, err := m.opt.Kernel.AbortTo(g.Slot, g.Generation, a.Protocol, a.Addr, nil)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("reset connections to %s: %w", a.Addr, err))
+			}
+			stats.TCP += s.TCP
+			stats.UDP += s.UDP
+		}
 	}
 	return stats, errors.Join(errs...)
 }

@@ -620,6 +620,28 @@ func (m *Manager) forgetExpired(slot uint32, held map[learnedKey]time.Time) erro
 	return nil
 }
 
+// LearnedEndingAt lists the addresses the task in force at slot and
+// generation learned from the resolver whose life ends at t (within a
+// second): those whose answer was cut to the end of a grant that let their
+// name through.
+func (m *Manager) LearnedEndingAt(slot, generation uint32, t time.Time) []loader.LearnedAddr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.index.RLock()
+	it, ok := m.byGeneration[generation]
+	m.index.RUnlock()
+	if !ok || it.task.Slot != slot {
+		return nil
+	}
+	var out []loader.LearnedAddr
+	for k, exp := range m.learned[generation] {
+		if d := exp.Sub(t); d > -time.Second && d < time.Second {
+			out = append(out, loader.LearnedAddr{Protocol: k.proto, Addr: k.addr, Expires: exp})
+		}
+	}
+	return out
+}
+
 // BindRoot binds a root cgroup to the baseline: the workloads below it
 // without a binding of their own are governed by it.
 func (m *Manager) BindRoot(cgroupID uint64) error {

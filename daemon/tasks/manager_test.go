@@ -441,3 +441,28 @@ func TestLearnedAddressesAreBoundedPerTask(t *testing.T) {
 		t.Errorf("another task: %v", err)
 	}
 }
+
+// The addresses a task learned whose life ends at a given time: those a
+// name grant's end must reset the connections of.
+func TestLearnedEndingAt(t *testing.T) {
+	m := NewManager(&recorder{}, nil)
+	task, err := m.Start("t-1", StartRequest{CgroupID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now().Add(time.Minute)
+	a, b := netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("192.0.2.8")
+	if err := m.Learn(task.Slot, task.Generation, []loader.LearnedAddr{
+		{Protocol: policy.ProtoTCP, Addr: a, Expires: end},
+		{Protocol: policy.ProtoTCP, Addr: b, Expires: end.Add(time.Hour)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := m.LearnedEndingAt(task.Slot, task.Generation, end)
+	if len(got) != 1 || got[0].Addr != a {
+		t.Fatalf("learned ending at the grant's end: %+v, want only %s", got, a)
+	}
+	if got := m.LearnedEndingAt(task.Slot, task.Generation+1, end); len(got) != 0 {
+		t.Fatalf("another generation's: %+v", got)
+	}
+}
