@@ -676,10 +676,12 @@ func TestApprovalGrantEndsWithTask(t *testing.T) {
 }
 
 // `bridle run` through bridled says, on its terminal, when its workload's
-// refusal opened a request, and how to answer it.
+// refusal opened a request, and how to answer it. The workload lives on
+// after the refusal, as an agent does: a task that ended before its
+// refusal was read has nothing left to grant, and opens no request.
 func TestApprovalRunLiveLine(t *testing.T) {
 	e := newApprovalsEnv(t)
-	r := e.runVia([]string{"--intent", "run asks"}, probeBin, "tcp", e.granted)
+	r := e.runVia([]string{"--intent", "run asks"}, probeBin, "linger", "2", "tcp", e.granted)
 	wantRefused(t, r, "connect", "tcp")
 	if !strings.Contains(r.stderr, "is pending: bridle approve req-") {
 		t.Fatalf("bridle run did not name the request it opened:\n%s", r.stderr)

@@ -115,6 +115,7 @@ func init() {
 		"userns":          actUserns,
 		"udp-flood":       actUDPFlood,
 		"after":           actAfter,
+		"linger":          actLinger,
 		"wait-file":       actWaitFile,
 		"touch":           actTouch,
 		"overwrite":       actOverwrite,

@@ -27,6 +27,20 @@ func actAfter(args []string) outcome {
 	return run(args[1:])
 }
 
+// actLinger runs an action, then stays SECONDS before it exits with the
+// action's outcome: a workload that lives on after a refusal, as an agent
+// does while a person answers.
+func actLinger(args []string) outcome {
+	if len(args) < 2 {
+		return usage("linger SECONDS ACTION [ARGS...]")
+	}
+	o := run(args[1:])
+	if s := actSleep(args[:1]); s.code != exitOK {
+		return s
+	}
+	return o
+}
+
 // actWaitFile waits up to SECONDS for PATH to exist and prints its first
 // line: the verdict a detached grandchild left behind.
 func actWaitFile(args []string) outcome {
