@@ -52,7 +52,7 @@ test-policy:
 # Each guest has one vCPU (see tests/kernels: a second one under software
 # emulation can crash the guest's kernel), so two guests run side by side.
 test-kernels:
-	$(GO) run ./tests/kernels -parallel 2 -testtimeout 30m -timeout 35m -pkg ./loader/... -pkg ./tests/e2e \
+	$(GO) run ./tests/kernels -parallel 2 -testtimeout 40m -timeout 45m -pkg ./loader/... -pkg ./tests/e2e \
 		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe -program /usr/sbin/dnsmasq -program /usr/bin/getent \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
