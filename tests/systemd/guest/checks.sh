@@ -1,0 +1,149 @@
+#!/bin/sh
+# The systemd guest's checks (tests/systemd). It installs Bridle with the
+# same script users and the Vagrant VM use, then drives it with systemctl
+# and bridle the way docs/DAEMON.md describes. Every result is one line
+# "BRIDLE-SYSTEMD: PASS|FAIL NAME [detail]" on the console; the runner
+# parses them. Agents are the probe (tests/probe) installed as
+# /opt/agent/probe.
+set -u
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+say() { echo "BRIDLE-SYSTEMD: $*"; }
+pass() { say "PASS $*"; }
+fail() { say "FAIL $*"; }
+# show prints a command's output as LOG lines, for a failure's context.
+show() { "$@" 2>&1 | tail -n 40 | sed 's/^/BRIDLE-SYSTEMD: LOG /'; }
+
+say "BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)s"
+say "FACT uname=$(uname -r)"
+say "FACT systemd=$(systemctl --version | sed -n 1p)"
+say "FACT lsm=$(cat /sys/kernel/security/lsm)"
+say "FACT boot=$(systemd-analyze time 2>&1 | sed -n 1p)"
+
+ROOT=/bridle.slice/bridle-agents.slice
+CG=/sys/fs/cgroup
+
+# --- Install, as docs/DAEMON.md says (deploy/systemd/install.sh). ---
+if /bridle/src/deploy/systemd/install.sh /bridle/src >/tmp/install.log 2>&1; then
+	pass install
+else
+	fail install "deploy/systemd/install.sh failed"
+	show cat /tmp/install.log
+fi
+
+# (a) bridled.service reached active, which for Type=notify means bridled
+# sent READY=1: every root confined.
+typ=$(systemctl show -p Type --value bridled.service)
+state=$(systemctl show -p ActiveState --value bridled.service)
+if [ "$typ" = notify ] && [ "$state" = active ] && [ -d "$CG$ROOT" ]; then
+	pass bridled-active "Type=$typ ActiveState=$state"
+else
+	fail bridled-active "Type=$typ ActiveState=$state root=$(ls -d "$CG$ROOT" 2>&1)"
+	show systemctl status --no-pager bridled.service
+	show journalctl -b -u bridled --no-pager
+fi
+
+# --- The site's own edits ("then edit" in the docs). ---
+# The agent: the probe. The examples' baseline allows no exec at all, so no
+# agent unit could even start: allow the agent's own binary, and systemd's
+# executor, which systemd 255 and later execs in the unit's cgroup before
+# the unit's command.
+install -D -m 0755 /bridle/files/probe /opt/agent/probe
+sed -i 's|^baseline := {"egress": \[\], "exec": \[\]}$|baseline := {"egress": [], "exec": [{"path": "/opt/agent/probe"}, {"path": "/usr/lib/systemd/systemd-executor"}]}|' \
+	/etc/bridle/policy/bridle.rego
+# Agent units are coding agents (the example policy's kinds).
+sed -i 's|^    units:$|    units:\n      agent-*.service: spiffe://example.org/agent/coding/{unit}|' /etc/bridle/bridled.yaml
+if grep -q /opt/agent/probe /etc/bridle/policy/bridle.rego && grep -q 'agent-\*.service' /etc/bridle/bridled.yaml; then
+	pass site-edits
+else
+	fail site-edits "the sed edits of bridle.rego or bridled.yaml did not apply"
+fi
+# The coding envelope's git host, on loopback: nothing listens, so an
+# allowed connect gets ECONNREFUSED, a refused one EPERM.
+ip addr add 192.0.2.10/32 dev lo
+systemctl restart bridled.service
+if [ "$(systemctl show -p ActiveState --value bridled.service)" != active ]; then
+	fail bridled-restart "bridled did not come back after the site's edits"
+	show journalctl -b -u bridled --no-pager
+fi
+
+# (b) An agent whose very first instructions try a connect and an exec.
+cat >/etc/systemd/system/agent-first.service <<'UNIT'
+[Unit]
+Description=Agent that tries a connect and an exec at once
+[Service]
+Type=oneshot
+ExecStart=-/opt/agent/probe tcp 192.0.2.10:443
+ExecStart=-/opt/agent/probe exec /usr/bin/true
+UNIT
+systemctl daemon-reload
+systemctl start agent-first.service
+out=$(journalctl -b -u agent-first.service -o cat --no-pager | grep -E '^(ok|EPERM|error)')
+slice=$(systemctl show -p Slice --value agent-first.service)
+conn=$(echo "$out" | sed -n 1p)
+ex=$(echo "$out" | sed -n 2p)
+if [ "$slice" = bridle-agents.slice ] && [ "${conn%% *}" = EPERM ] && [ "${ex%% *}" = EPERM ]; then
+	pass first-instruction "slice=$slice connect=[$conn] exec=[$ex]"
+else
+	fail first-instruction "slice=$slice connect=[$conn] exec=[$ex]"
+	show journalctl -b -u agent-first.service --no-pager
+fi
+
+# (c) A task on an agent unit's cgroup grants its envelope; its end revokes.
+cat >/etc/systemd/system/agent-loop.service <<'UNIT'
+[Unit]
+Description=Agent that retries a connect every 0.2 s
+[Service]
+ExecStart=/opt/agent/probe tcp-every 0.2 192.0.2.10:443
+UNIT
+systemctl daemon-reload
+systemctl start agent-loop.service
+# verdicts prints the loop's verdicts after attempt $1, one per line.
+verdicts() {
+	journalctl -b -u agent-loop.service -o cat --no-pager |
+		awk -v from="$1" '$1 ~ /^[0-9]+$/ && $1 > from { $1 = ""; sub(/^ /, ""); print }'
+}
+last() { journalctl -b -u agent-loop.service -o cat --no-pager | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
+sleep 2
+before=$(verdicts 0 | sort | uniq -c | tr '\n' ';')
+if [ -n "$before" ] && ! verdicts 0 | grep -qv '^EPERM'; then
+	pass refused-before-task "$before"
+else
+	fail refused-before-task "[$before]"
+fi
+wl=$(systemctl show -p ControlGroup --value agent-loop.service)
+if id=$(bridle task start --workload "$wl" --intent "systemd guest check" --label repo=bridle --ttl 10m 2>/tmp/start.err); then
+	n=$(last)
+	granted=
+	for _ in 1 2 3 4 5 6 7 8 9 10; do
+		sleep 0.5
+		# Allowed: the connect got past the kernel's check (nothing listens).
+		if verdicts "$((n + 1))" | grep -q -e '^ok' -e 'ECONNREFUSED'; then granted=yes; break; fi
+	done
+	if [ -n "$granted" ]; then
+		pass task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | tr '\n' ';')"
+	else
+		fail task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | tr '\n' ';')"
+		show bridle status
+	fi
+	if bridle task end "$id" >/tmp/end.out 2>&1; then
+		n=$(last)
+		sleep 2
+		# One attempt may have been under way during the end.
+		after=$(verdicts "$((n + 1))")
+		if [ -n "$after" ] && ! echo "$after" | grep -qv '^EPERM'; then
+			pass task-end-revokes "$(echo "$after" | sort | uniq -c | tr '\n' ';')"
+		else
+			fail task-end-revokes "[$(echo "$after" | sort | uniq -c | tr '\n' ';')]"
+		fi
+	else
+		fail task-end-revokes "bridle task end: $(cat /tmp/end.out)"
+	fi
+else
+	fail task-grants "bridle task start: $(cat /tmp/start.err)"
+	show bridle status
+fi
+
+show bridle status
+say DONE
