@@ -108,6 +108,11 @@ func ensureImage(cacheDir string, s imageSpec, rebuild bool, log io.Writer) (pat
 		return "", false, err
 	}
 	defer os.RemoveAll(tmp)
+	// MkdirTemp makes it 0700; apt's sandbox user (_apt) must reach the
+	// lists below it.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", false, err
+	}
 	root := filepath.Join(tmp, "root")
 
 	start := time.Now()
@@ -136,9 +141,6 @@ func ensureImage(cacheDir string, s imageSpec, rebuild bool, log io.Writer) (pat
 	note := fmt.Sprintf("key %s\nsuite %s\nmirror %s\nmmdebstrap %s\ncpio %s\n",
 		s.key(), s.Suite, s.Mirror, debootstrapped.Round(time.Second), (time.Since(start) - debootstrapped).Round(time.Second))
 	if err := os.WriteFile(filepath.Join(tmp, "build.txt"), []byte(note), 0o644); err != nil {
-		return "", false, err
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", false, err
 	}
 	if rebuild {

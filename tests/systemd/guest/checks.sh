@@ -45,13 +45,20 @@ else
 fi
 
 # --- The site's own edits ("then edit" in the docs). ---
-# The agent: the probe. The examples' baseline allows no exec at all, so no
-# agent unit could even start: allow the agent's own binary, and systemd's
+# The agent: the probe. The examples' baseline allows nothing, so no agent
+# unit could even start: allow the agent's own binary and systemd's
 # executor, which systemd 255 and later execs in the unit's cgroup before
-# the unit's command.
+# the unit's command; and journald's stdout socket, which the executor
+# connects to from the unit's cgroup for the unit's output (refused, the
+# output is lost).
 install -D -m 0755 /bridle/files/probe /opt/agent/probe
-sed -i 's|^baseline := {"egress": \[\], "exec": \[\]}$|baseline := {"egress": [], "exec": [{"path": "/opt/agent/probe"}, {"path": "/usr/lib/systemd/systemd-executor"}]}|' \
+sed -i 's|^baseline := {"egress": \[\], "exec": \[\]}$|baseline := {"egress": [{"unix": "/run/systemd/journal/stdout"}], "exec": [{"path": "/opt/agent/probe"}, {"path": "/usr/lib/systemd/systemd-executor"}]}|' \
 	/etc/bridle/policy/bridle.rego
+# The coding envelope names git's, ssh's and Go's programs, which must exist for
+# it to compile (rules name programs by device and inode); this guest has
+# neither, so stand-ins take their paths.
+mkdir -p /usr/lib/git-core /usr/local/go/bin /usr/local/go/pkg/tool
+for p in git ssh; do cp /usr/bin/true /usr/bin/$p; done
 # Agent units are coding agents (the example policy's kinds).
 sed -i 's|^    units:$|    units:\n      agent-*.service: spiffe://example.org/agent/coding/{unit}|' /etc/bridle/bridled.yaml
 if grep -q /opt/agent/probe /etc/bridle/policy/bridle.rego && grep -q 'agent-\*.service' /etc/bridle/bridled.yaml; then
@@ -147,3 +154,9 @@ fi
 
 show bridle status
 say DONE
+# The unit's SuccessAction does not end the guest here (its poweroff never
+# comes; seen with systemd 257 in an initramfs root), so end it directly:
+# -no-reboot turns the reboot into qemu's exit.
+systemctl reboot --force --force
+sleep 10
+echo b >/proc/sysrq-trigger
