@@ -15,11 +15,11 @@ fail() { say "FAIL $*"; }
 # show prints a command's output as LOG lines, for a failure's context.
 show() { "$@" 2>&1 | tail -n 40 | sed 's/^/BRIDLE-SYSTEMD: LOG /'; }
 
-say "BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)s"
+say "BOOTED"
+say "FACT uptime-at-checks=$(cut -d' ' -f1 /proc/uptime)s"
 say "FACT uname=$(uname -r)"
 say "FACT systemd=$(systemctl --version | sed -n 1p)"
 say "FACT lsm=$(cat /sys/kernel/security/lsm)"
-say "FACT boot=$(systemd-analyze time 2>&1 | sed -n 1p)"
 
 ROOT=/bridle.slice/bridle-agents.slice
 CG=/sys/fs/cgroup
@@ -56,7 +56,7 @@ sed -i 's|^baseline := {"egress": \[\], "exec": \[\]}$|baseline := {"egress": [{
 	/etc/bridle/policy/bridle.rego
 # The coding envelope names git's, ssh's and Go's programs, which must exist for
 # it to compile (rules name programs by device and inode); this guest has
-# neither, so stand-ins take their paths.
+# none of them, so stand-ins take their paths.
 mkdir -p /usr/lib/git-core /usr/local/go/bin /usr/local/go/pkg/tool
 for p in git ssh; do cp /usr/bin/true /usr/bin/$p; done
 # Agent units are coding agents (the example policy's kinds).
@@ -113,7 +113,7 @@ verdicts() {
 }
 last() { journalctl -b -u agent-loop.service -o cat --no-pager | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
 sleep 2
-before=$(verdicts 0 | sort | uniq -c | tr '\n' ';')
+before=$(verdicts 0 | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')
 if [ -n "$before" ] && ! verdicts 0 | grep -qv '^EPERM'; then
 	pass refused-before-task "$before"
 else
@@ -129,9 +129,9 @@ if id=$(bridle task start --workload "$wl" --intent "systemd guest check" --labe
 		if verdicts "$((n + 1))" | grep -q -e '^ok' -e 'ECONNREFUSED'; then granted=yes; break; fi
 	done
 	if [ -n "$granted" ]; then
-		pass task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | tr '\n' ';')"
+		pass task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
 	else
-		fail task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | tr '\n' ';')"
+		fail task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
 		show bridle status
 	fi
 	if bridle task end "$id" >/tmp/end.out 2>&1; then
@@ -140,9 +140,9 @@ if id=$(bridle task start --workload "$wl" --intent "systemd guest check" --labe
 		# One attempt may have been under way during the end.
 		after=$(verdicts "$((n + 1))")
 		if [ -n "$after" ] && ! echo "$after" | grep -qv '^EPERM'; then
-			pass task-end-revokes "$(echo "$after" | sort | uniq -c | tr '\n' ';')"
+			pass task-end-revokes "$(echo "$after" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
 		else
-			fail task-end-revokes "[$(echo "$after" | sort | uniq -c | tr '\n' ';')]"
+			fail task-end-revokes "[$(echo "$after" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')]"
 		fi
 	else
 		fail task-end-revokes "bridle task end: $(cat /tmp/end.out)"
@@ -150,6 +150,38 @@ if id=$(bridle task start --workload "$wl" --intent "systemd guest check" --labe
 else
 	fail task-grants "bridle task start: $(cat /tmp/start.err)"
 	show bridle status
+fi
+
+# An agent unit without the drop-in is named in bridle status; the one
+# with it (agent-loop, systemd 257: PrivatePIDs too) is not.
+cat >/etc/systemd/system/plain-agent.service <<'UNIT'
+[Unit]
+Description=Agent unit in the slice without the hardening drop-in
+[Service]
+Slice=bridle-agents.slice
+ExecStart=/opt/agent/probe sleep 600
+UNIT
+systemctl daemon-reload
+systemctl start plain-agent.service
+# The check runs every hardening_check_interval (30 s in the example).
+reported=
+for _ in $(seq 1 20); do
+	if bridle status 2>&1 | grep -q '^HARDENING: .*/plain-agent.service'; then reported=yes; break; fi
+	sleep 3
+done
+hard=$(bridle status 2>&1 | grep '^HARDENING:' | tr '\n' ';')
+if [ -n "$reported" ] && ! echo "$hard" | grep -q agent-loop.service; then
+	pass unhardened-reported "$hard"
+else
+	fail unhardened-reported "[$hard]"
+fi
+
+# bridled logs to stderr, which the unit sends to the journal.
+lines=$(journalctl -b -u bridled.service -o cat --no-pager | wc -l)
+if [ "$lines" -gt 0 ]; then
+	pass journal "$lines lines of bridled in the journal"
+else
+	fail journal "journalctl -u bridled shows nothing"
 fi
 
 show bridle status
