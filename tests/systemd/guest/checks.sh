@@ -46,13 +46,12 @@ fi
 
 # --- The site's own edits ("then edit" in the docs). ---
 # The agent: the probe. The examples' baseline allows nothing, so no agent
-# unit could even start: allow the agent's own binary and systemd's
-# executor, which systemd 255 and later execs in the unit's cgroup before
-# the unit's command; and journald's stdout socket, which the executor
-# connects to from the unit's cgroup for the unit's output (refused, the
-# output is lost).
+# unit could even start: allow the agent's own binary, and journald's stdout
+# socket, which systemd connects to from the unit's cgroup for the unit's
+# output (refused, the output is lost). systemd's executor (systemd 255+)
+# needs no rule: a run without one passed.
 install -D -m 0755 /bridle/files/probe /opt/agent/probe
-sed -i 's|^baseline := {"egress": \[\], "exec": \[\]}$|baseline := {"egress": [{"unix": "/run/systemd/journal/stdout"}], "exec": [{"path": "/opt/agent/probe"}, {"path": "/usr/lib/systemd/systemd-executor"}]}|' \
+sed -i 's|^baseline := {"egress": \[\], "exec": \[\]}$|baseline := {"egress": [{"unix": "/run/systemd/journal/stdout"}], "exec": [{"path": "/opt/agent/probe"}]}|' \
 	/etc/bridle/policy/bridle.rego
 # The coding envelope names git's, ssh's and Go's programs, which must exist for
 # it to compile (rules name programs by device and inode); this guest has
