@@ -5,7 +5,7 @@ BIN       := bin
 CLANG     ?= clang-19
 PKGS      := ./...
 
-.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels bench demo spire clean
+.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels test-systemd bench demo spire clean
 
 all: build
 
@@ -56,6 +56,14 @@ test-kernels:
 		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe -program /usr/sbin/dnsmasq -program /usr/bin/getent \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
+
+# The systemd deployment inside a Debian trixie guest with systemd as PID 1
+# (the 6.12 kernel, BPF LSM active), installed as docs/DAEMON.md says. The
+# guest image is built once with mmdebstrap into a cache outside the clone
+# (BRIDLE_SYSTEMD_CACHE, default ~/.cache/bridle/systemd-guest); that needs
+# root and mmdebstrap and cpio. See tests/systemd/README.md.
+test-systemd:
+	$(GO) run ./tests/systemd
 
 # SPIRE server and agent for the identity tests, built from the module proxy
 # at the version tests/spire pins, into a cache outside the clone

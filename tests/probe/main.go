@@ -90,6 +90,7 @@ func init() {
 	// Filled in init because spawn and daemonize look actions up themselves.
 	actions = map[string]action{
 		"tcp":             actTCP,
+		"tcp-every":       actTCPEvery,
 		"tcp-fastopen":    actTCPFastOpen,
 		"udp-connect":     actUDPConnect,
 		"udp-sendto":      actUDPSendto,

@@ -569,3 +569,28 @@ func actUDPFlood(args []string) outcome {
 	}
 	return ok(fmt.Sprintf("refused=%d allowed=%d", refused, allowed))
 }
+
+// actTCPEvery is an agent that retries: it tries one TCP connect to
+// ADDR:PORT every SECONDS until it is killed, and prints one line per
+// attempt, "N VERDICT" with VERDICT as actTCP's line ("ok", "EPERM connect",
+// "error ECONNREFUSED"). The systemd guest runs it as an agent unit and
+// reads its journal to see the verdicts change when a task starts and ends,
+// and that none slips through while bridled restarts. Each attempt is still
+// one connect: nothing within an attempt is retried.
+func actTCPEvery(args []string) outcome {
+	if len(args) != 2 {
+		return usage("tcp-every SECONDS ADDR:PORT")
+	}
+	secs, err := strconv.ParseFloat(args[0], 64)
+	if err != nil || secs <= 0 {
+		return usage("tcp-every: bad SECONDS %q", args[0])
+	}
+	for n := 1; ; n++ {
+		o := actTCP(args[1:])
+		if o.code == exitUsage {
+			return o
+		}
+		fmt.Printf("%d %s\n", n, o.line)
+		time.Sleep(time.Duration(secs * float64(time.Second)))
+	}
+}
