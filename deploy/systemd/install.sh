@@ -2,10 +2,9 @@
 # Installs Bridle on a systemd host the way docs/DAEMON.md ("systemd") tells
 # a user to, step for step: the binaries, the config, the example policies,
 # the unit and the slice (enabled and started), and the agent-unit drop-ins.
-# It is the one provisioning script of the Vagrant VM and of the systemd
-# guest the tests boot (tests/systemd), so what a user installs by hand, the
-# VM a developer boots and the guest CI tests are the same thing; change the
-# docs and this script together.
+# It is the provisioning script of the systemd guest the tests boot
+# (tests/systemd), so what a user installs by hand and the guest the tests
+# check are the same thing; change the docs and this script together.
 #
 #   deploy/systemd/install.sh [REPO]
 #
