@@ -6,7 +6,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,24 +15,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/bridle-sh/bridle/daemon/approvals"
+	"github.com/bridle-sh/bridle/tests/browser"
 )
-
-// chromium finds Debian's chromium. Without it the test is skipped, but
-// not in CI (CI set), where .ci/run installs it and its absence is a
-// failure.
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium is not installed (.ci/run installs it): the approvals page is untested")
-	}
-	t.Skip("chromium is not installed (apt-get install chromium): the approvals page's browser test needs it")
-	return ""
-}
 
 // The page in a real browser: signed in by the one-time link, a request
 // opened after the page loaded appears without a reload, it is approved
@@ -41,7 +24,7 @@ func chromium(t *testing.T) string {
 // made for. The manager here is the in-memory stand-in (standIn): the
 // page's contract with it is the approvals manager's API.
 func TestPageInChromium(t *testing.T) {
-	bin := chromium(t)
+	bin := browser.Path(t, "the approvals page is untested")
 	svc := newStandIn(alice.UID)
 	svc.add(answeredEarlier(svc))
 	s := New(svc, Options{})
@@ -52,22 +35,7 @@ func TestPageInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	actx, cancel := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(bin),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1200, 900),
-	)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	ctx := browser.New(t, bin, 60*time.Second)
 
 	// Signed in, the page follows changes: a mark left on the window
 	// would not survive a reload.
@@ -213,7 +181,7 @@ func saveScreenshot(t *testing.T, png []byte) {
 // could then answer on the page as the admin. The session's cookie is
 // scoped to a path of its own, unknown to other services.
 func TestSessionCookieStaysOffOtherPorts(t *testing.T) {
-	bin := chromium(t)
+	bin := browser.Path(t, "the approvals page is untested")
 	svc := newStandIn(alice.UID)
 	svc.add(testRequest("apr-steal"))
 	s := New(svc, Options{})
@@ -230,19 +198,7 @@ func TestSessionCookieStaysOffOtherPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	actx, cancel := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(bin),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	ctx := browser.New(t, bin, 60*time.Second)
 	if err := chromedp.Do(ctx,
 		chromedp.Navigate(link),
 		chromedp.WaitVisible(chromedp.CSS("#live.on")),

@@ -18,24 +18,8 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/approvalweb"
+	"github.com/bridle-sh/bridle/tests/browser"
 )
-
-// chromiumBin finds Debian's chromium. The kernel guests have none, and
-// the test is skipped there; in CI (CI=true, never set in the guests) the
-// host runs it and a missing browser is a failure.
-func chromiumBin(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("no chromium binary (.ci/run installs it): the approvals page is untested against bridled")
-	}
-	t.Skip("no chromium binary (apt-get install chromium): the approvals page's browser test needs it")
-	return ""
-}
 
 // approvablePolicy is testPolicy with one approvable egress entry: TCP to
 // granted (an address the envelope leaves out) on port, for up to 10m,
@@ -53,7 +37,7 @@ approvable := {"egress": [{"protocol": "tcp", "cidr": "%s/32", "ports": [%d], "m
 // posted with the session's cookie but without its CSRF token is refused
 // and approves nothing.
 func TestApprovalsPageWithBridled(t *testing.T) {
-	bin := chromiumBin(t)
+	bin := browser.Path(t, "the approvals page is untested against bridled")
 	e := newDaemonEnv(t)
 	// 127.0.0.2 is on the namespace's loopback and outside the envelope
 	// (127.0.0.1 and ::1).
@@ -68,7 +52,7 @@ func TestApprovalsPageWithBridled(t *testing.T) {
 	task := e.startTask(cg)
 
 	link := e.approvalsWebLink()
-	ctx := headless(t, bin)
+	ctx := browser.New(t, bin, 2*time.Minute)
 
 	// Signed in, the page follows changes: a mark left on the window
 	// would not survive a reload.
@@ -139,28 +123,6 @@ func TestApprovalsPageWithBridled(t *testing.T) {
 	e.waitAudit(func(r map[string]any) bool {
 		return r["action"] == "approval_granted" && r["request"] == req.ID && r["verdict"] == "allow"
 	})
-}
-
-// headless starts a headless Chromium for the test, bounded to 2 minutes.
-func headless(t *testing.T, bin string) context.Context {
-	t.Helper()
-	actx, cancel := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(bin),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1200, 800),
-	)
-	t.Cleanup(cancel)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(cancel)
-	ctx, cancel = context.WithTimeout(ctx, 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // approvalsWebLink runs `bridle approvals web` as root, an admin.
