@@ -16,27 +16,41 @@ import (
 
 // Event is one kernel decision, decoded.
 type Event struct {
-	Time        time.Time
-	CgroupID    uint64
-	PID         uint32
-	Comm        string
-	Slot        uint32
-	Generation  uint32
-	Action      bpf.Action
-	Protocol    bpf.Protocol // none for exec and namespace
-	Verdict     bpf.Verdict
-	Reason      bpf.Reason
-	Enforcement bpf.Enforcement
-	Addr        netip.Addr
-	Port        uint16
-	Path        string // unix socket name, the name an exec was called by, or a socket option (IPV6_RTHDR)
-	Dev, Ino    uint64 // the binary of an exec
-	Family      uint16 // the address family of a socket refused for it
-	// SuppressedTotal is how many events of this task (CgroupID and
-	// Generation) the kernel has left out so far, over the per-workload
-	// budget, modulo 2^32: the difference from the previous event's is
-	// how many were left out in between.
+	Time     time.Time
+	CgroupID uint64 // the workload: the bound cgroup whose binding decided
+	// OriginCgroupID is the cgroup of the process (or packet) itself:
+	// CgroupID, or a cgroup below it (an agent unit below a root, under
+	// the baseline).
+	OriginCgroupID uint64
+	PID            uint32
+	Comm           string
+	Slot           uint32
+	Generation     uint32
+	Action         bpf.Action
+	Protocol       bpf.Protocol // none for exec and namespace
+	Verdict        bpf.Verdict
+	Reason         bpf.Reason
+	Enforcement    bpf.Enforcement
+	Addr           netip.Addr
+	Port           uint16
+	Path           string // unix socket name, the name an exec was called by, or a socket option (IPV6_RTHDR)
+	Dev, Ino       uint64 // the binary of an exec
+	Family         uint16 // the address family of a socket refused for it
+	// SuppressedTotal is how many events of this budget (BudgetCgroupID
+	// and Generation) the kernel has left out so far, over the
+	// per-workload budget, modulo 2^32: the difference from the previous
+	// event's is how many were left out in between.
 	SuppressedTotal uint32
+}
+
+// BudgetCgroupID is the cgroup whose event budget SuppressedTotal counts:
+// the workload's under a task, the process's own under the baseline (so
+// that one agent without a task cannot use up the others' records).
+func (ev Event) BudgetCgroupID() uint64 {
+	if ev.Slot == BaselineSlot {
+		return ev.OriginCgroupID
+	}
+	return ev.CgroupID
 }
 
 // sockoptNames names the socket options the setsockopt check refuses, by
@@ -155,20 +169,21 @@ func (r *EventReader) decode(raw []byte) (Event, error) {
 	}
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&k)), size), raw)
 	ev := Event{
-		Time:        r.bootBase.Add(time.Duration(k.TimeNs)).UTC(),
-		CgroupID:    k.CgroupId,
-		PID:         k.Pid,
-		Comm:        cString(k.Comm[:]),
-		Slot:        k.Slot,
-		Generation:  k.Generation,
-		Action:      bpf.ActionOf(k.Action),
-		Protocol:    bpf.ProtocolOf(k.Proto),
-		Verdict:     bpf.VerdictOf(k.Verdict),
-		Reason:      bpf.ReasonOf(k.Reason),
-		Enforcement: bpf.EnforcementOf(k.Enforcement),
-		Path:        cString(k.Path[:]),
-		Dev:         k.Dev,
-		Ino:         k.Ino,
+		Time:           r.bootBase.Add(time.Duration(k.TimeNs)).UTC(),
+		CgroupID:       k.CgroupId,
+		OriginCgroupID: k.OriginCgroupId,
+		PID:            k.Pid,
+		Comm:           cString(k.Comm[:]),
+		Slot:           k.Slot,
+		Generation:     k.Generation,
+		Action:         bpf.ActionOf(k.Action),
+		Protocol:       bpf.ProtocolOf(k.Proto),
+		Verdict:        bpf.VerdictOf(k.Verdict),
+		Reason:         bpf.ReasonOf(k.Reason),
+		Enforcement:    bpf.EnforcementOf(k.Enforcement),
+		Path:           cString(k.Path[:]),
+		Dev:            k.Dev,
+		Ino:            k.Ino,
 
 		SuppressedTotal: k.Suppressed,
 	}

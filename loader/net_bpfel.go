@@ -68,25 +68,26 @@ const (
 )
 
 type netBridleEvent struct {
-	_           structs.HostLayout
-	TimeNs      uint64
-	CgroupId    uint64
-	Dev         uint64
-	Ino         uint64
-	Pid         uint32
-	Slot        uint32
-	Generation  uint32
-	Port        uint16
-	Action      uint8
-	Proto       uint8
-	Verdict     uint8
-	Reason      uint8
-	Family      uint8
-	Enforcement uint8
-	Addr        [16]uint8
-	Comm        [16]int8
-	Path        [128]int8
-	Suppressed  uint32
+	_              structs.HostLayout
+	TimeNs         uint64
+	CgroupId       uint64
+	OriginCgroupId uint64
+	Dev            uint64
+	Ino            uint64
+	Pid            uint32
+	Slot           uint32
+	Generation     uint32
+	Port           uint16
+	Action         uint8
+	Proto          uint8
+	Verdict        uint8
+	Reason         uint8
+	Family         uint8
+	Enforcement    uint8
+	Addr           [16]uint8
+	Comm           [16]int8
+	Path           [128]int8
+	Suppressed     uint32
 }
 
 type netBridleExecFlags uint32

@@ -152,7 +152,10 @@ struct bridle_unix_key {
 
 struct bridle_event {
 	__u64 time_ns; /* CLOCK_BOOTTIME */
-	__u64 cgroup_id;
+	__u64 cgroup_id; /* the workload: the bound cgroup the decision used */
+	/* The cgroup of the process (or packet) itself: cgroup_id or one
+	 * below it, such as an agent unit below a root without a task. */
+	__u64 origin_cgroup_id;
 	__u64 dev;
 	__u64 ino;
 	__u32 pid;

@@ -50,6 +50,7 @@ static __always_inline int bridle_find_workload_task(struct bridle_ctx *c)
 	if (!cg)
 		return bridle_resolve(c, 0, 0);
 	__u64 id = BPF_CORE_READ(cg, kn, id);
+	__u64 own = id;
 	struct bridle_workload *w = bpf_map_lookup_elem(&bridle_cgroups, &id);
 	int level = BPF_CORE_READ(cg, level);
 
@@ -63,7 +64,9 @@ static __always_inline int bridle_find_workload_task(struct bridle_ctx *c)
 		if (w)
 			id = anc;
 	}
-	return bridle_resolve(c, id, w);
+	int found = bridle_resolve(c, id, w);
+	c->origin_id = own;
+	return found;
 }
 
 /* Returns 1 when the exec of bprm->file must be stopped. */

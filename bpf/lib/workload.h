@@ -29,6 +29,7 @@ const volatile __u64 bridle_budget_window_ns = 1000000000;
 
 struct bridle_ctx {
 	__u64 cgroup_id;
+	__u64 origin_id; /* the process's own cgroup; cgroup_id or below it */
 	__u32 slot;
 	__u32 flags;
 	__u32 generation;
@@ -48,6 +49,8 @@ struct bridle_ctx {
 static __always_inline int bridle_resolve(struct bridle_ctx *c, __u64 id, struct bridle_workload *w)
 {
 	c->cgroup_id = id;
+	/* The finders that look at ancestors set the cgroup they started from. */
+	c->origin_id = id;
 	c->found = 0;
 	c->slot = BRIDLE_BASELINE_SLOT;
 	c->flags = 0;
@@ -109,7 +112,8 @@ static __always_inline int bridle_entry_live(const struct bridle_ctx *c, __u32 g
  */
 #define BRIDLE_FIND_WORKLOAD(c, first_id, ANCESTOR)                                   \
 	({                                                                            \
-		__u64 __id = (first_id);                                              \
+		__u64 __first = (first_id);                                           \
+		__u64 __id = __first;                                                 \
 		struct bridle_workload *__w = bpf_map_lookup_elem(&bridle_cgroups, &__id); \
 		for (int __l = BRIDLE_MAX_CGROUP_DEPTH - 1; !__w && __l >= 0; __l--) {   \
 			__u64 __anc = ANCESTOR(__l);                                  \
@@ -119,7 +123,9 @@ static __always_inline int bridle_entry_live(const struct bridle_ctx *c, __u32 g
 			if (__w)                                                      \
 				__id = __anc;                                         \
 		}                                                                     \
-		bridle_resolve(c, __id, __w);                                         \
+		int __found = bridle_resolve(c, __id, __w);                           \
+		(c)->origin_id = __first;                                             \
+		__found;                                                              \
 	})
 
 /* The workload of the current task. Returns 0 when none encloses it. */
@@ -182,6 +188,7 @@ static __always_inline void bridle_event_fill(struct bridle_event *e, const stru
 					      __u8 action, __u8 verdict, __u8 reason, __u8 enforcement)
 {
 	e->cgroup_id = c->cgroup_id;
+	e->origin_cgroup_id = c->origin_id;
 	e->slot = c->slot;
 	e->generation = c->generation;
 	e->action = action;
@@ -210,6 +217,17 @@ static __always_inline int bridle_decide(const struct bridle_ctx *c, int allowed
 }
 
 /*
+ * The budget an event is taken from: a task's workload's, or, under the
+ * baseline, the process's own cgroup's, so that one agent without a task
+ * flooding refusals does not use up the records of the others below the
+ * same root.
+ */
+static __always_inline __u64 bridle_budget_cgroup(const struct bridle_ctx *c)
+{
+	return c->slot == BRIDLE_BASELINE_SLOT ? c->origin_id : c->cgroup_id;
+}
+
+/*
  * Takes one event from the workload's budget. Returns 0 when the budget of
  * the window is spent: the event is then only counted. Counters are shared
  * by all CPUs; the window's reset is not atomic, so a few events more than
@@ -221,7 +239,7 @@ static __always_inline int bridle_budget_take(struct bridle_ctx *c)
 {
 	if (!bridle_event_budget)
 		return 1;
-	struct bridle_budget_key k = {.cgroup_id = c->cgroup_id, .generation = c->generation};
+	struct bridle_budget_key k = {.cgroup_id = bridle_budget_cgroup(c), .generation = c->generation};
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct bridle_budget *b = bpf_map_lookup_elem(&bridle_budgets, &k);
 	if (!b) {

@@ -36,15 +36,16 @@ func (n *Node) ReadEvents(r *loader.EventReader, extra ...audit.Sink) {
 }
 
 // Enrich turns a kernel decision into a record: the task the slot
-// generation names (in force, or ended moments ago), else the workload the
-// cgroup id names under the baseline.
+// generation names (in force, or ended moments ago), else, under the
+// baseline, the cgroup of the process itself (an agent unit below a root,
+// not the root) with that cgroup's identity.
 func (n *Node) Enrich(ev loader.Event) audit.Record {
 	rec := audit.Record{
 		Time: audit.Timestamp(ev.Time), Node: n.opt.NodeName,
 		PID: ev.PID, Comm: ev.Comm, Action: ev.Action, Protocol: ev.Protocol,
 		Address: audit.Addr(ev.Addr), Port: ev.Port, Path: ev.Path, Family: ev.Family,
 		Verdict: ev.Verdict, Reason: string(ev.Reason), Enforcement: ev.Enforcement,
-		Suppressed: n.newlySuppressed(ev.CgroupID, ev.Generation, ev.SuppressedTotal),
+		Suppressed: n.newlySuppressed(ev.BudgetCgroupID(), ev.Generation, ev.SuppressedTotal),
 		CgroupID:   ev.CgroupID,
 	}
 	if ev.Slot != loader.BaselineSlot {
@@ -59,6 +60,13 @@ func (n *Node) Enrich(ev loader.Event) audit.Record {
 	rec.PolicyRevision = n.baseline
 	n.mu.Unlock()
 	rec.Workload = n.cgroupPath(ev.CgroupID)
+	if ev.OriginCgroupID != 0 && ev.OriginCgroupID != ev.CgroupID {
+		// Gone already (or not below a root): the bound cgroup still names
+		// where the decision came from.
+		if own := n.cgroupPath(ev.OriginCgroupID); own != "" {
+			rec.Workload = own
+		}
+	}
 	if rec.Workload != "" {
 		known := n.opt.Identities.Known(rec.Workload)
 		rec.Identity, rec.IdentitySource = known.ID, known.Source

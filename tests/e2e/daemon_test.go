@@ -443,6 +443,11 @@ func TestDaemonConfinesNewCgroups(t *testing.T) {
 	if rev, _ := rec["policy_revision"].(string); !strings.HasPrefix(rev, "sha256:") {
 		t.Fatalf("decision record without policy_revision: %v", rec)
 	}
+	// The record names the refused process's own cgroup and its identity,
+	// not the root it is below: which agent unit was refused.
+	if rec["workload"] != cg || rec["identity"] != "spiffe://e2e.test/workload"+cg {
+		t.Fatalf("baseline decision record names %v (%v), want %s: %v", rec["workload"], rec["identity"], cg, rec)
+	}
 	// The daemon reports its roots attached and nothing degraded beyond
 	// what the kernel lacks.
 	st, err := e.status()
@@ -453,6 +458,36 @@ func TestDaemonConfinesNewCgroups(t *testing.T) {
 	if len(roots) != 1 || roots[0].(map[string]any)["attached"] != true {
 		t.Fatalf("status roots: %v", st["roots"])
 	}
+}
+
+// Under the baseline every cgroup below a root has an event budget of its
+// own: one agent without a task flooding refusals does not use up the
+// records of another, and its own left-out records are counted on its next
+// record, not on another agent's.
+func TestDaemonBaselineBudgetPerCgroup(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.start()
+	flooder, quiet := e.workload("flooder"), e.workload("quiet")
+	// Five windows' budget at once: most of it is left out.
+	flood := strconv.Itoa(5 * loader.DefaultEventBudget)
+	if got := e.probeIn(flooder, "udp-flood", "127.0.0.1:9", flood); !strings.HasPrefix(got, "ok refused="+flood) {
+		t.Fatalf("flood: %q", got)
+	}
+	wantPrefix(t, "the quiet agent, right after the flood", e.probeConnect(quiet, "127.0.0.2:9"), "EPERM connect")
+	rec := e.waitAudit(func(r map[string]any) bool {
+		return r["workload"] == quiet && r["action"] == "connect" && r["verdict"] == "deny"
+	})
+	if n, _ := rec["suppressed"].(float64); n != 0 {
+		t.Fatalf("the quiet agent's record carries another's suppressed events: %v", rec)
+	}
+	// The flooder's next record, a window later, carries its count.
+	time.Sleep(1100 * time.Millisecond)
+	wantPrefix(t, "the flooder, a window later", e.probeConnect(flooder, "127.0.0.2:9"), "EPERM connect")
+	rec = e.waitAudit(func(r map[string]any) bool {
+		n, _ := r["suppressed"].(float64)
+		return r["workload"] == flooder && r["address"] == "127.0.0.2" && n > 0
+	})
+	t.Logf("flooder's record: %d suppressed", int(rec["suppressed"].(float64)))
 }
 
 // task start moves a workload to its envelope; task end moves it back.
