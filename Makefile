@@ -5,7 +5,7 @@ BIN       := bin
 CLANG     ?= clang-19
 PKGS      := ./...
 
-.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels test-systemd bench demo spire clean
+.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels test-systemd check-vagrant bench demo spire clean
 
 all: build
 
@@ -58,12 +58,20 @@ test-kernels:
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
 
 # The systemd deployment inside a Debian trixie guest with systemd as PID 1
-# (the 6.12 kernel, BPF LSM active), installed as docs/DAEMON.md says. The
-# guest image is built once with mmdebstrap into a cache outside the clone
-# (BRIDLE_SYSTEMD_CACHE, default ~/.cache/bridle/systemd-guest); that needs
-# root and mmdebstrap and cpio. See tests/systemd/README.md.
+# (the 6.12 and 6.1 kernels side by side, BPF LSM active), installed as
+# docs/DAEMON.md says. The guest image is built once with mmdebstrap into a
+# cache outside the clone (BRIDLE_SYSTEMD_CACHE, default
+# ~/.cache/bridle/systemd-guest); that needs root and mmdebstrap and cpio.
+# See tests/systemd/README.md.
+SYSTEMD_KERNELS ?= 6.12,6.1
 test-systemd:
-	$(GO) run ./tests/systemd
+	$(GO) run ./tests/systemd -kernel $(SYSTEMD_KERNELS) -parallel 2
+
+# The Vagrantfile is valid (Debian's vagrant package; no provider needed).
+# Its VM is provisioned by deploy/systemd/install.sh, the script the systemd
+# guest above installs with.
+check-vagrant:
+	vagrant validate --ignore-provider
 
 # SPIRE server and agent for the identity tests, built from the module proxy
 # at the version tests/spire pins, into a cache outside the clone

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -36,14 +37,14 @@ var checksScript []byte
 //go:embed guest/bridle-systemd-checks.service
 var checksUnit []byte
 
-// The kernel is the kernels runner's 6.12 pin, booted with the BPF LSM
-// active, as its "6.12" guest is: the same active LSM list.
-const (
-	kernelName = "6.12"
-	lsmWithBPF = "lockdown,capability,landlock,yama,apparmor,bpf"
-)
+// The kernels are the kernels runner's pins (6.12, trixie's own, by
+// default), booted with the BPF LSM active as its guests are: the same
+// active LSM list.
+const lsmWithBPF = "lockdown,capability,landlock,yama,apparmor,bpf"
 
 type options struct {
+	kernels     []string
+	parallel    int
 	out         string
 	cache       string
 	kernelCache string
@@ -61,6 +62,8 @@ type options struct {
 func main() {
 	var o options
 	fs := flag.NewFlagSet("systemd", flag.ExitOnError)
+	kernels := fs.String("kernel", "6.12", "comma-separated kernels of tests/kernels/kernels.txt to boot the guest with")
+	fs.IntVar(&o.parallel, "parallel", 1, "guests booted at once (one vCPU each)")
 	fs.StringVar(&o.out, "out", "", "directory for the serial log, binaries and initramfs (default: a new temporary directory)")
 	fs.StringVar(&o.cache, "cache", defaultCache("BRIDLE_SYSTEMD_CACHE", "systemd-guest"), "image cache (env BRIDLE_SYSTEMD_CACHE)")
 	fs.StringVar(&o.kernelCache, "kernel-cache", defaultCache("BRIDLE_KERNEL_CACHE", "kernels"), "the kernels runner's cache (env BRIDLE_KERNEL_CACHE)")
@@ -76,6 +79,15 @@ func main() {
 	fs.StringVar(&o.goBin, "go", goBinary(), "go command used to build the guest's binaries")
 	fs.BoolVar(&o.verbose, "v", false, "stream the guest's console")
 	_ = fs.Parse(os.Args[1:])
+	for _, k := range strings.Split(*kernels, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			o.kernels = append(o.kernels, k)
+		}
+	}
+	if len(o.kernels) == 0 || o.parallel < 1 {
+		fmt.Fprintln(os.Stderr, "systemd: want at least one -kernel and -parallel 1 or more")
+		os.Exit(2)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -130,11 +142,15 @@ func run(ctx context.Context, o options) (int, error) {
 	}
 	fmt.Fprintf(os.Stderr, "systemd guest image: %s (%s in %s)\n", img, how, time.Since(start).Round(100*time.Millisecond))
 
-	vmlinuz, err := fetchKernel(ctx, o, root)
-	if err != nil {
-		return 2, err
+	vmlinuz := map[string]string{}
+	for _, k := range o.kernels {
+		p, err := fetchKernel(ctx, o, root, k)
+		if err != nil {
+			return 2, err
+		}
+		vmlinuz[k] = p
+		fmt.Fprintf(os.Stderr, "kernel %s: %s\n", k, p)
 	}
-	fmt.Fprintf(os.Stderr, "kernel %s: %s\n", kernelName, vmlinuz)
 	if o.imageOnly {
 		return 0, nil
 	}
@@ -152,9 +168,27 @@ func run(ctx context.Context, o options) (int, error) {
 	if err != nil {
 		return 2, err
 	}
-	res := boot(ctx, o, vmlinuz, initrd, filepath.Join(out, "serial.log"))
-	failed := summarize(os.Stdout, res)
-	fmt.Printf("\nserial log, binaries and initramfs: %s\n", out)
+	// One initramfs for every kernel: the guest's files do not depend on it.
+	results := make([]result, len(o.kernels))
+	sem := make(chan struct{}, o.parallel)
+	var wg sync.WaitGroup
+	for i, k := range o.kernels {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i] = boot(ctx, o, k, vmlinuz[k], initrd, filepath.Join(out, "serial-"+k+".log"))
+		}()
+	}
+	wg.Wait()
+	failed := false
+	for i, k := range o.kernels {
+		if summarize(os.Stdout, k, results[i]) {
+			failed = true
+		}
+	}
+	fmt.Printf("\nserial logs, binaries and initramfs: %s\n", out)
 	if ctx.Err() != nil {
 		return 2, ctx.Err()
 	}
@@ -176,24 +210,24 @@ func moduleRoot(goBin string) (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// fetchKernel asks the kernels runner for its pinned 6.12 image, so the pin
+// fetchKernel asks the kernels runner for its pinned image of name, so the pin
 // (tests/kernels/kernels.txt), the private apt state and the stale-pin
 // advice stay in one place. It prints "kernel NAME: PATH" once the image is
 // in its cache.
-func fetchKernel(ctx context.Context, o options, root string) (string, error) {
-	cmd := exec.CommandContext(ctx, o.goBin, "run", "./tests/kernels", "-fetch-only", "-kernel", kernelName, "-cache", o.kernelCache)
+func fetchKernel(ctx context.Context, o options, root, name string) (string, error) {
+	cmd := exec.CommandContext(ctx, o.goBin, "run", "./tests/kernels", "-fetch-only", "-kernel", name, "-cache", o.kernelCache)
 	cmd.Dir = root
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("fetch kernel %s with tests/kernels: %w\n%s", kernelName, err, stderr.String())
+		return "", fmt.Errorf("fetch kernel %s with tests/kernels: %w\n%s", name, err, stderr.String())
 	}
 	for _, l := range strings.Split(stderr.String(), "\n") {
-		if p, ok := strings.CutPrefix(l, "kernel "+kernelName+": "); ok {
+		if p, ok := strings.CutPrefix(l, "kernel "+name+": "); ok {
 			return strings.TrimSpace(p), nil
 		}
 	}
-	return "", fmt.Errorf("tests/kernels -fetch-only named no image for %s:\n%s", kernelName, stderr.String())
+	return "", fmt.Errorf("tests/kernels -fetch-only named no image for %s:\n%s", name, stderr.String())
 }
 
 // buildInitrd is the cached root file system followed by a second archive
@@ -361,7 +395,7 @@ func (r *result) parseLine(line string) {
 
 // boot runs the guest to its poweroff (or the timeout), writing the console
 // to logPath.
-func boot(ctx context.Context, o options, vmlinuz, initrd, logPath string) result {
+func boot(ctx context.Context, o options, kernel, vmlinuz, initrd, logPath string) result {
 	r := result{Log: logPath}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -383,7 +417,7 @@ func boot(ctx context.Context, o options, vmlinuz, initrd, logPath string) resul
 		"-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline,
 	}
 	fmt.Fprintf(logf, "# %s %s\n", o.qemu, strings.Join(args, " "))
-	fmt.Fprintf(os.Stderr, "systemd guest: booting %s\n", vmlinuz)
+	fmt.Fprintf(os.Stderr, "systemd guest %s: booting %s\n", kernel, vmlinuz)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		r.Err = err
@@ -457,8 +491,8 @@ func (r result) problems() []string {
 	return ps
 }
 
-func summarize(w io.Writer, r result) bool {
-	fmt.Fprintln(w)
+func summarize(w io.Writer, kernel string, r result) bool {
+	fmt.Fprintf(w, "\n== systemd guest, kernel %s\n", kernel)
 	for _, f := range r.Facts {
 		fmt.Fprintf(w, "guest %s\n", f)
 	}
@@ -475,7 +509,7 @@ func summarize(w io.Writer, r result) bool {
 	fmt.Fprintf(w, "\nboot to checks: %s, total: %s\n", boot, r.Total.Round(100*time.Millisecond))
 	ps := r.problems()
 	if len(ps) == 0 {
-		fmt.Fprintln(w, "systemd guest: PASS")
+		fmt.Fprintf(w, "systemd guest %s: PASS\n", kernel)
 		return false
 	}
 	if len(r.Logs) > 0 {
@@ -484,7 +518,7 @@ func summarize(w io.Writer, r result) bool {
 			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
-	fmt.Fprintf(w, "\nsystemd guest: FAIL (full console: %s)\n", r.Log)
+	fmt.Fprintf(w, "\nsystemd guest %s: FAIL (full console: %s)\n", kernel, r.Log)
 	for _, p := range ps {
 		fmt.Fprintf(w, "  %s\n", p)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -55,5 +56,17 @@ func TestImageKey(t *testing.T) {
 	b.Packages = append(b.Packages, "curl")
 	if a.key() == b.key() {
 		t.Error("key ignores the package list")
+	}
+}
+
+// The Vagrant VM is provisioned by the script the guest installs with, so
+// the VM a user boots is the deployment these checks test.
+func TestVagrantProvisionsWithInstallScript(t *testing.T) {
+	b, err := os.ReadFile("../../Vagrantfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "/bridle/deploy/systemd/install.sh /bridle") {
+		t.Error("the Vagrantfile's provisioning does not run deploy/systemd/install.sh")
 	}
 }
