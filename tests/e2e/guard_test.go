@@ -60,9 +60,10 @@ func TestEscapeAdoptedNamespaceAndFamily(t *testing.T) {
 	e := newDaemonEnv(t)
 	e.start()
 	cg := e.workload("adopted")
-	// Records name the cgroup bridled governs: the root, for a cgroup below it.
+	// Records name the refused process's own cgroup, below the root that
+	// governs it.
 	family := func(rec map[string]any) bool {
-		return rec["action"] == "socket" && rec["reason"] == "address family not allowed" && rec["workload"] == e.root
+		return rec["action"] == "socket" && rec["reason"] == "address family not allowed" && rec["workload"] == cg
 	}
 	out, _, _ := e.inCgroup(cg, false, probeBin, "socket", "vsock")
 	wantPrefix(t, "socket(AF_VSOCK) in an adopted workload", out, "EPERM socket")
@@ -79,7 +80,7 @@ func TestEscapeAdoptedNamespaceAndFamily(t *testing.T) {
 	out, _, _ = e.inCgroup(cg, false, probeBin, "unshare", "user")
 	wantPrefix(t, "unshare(CLONE_NEWUSER) in an adopted workload", out, "EPERM unshare")
 	e.waitAudit(func(rec map[string]any) bool {
-		return rec["action"] == "namespace" && rec["workload"] == e.root && rec["enforcement"] == "lsm" && rec["path"] == "user"
+		return rec["action"] == "namespace" && rec["workload"] == cg && rec["enforcement"] == "lsm" && rec["path"] == "user"
 	})
 }
 
