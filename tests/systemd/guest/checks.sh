@@ -112,6 +112,7 @@ cat >/etc/systemd/system/agent-loop.service <<'UNIT'
 [Unit]
 Description=Agent that retries a connect every 0.2 s
 [Service]
+Type=exec
 ExecStart=/opt/agent/probe tcp-every 0.2 192.0.2.10:443
 UNIT
 systemctl daemon-reload
@@ -209,6 +210,7 @@ for u in denied:192.0.2.20:443 allowed:192.0.2.10:443; do
 [Unit]
 Description=Agent retrying a connect every 50 ms ($name by its task)
 [Service]
+Type=exec
 ExecStart=/opt/agent/probe tcp-every 0.05 ${u#*:}
 UNIT
 done
@@ -225,6 +227,14 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 gap_ok=yes
 gap_ids=
 for name in denied allowed; do
+	# A task starts once the agent runs: while systemd sets the unit up,
+	# its executor (root) is the workload's process, and a task whose
+	# envelope names root-owned programs is refused then (the writable
+	# check), as docs/DAEMON.md says.
+	for _ in $(seq 1 50); do
+		[ "$(loop_last agent-gap-$name.service)" -gt 0 ] && break
+		sleep 0.2
+	done
 	wl=$(systemctl show -p ControlGroup --value agent-gap-$name.service)
 	if id=$(bridle task start --workload "$wl" --intent "restart gap check" --label repo=bridle --ttl 10m 2>/tmp/start.err); then
 		gap_ids="$gap_ids $id"
