@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -123,6 +124,10 @@ func actComm(args []string) outcome {
 // line; the status is the last action's (an exec that works replaces the
 // process, so it belongs last).
 func actSeq(args []string) outcome {
+	// One OS thread for every step: "comm" names only the calling thread
+	// (PR_SET_NAME), and a later step on another thread would act under
+	// the process's old name.
+	runtime.LockOSThread()
 	var steps [][]string
 	for {
 		i := slices.Index(args, "+")
