@@ -117,14 +117,19 @@ ExecStart=/opt/agent/probe tcp-every 0.2 192.0.2.10:443
 UNIT
 systemctl daemon-reload
 systemctl start agent-loop.service
-# verdicts prints the loop's verdicts after attempt $1, one per line.
-verdicts() {
-	journalctl -b -u agent-loop.service -o cat --no-pager |
-		awk -v from="$1" '$1 ~ /^[0-9]+$/ && $1 > from { $1 = ""; sub(/^ /, ""); print }'
+# Agents that retry (probe tcp-every) log "N VERDICT" per attempt.
+# loop_lines UNIT FROM prints the verdicts of UNIT's attempts after FROM;
+# loop_last UNIT the number of its last attempt; tally counts verdicts.
+loop_lines() {
+	journalctl -b -u "$1" -o cat --no-pager |
+		awk -v from="$2" '$1 ~ /^[0-9]+$/ && $1 > from { $1 = ""; sub(/^ /, ""); print }'
 }
-last() { journalctl -b -u agent-loop.service -o cat --no-pager | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
+loop_last() { journalctl -b -u "$1" -o cat --no-pager | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
+tally() { sort | uniq -c | sed 's/^ *//' | tr '\n' ';'; }
+verdicts() { loop_lines agent-loop.service "$1"; }
+last() { loop_last agent-loop.service; }
 sleep 2
-before=$(verdicts 0 | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')
+before=$(verdicts 0 | tally)
 if [ -n "$before" ] && ! verdicts 0 | grep -qv '^EPERM'; then
 	pass refused-before-task "$before"
 else
@@ -140,9 +145,9 @@ if id=$(bridle task start --workload "$wl" --intent "systemd guest check" --labe
 		if verdicts "$((n + 1))" | grep -q -e '^ok' -e 'ECONNREFUSED'; then granted=yes; break; fi
 	done
 	if [ -n "$granted" ] && bridle task list 2>/dev/null | grep -q "$id"; then
-		pass task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
+		pass task-grants "workload=$wl task=$id: $(verdicts "$n" | tally)"
 	else
-		fail task-grants "workload=$wl task=$id: $(verdicts "$n" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
+		fail task-grants "workload=$wl task=$id: $(verdicts "$n" | tally)"
 		show bridle status
 	fi
 	if bridle task end "$id" >/tmp/end.out 2>&1; then
@@ -151,9 +156,9 @@ if id=$(bridle task start --workload "$wl" --intent "systemd guest check" --labe
 		# One attempt may have been under way during the end.
 		after=$(verdicts "$((n + 1))")
 		if [ -n "$after" ] && ! echo "$after" | grep -qv '^EPERM'; then
-			pass task-end-revokes "$(echo "$after" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
+			pass task-end-revokes "$(echo "$after" | tally)"
 		else
-			fail task-end-revokes "[$(echo "$after" | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')]"
+			fail task-end-revokes "[$(echo "$after" | tally)]"
 		fi
 	else
 		fail task-end-revokes "bridle task end: $(cat /tmp/end.out)"
@@ -216,13 +221,6 @@ UNIT
 done
 systemctl daemon-reload
 systemctl start agent-gap-denied.service agent-gap-allowed.service
-# loop_lines UNIT FROM prints the verdicts of UNIT's attempts after FROM.
-loop_lines() {
-	journalctl -b -u "$1" -o cat --no-pager |
-		awk -v from="$2" '$1 ~ /^[0-9]+$/ && $1 > from { $1 = ""; sub(/^ /, ""); print }'
-}
-loop_last() { journalctl -b -u "$1" -o cat --no-pager | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
-tally() { sort | uniq -c | sed 's/^ *//' | tr '\n' ';'; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 gap_ok=yes
 gap_ids=
