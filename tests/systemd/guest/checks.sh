@@ -14,6 +14,12 @@ pass() { say "PASS $*"; }
 fail() { say "FAIL $*"; }
 # show prints a command's output as LOG lines, for a failure's context.
 show() { "$@" 2>&1 | tail -n 40 | sed 's/^/BRIDLE-SYSTEMD: LOG /'; }
+# Agent units write their output to /run/agents/UNIT.log rather than the
+# journal: journalctl may skip a journal file it reads while journald
+# writes it ("is truncated, ignoring file"), and a check reading verdicts
+# must see every line.
+mkdir -p /run/agents
+agent_out() { cat "/run/agents/$1.log" 2>/dev/null; }
 
 say "BOOTED"
 say "FACT uptime-at-checks=$(cut -d' ' -f1 /proc/uptime)s"
@@ -91,12 +97,13 @@ cat >/etc/systemd/system/agent-first.service <<'UNIT'
 Description=Agent that tries a connect and an exec at once
 [Service]
 Type=oneshot
+StandardOutput=append:/run/agents/%n.log
 ExecStart=-/opt/agent/probe tcp 192.0.2.10:443
 ExecStart=-/opt/agent/probe exec /usr/bin/true
 UNIT
 systemctl daemon-reload
 systemctl start agent-first.service
-out=$(journalctl -b -u agent-first.service -o cat --no-pager | grep -E '^(ok|EPERM|error)')
+out=$(agent_out agent-first.service | grep -E '^(ok|EPERM|error)')
 slice=$(systemctl show -p Slice --value agent-first.service)
 conn=$(echo "$out" | sed -n 1p)
 ex=$(echo "$out" | sed -n 2p)
@@ -104,7 +111,7 @@ if [ "$slice" = bridle-agents.slice ] && [ "${conn%% *}" = EPERM ] && [ "${ex%% 
 	pass first-instruction "slice=$slice connect=[$conn] exec=[$ex]"
 else
 	fail first-instruction "slice=$slice connect=[$conn] exec=[$ex]"
-	show journalctl -b -u agent-first.service --no-pager
+	show agent_out agent-first.service
 fi
 
 # (c) A task on an agent unit's cgroup grants its envelope; its end revokes.
@@ -113,6 +120,7 @@ cat >/etc/systemd/system/agent-loop.service <<'UNIT'
 Description=Agent that retries a connect every 0.2 s
 [Service]
 Type=exec
+StandardOutput=append:/run/agents/%n.log
 ExecStart=/opt/agent/probe tcp-every 0.2 192.0.2.10:443
 UNIT
 systemctl daemon-reload
@@ -121,10 +129,10 @@ systemctl start agent-loop.service
 # loop_lines UNIT FROM prints the verdicts of UNIT's attempts after FROM;
 # loop_last UNIT the number of its last attempt; tally counts verdicts.
 loop_lines() {
-	journalctl -b -u "$1" -o cat --no-pager |
+	agent_out "$1" |
 		awk -v from="$2" '$1 ~ /^[0-9]+$/ && $1 > from { $1 = ""; sub(/^ /, ""); print }'
 }
-loop_last() { journalctl -b -u "$1" -o cat --no-pager | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
+loop_last() { agent_out "$1" | awk '$1 ~ /^[0-9]+$/ { n = $1 } END { print n + 0 }'; }
 tally() { sort | uniq -c | sed 's/^ *//' | tr '\n' ';'; }
 verdicts() { loop_lines agent-loop.service "$1"; }
 last() { loop_last agent-loop.service; }
@@ -216,6 +224,7 @@ for u in denied:192.0.2.20:443 allowed:192.0.2.10:443; do
 Description=Agent retrying a connect every 50 ms ($name by its task)
 [Service]
 Type=exec
+StandardOutput=append:/run/agents/%n.log
 ExecStart=/opt/agent/probe tcp-every 0.05 ${u#*:}
 UNIT
 done
@@ -323,6 +332,7 @@ cat >/etc/systemd/system/agent-flood@.service <<'UNIT'
 Description=Agent %i sending to a refused address 3000 times
 [Service]
 Type=oneshot
+StandardOutput=append:/run/agents/%n.log
 ExecStart=/opt/agent/probe udp-flood 192.0.2.30:9 3000
 UNIT
 systemctl daemon-reload
@@ -346,7 +356,7 @@ flood 1
 settle
 s1=$(stat -c %s "$AUDIT")
 r1=$(rotated)
-flood1=$(journalctl -b -u agent-flood@1.service -o cat --no-pager | grep -E '^(ok|EPERM|error)' | tail -n 1)
+flood1=$(agent_out agent-flood@1.service | grep -E '^(ok|EPERM|error)' | tail -n 1)
 for i in $(seq 2 12); do flood "$i"; done
 settle
 r2=$(rotated)
