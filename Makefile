@@ -5,7 +5,7 @@ BIN       := bin
 CLANG     ?= clang-19
 PKGS      := ./...
 
-.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels test-systemd check-vagrant bench demo spire clean
+.PHONY: all build generate check-generated lint test test-unprivileged test-policy test-kernels test-systemd check-vagrant bench demo spire manifests check-manifests kubernetes image test-kubernetes clean
 
 all: build
 
@@ -52,7 +52,7 @@ test-policy:
 # Each guest has one vCPU (see tests/kernels: a second one under software
 # emulation can crash the guest's kernel), so two guests run side by side.
 test-kernels:
-	$(GO) run ./tests/kernels -parallel 2 -testtimeout 40m -timeout 45m -pkg ./loader/... -pkg ./tests/e2e \
+	$(GO) run ./tests/kernels -parallel 2 -memory 1536M -testtimeout 40m -timeout 45m -pkg ./loader/... -pkg ./tests/e2e \
 		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe -program /usr/sbin/dnsmasq -program /usr/bin/getent \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
 		-env BRIDLE_E2E_PROBE=/bridle/files/probe
@@ -79,6 +79,40 @@ check-vagrant:
 # first time, nothing after.
 spire:
 	GO=$(GO) tests/spire/build.sh
+
+# The plain Kubernetes manifests (deploy/kubernetes/bridle.yaml), rendered
+# from the Helm chart with the example policies copied into it. Helm is
+# installed from the module proxy into a cache outside the clone
+# (BRIDLE_HELM_DIR, default /root/.cache/bridle/helm/<version>) if missing.
+manifests:
+	GO=$(GO) deploy/kubernetes/render.sh
+
+# CI: the committed manifests must be what the chart renders.
+check-manifests:
+	GO=$(GO) deploy/kubernetes/render.sh --check
+
+# The parts of the single-node Kubernetes cluster the Kubernetes tests start
+# (kube-apiserver, kubelet, etcd, containerd, runc, CNI plugins...), built
+# from the module proxy at the versions tests/kubernetes pins, into a cache
+# outside the clone (BRIDLE_KUBERNETES_DIR, default
+# /root/.cache/bridle/kubernetes/<version>). About half an hour the first time
+# on two cores, nothing after. runc needs libseccomp-dev and pkg-config.
+kubernetes:
+	GO=$(GO) tests/kubernetes/build.sh
+
+# Bridle's container image (bridled as the entrypoint, bridle beside it, at /bridle) as a
+# tarball for `ctr images import`: static builds, one layer, reproducible.
+IMAGE ?= bridle.sh/bridle:dev
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/static/bridled ./cmd/bridled
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/static/bridle ./cmd/bridle
+	$(GO) run ./deploy/kubernetes/mkimage -o $(BIN)/bridle-image.tar -name $(IMAGE) -entrypoint /bridled \
+		$(BIN)/static/bridled:/bridled $(BIN)/static/bridle:/bridle
+
+# A real single-node cluster (tests/kubetest) and the tests run on it; needs
+# `make kubernetes` first (the tests skip without its parts, and fail under CI).
+test-kubernetes:
+	$(GO) test -tags kubernetes -count=1 -timeout 30m -v -run '^TestCluster$$|^TestKubernetes' ./tests/kubetest/ ./tests/e2e/
 
 # Costs measured against a baseline of the same run (docs/BENCHMARKS.md).
 bench:

@@ -171,6 +171,8 @@ func (d *Daemon) authorize(c Caller, need access) string {
 			return fmt.Sprintf("caller could not be identified: %v", p.Err)
 		case inRoot:
 			return fmt.Sprintf("caller is a workload (cgroup %s under root %s): workloads may not use the task API", p.Cgroup, root)
+		case d.inAgentPod(p.Cgroup):
+			return fmt.Sprintf("caller is a workload (cgroup %s of an agent pod): workloads may not use the task API", p.Cgroup)
 		case config.Under(p.Cgroup, "/"+workload.StandaloneParent):
 			// A standalone run's workload is confined by its own bridle
 			// run, not by a root of this daemon, but it is a workload all
@@ -203,4 +205,14 @@ func (c Caller) lists(block string) string {
 	default:
 		return block
 	}
+}
+
+// inAgentPod reports whether a cgroup belongs to an agent pod (confined
+// or not yet): its processes are workloads.
+func (d *Daemon) inAgentPod(cg string) bool {
+	if d.podIndex == nil {
+		return false
+	}
+	_, ok := d.podIndex.ByCgroup(cg)
+	return ok
 }

@@ -184,6 +184,7 @@ func (noKernel) Features() loader.Features                             { return 
 func (noKernel) UnixConnections(uint64) ([]loader.UnixConn, error)     { return nil, nil }
 func (noKernel) TakeSuppressed(uint64, uint32) (uint64, error)         { return 0, nil }
 func (noKernel) AttachCgroup(string) error                             { return nil }
+func (noKernel) ForgetCgroup(uint64) error                             { return nil }
 func (noKernel) SetResolver(netip.AddrPort, netip.AddrPort) error      { return nil }
 func (noKernel) GrantAddrs(uint32, uint32, []loader.GrantedAddr) error { return nil }
 func (noKernel) RevokeAddrs(uint32, []loader.GrantedAddr) error        { return nil }

@@ -21,6 +21,7 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/bridle-sh/bridle/daemon/api"
 	"github.com/bridle-sh/bridle/daemon/approvals"
@@ -30,6 +31,8 @@ import (
 	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/metrics"
 	"github.com/bridle-sh/bridle/daemon/node"
+	"github.com/bridle-sh/bridle/daemon/pods"
+	"github.com/bridle-sh/bridle/daemon/pods/nri"
 	"github.com/bridle-sh/bridle/daemon/store"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy/engine"
@@ -79,6 +82,12 @@ type Daemon struct {
 	approvalsManager *approvals.Manager
 	approvalWeb      *approvalweb.Server
 	fdErr            error // the descriptor limit leaves too little headroom
+
+	// pods confines the node's agent pods; nil unless
+	// kubernetes.enabled. podIndex is its index, made before the node
+	// (the identity source and the workload labels read it).
+	pods     *pods.Watcher
+	podIndex *pods.Index
 }
 
 // Run starts bridled with cfg and serves until ctx ends. Each value on
@@ -148,11 +157,17 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var workloadLabels func(string) map[string]string
+	if d.cfg.Kubernetes.Enabled {
+		d.podIndex = pods.NewIndex()
+		identities = pods.NewIdentities(identities, d.podIndex)
+		workloadLabels = d.podIndex.Labels
+	}
 	d.node, d.enf, err = node.Load(d.cfg.PinDir, node.Options{
 		Engine: d.engine, Store: d.store,
 		NodeName: d.cfg.NodeName, CgroupRoot: d.cgRoot, Roots: d.cfg.Roots,
 		Identities: identities, Records: d.audit.Write, Metrics: d.metrics,
-		Log: d.log,
+		Log: d.log, WorkloadLabels: workloadLabels,
 	})
 	if err != nil {
 		return err
@@ -176,8 +191,65 @@ func (d *Daemon) setup(ctx context.Context) error {
 	if err := d.startApprovals(ctx); err != nil {
 		return err
 	}
+	// After the restore: a pod whose task was restored keeps it
+	// (node.AdoptRoot).
+	return d.startPods(ctx)
+}
+
+// podsSyncWait bounds how long bridled waits for the first pod list
+// before it says it is ready; past it the watch goes on in the
+// background and the status says the list is not in yet.
+const podsSyncWait = 15 * time.Second
+
+// startPods starts the pod watch (kubernetes.enabled): the agent pods of
+// this node are confined as the watch sees them, and, through the
+// runtime hook, before their containers run.
+func (d *Daemon) startPods(ctx context.Context) error {
+	k := d.cfg.Kubernetes
+	if !k.Enabled {
+		return nil
+	}
+	client, err := pods.NewClient(k.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	sel, err := labels.Parse(k.AgentSelector)
+	if err != nil {
+		return fmt.Errorf("kubernetes.agent_selector: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(k.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("kubernetes.trust_domain: %w", err)
+	}
+	d.pods = pods.New(pods.Options{
+		Node: d.node, Client: client, NodeName: k.NodeName, Selector: sel, TrustDomain: td,
+		Naming: pods.Naming{Systemd: k.CgroupDriver == config.CgroupDriverSystemd, CRIO: k.Runtime == config.RuntimeCRIO, Root: k.CgroupRoot},
+		Index:  d.podIndex, Records: d.audit.Write, Log: d.log.With("component", "pods"),
+		StateFile: filepath.Join(d.cfg.StateDir, "pods.json"), CgroupMount: d.cgRoot,
+	})
+	go func() {
+		if err := d.pods.Run(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("pod watch stopped", "err", err)
+		}
+	}()
+	select {
+	case <-d.pods.Synced():
+	case <-time.After(podsSyncWait):
+		d.log.Error("pods of this node not listed yet; going on, agent pods are confined once they are", "node", k.NodeName, "waited", podsSyncWait)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if k.NRISocket == "" {
+		d.log.Warn("no runtime hook (kubernetes.nri_socket): agent containers may run briefly before binding")
+		return nil
+	}
+	go nri.New(k.NRISocket, d.pods, d.log.With("component", "runtime-hook")).Run(ctx)
 	return nil
 }
+
+// Pods is the pod watch, for the runtime hook; nil unless
+// kubernetes.enabled.
+func (d *Daemon) Pods() *pods.Watcher { return d.pods }
 
 // startApprovals makes the approvals manager, the one owner of step-up
 // requests and their grants, and hands it to the node and the API.
@@ -321,7 +393,7 @@ func (d *Daemon) startResolver() error {
 	c := d.cfg.DNS
 	cfg := dns.Config{
 		TTLFloor: c.TTLFloor, TTLCeiling: c.TTLCeiling, WildcardNames: c.WildcardNames, WildcardRate: c.WildcardRate,
-		WildcardBurst: c.WildcardBurst, Metrics: d.metrics,
+		WildcardBurst: c.WildcardBurst, Metrics: d.metrics, Interface: c.Interface,
 	}
 	var err error
 	if c.Upstream != "" {

@@ -17,6 +17,7 @@ import (
 	"github.com/bridle-sh/bridle/daemon/config"
 	"github.com/bridle-sh/bridle/daemon/identity"
 	"github.com/bridle-sh/bridle/daemon/node"
+	"github.com/bridle-sh/bridle/daemon/pods"
 	"github.com/bridle-sh/bridle/daemon/tasks"
 	"github.com/bridle-sh/bridle/loader"
 	"github.com/bridle-sh/bridle/policy"
@@ -134,7 +135,7 @@ func (d *Daemon) recordRefusal(c Caller, call, reason string) bool {
 	} else {
 		d.log.Warn("api call refused", "call", call, "uid", p.UID, "gid", p.GID, "pid", p.PID, "cgroup", p.Cgroup, "auth", c.Auth, "identity", c.Identity.String(), "reason", reason)
 		rec.Workload, rec.PID, rec.Comm = p.Cgroup, uint32(p.PID), p.Comm
-		if _, in := d.cfg.RootOf(p.Cgroup); in {
+		if _, in := d.cfg.RootOf(p.Cgroup); in || d.inAgentPod(p.Cgroup) {
 			known := d.knownIdentity(p.Cgroup)
 			rec.Identity, rec.IdentitySource = known.ID, known.Source
 		}
@@ -203,8 +204,11 @@ func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, err)
 		return
 	}
-	// What Bridle cannot give a workload it did not launch, it checks.
-	d.hardening.request(t.Workload)
+	// What Bridle cannot give a workload it did not launch, it checks
+	// (a pod's settings are its spec's, not a unit's).
+	if t.Pod == "" {
+		d.hardening.request(t.Workload)
+	}
 	writeJSON(w, http.StatusCreated, t)
 }
 
@@ -215,7 +219,7 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 	if err := dec.Decode(&req); err != nil {
 		return api.Task{}, badRequest("request: %w", err)
 	}
-	cg, err := d.workloadOf(req)
+	cg, pod, err := d.workloadOf(r.Context(), req)
 	if err != nil {
 		return api.Task{}, err
 	}
@@ -248,7 +252,7 @@ func (d *Daemon) start(r *http.Request) (api.Task, error) {
 	t, err := d.node.Start(r.Context(), node.Request{
 		Workload: cg, Intent: req.Intent, Labels: req.Labels, TTL: ttl,
 		Grants: node.NewGrants(grants), Parent: req.Parent, Mode: mode, RunAs: runAs,
-		Requester: callerFrom(r.Context()).Requester(),
+		Requester: callerFrom(r.Context()).Requester(), Pod: pod,
 	})
 	return wireTask(t), err
 }
@@ -260,7 +264,7 @@ func wireTask(t node.Task) api.Task {
 		Intent: t.Intent, Labels: t.Labels, Slot: t.Slot, Generation: t.Generation,
 		Started: t.Started, Expires: t.Expires, Rules: t.Rules,
 		Mode:           api.Mode{Audit: t.Mode.Audit, EmitAllow: t.Mode.EmitAllow},
-		PolicyRevision: t.PolicyRevision, Parent: t.Parent,
+		PolicyRevision: t.PolicyRevision, Parent: t.Parent, Pod: t.Pod,
 	}
 	for _, c := range t.KeepUnix {
 		w.KeepUnix = append(w.KeepUnix, api.UnixConn{Inode: c.Inode, Peer: c.Peer})
@@ -270,32 +274,67 @@ func wireTask(t node.Task) api.Task {
 
 // workloadOf resolves the workload a start request names: a cgroup below
 // one of the roots (a root itself would grant the task to every workload
-// in it).
-func (d *Daemon) workloadOf(req api.StartRequest) (string, error) {
-	var cg string
+// in it), or an agent pod's cgroup or one of its containers'. pod is the
+// task's pod link, "" for a workload of no pod.
+func (d *Daemon) workloadOf(ctx context.Context, req api.StartRequest) (cg, pod string, err error) {
+	named := 0
+	for _, set := range []bool{req.Workload != "", req.PID != 0, req.Pod != ""} {
+		if set {
+			named++
+		}
+	}
 	switch {
-	case req.Workload != "" && req.PID != 0:
-		return "", badRequest("name the workload by cgroup or by pid, not both")
+	case named > 1:
+		return "", "", badRequest("name the workload by one of cgroup, pid and pod")
+	case req.Pod != "":
+		if d.pods == nil {
+			return "", "", badRequest("pod %s: kubernetes is not enabled on this node", req.Pod)
+		}
+		t, err := d.pods.Resolve(ctx, req.Pod, d.cgRoot)
+		if err != nil {
+			return "", "", err
+		}
+		return t.Cgroup, t.Pod.Link(), nil
 	case req.Workload != "":
-		var err error
 		if cg, err = config.CgroupPath(req.Workload); err != nil {
-			return "", badRequest("workload: %w", err)
+			return "", "", badRequest("workload: %w", err)
 		}
 	case req.PID > 0:
-		var err error
 		if cg, err = liveCgroup(req.PID); err != nil {
-			return "", badRequest("pid %d: %w", req.PID, err)
+			return "", "", badRequest("pid %d: %w", req.PID, err)
 		}
 	default:
-		return "", badRequest("no workload: pass a cgroup path or a pid")
+		return "", "", badRequest("no workload: pass a cgroup path, a pid or a pod")
 	}
-	return d.checkWorkload(cg)
+	if cg, err = d.checkWorkload(cg); err != nil {
+		return "", "", err
+	}
+	if p, ok := d.agentPodOf(cg); ok {
+		pod = p.Link()
+	}
+	return cg, pod, nil
+}
+
+// agentPodOf returns the confined agent pod a cgroup belongs to.
+func (d *Daemon) agentPodOf(cg string) (pods.Pod, bool) {
+	if d.podIndex == nil {
+		return pods.Pod{}, false
+	}
+	p, ok := d.podIndex.ByCgroup(cg)
+	return p, ok && p.Bound
 }
 
 func (d *Daemon) checkWorkload(cg string) (string, error) {
+	if _, ok := d.agentPodOf(cg); ok {
+		// A pod's own cgroup may have a task: it is the pod's workload.
+		if _, err := os.Stat(filepath.Join(d.cgRoot, cg)); err != nil {
+			return "", badRequest("workload %s: no such cgroup", cg)
+		}
+		return cg, nil
+	}
 	root, ok := d.cfg.RootOf(cg)
 	if !ok {
-		return "", badRequest("workload %s is not under a confined root (%v)", cg, d.cfg.Roots)
+		return "", badRequest("workload %s is not under a confined root (%v) nor an agent pod's", cg, d.cfg.Roots)
 	}
 	if cg == root {
 		return "", badRequest("workload %s is a root itself: a task governs one workload cgroup below a root", cg)
@@ -467,6 +506,17 @@ func (d *Daemon) Status() api.Status {
 		if why := d.workloadAPI.Degraded(); why != "" {
 			st.Degraded = append(st.Degraded, "callers with SVIDs are refused: "+why)
 		}
+	}
+	if d.pods != nil {
+		ps := d.pods.Status()
+		st.Kubernetes = &api.KubernetesStatus{Node: ps.Node, Synced: ps.Synced, Watched: ps.Watched, Bound: ps.Bound, Hook: ps.Hook, Errors: ps.Errors}
+		if !ps.Synced {
+			st.Degraded = append(st.Degraded, fmt.Sprintf("pods of node %s not listed yet: agent pods are confined once they are", ps.Node))
+		}
+		if !ps.Hook {
+			st.Degraded = append(st.Degraded, "agent containers may run briefly before binding (no runtime hook)")
+		}
+		st.Degraded = append(st.Degraded, ps.Errors...)
 	}
 	ids := d.node.Identities().Status()
 	st.Identity = &ids

@@ -7,7 +7,9 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -69,6 +71,11 @@ type Enforcer struct {
 
 	execLink link.Link
 	cgLinks  []link.Link
+	// cgByID are the links of each attached cgroup, by cgroup id, so that
+	// a cgroup that goes away (a pod's) can be let go of alone. cgMu
+	// guards both: pods come and go while bridled runs.
+	cgByID map[uint64][]link.Link
+	cgMu   sync.Mutex
 
 	guard      *ebpf.Collection // the LSM guards (guard.go), where they load
 	guardLinks []link.Link
@@ -425,7 +432,7 @@ func (e *Enforcer) AttachCgroup(path string) error {
 		// new program in one atomic swap: the cgroup is never without one.
 		if l, err := link.LoadPinnedLink(p, nil); err == nil {
 			if err := l.Update(a.prog); err == nil {
-				e.cgLinks = append(e.cgLinks, l)
+				e.keepCgroupLink(id, l)
 				continue
 			}
 			l.Close()
@@ -434,12 +441,45 @@ func (e *Enforcer) AttachCgroup(path string) error {
 		if err != nil {
 			return fmt.Errorf("attach %s to %s: %w", a.name, path, err)
 		}
-		e.cgLinks = append(e.cgLinks, l)
+		e.keepCgroupLink(id, l)
 		if err := replacePin(l, p); err != nil {
 			return fmt.Errorf("pin %s link: %w", a.name, err)
 		}
 	}
 	return nil
+}
+
+func (e *Enforcer) keepCgroupLink(id uint64, l link.Link) {
+	e.cgMu.Lock()
+	defer e.cgMu.Unlock()
+	e.cgLinks = append(e.cgLinks, l)
+	if e.cgByID == nil {
+		e.cgByID = map[uint64][]link.Link{}
+	}
+	e.cgByID[id] = append(e.cgByID[id], l)
+}
+
+// ForgetCgroup lets go of the programs attached to a cgroup that is gone
+// or no longer confined (a deleted pod's): its link pins are removed and
+// this process's handles closed. Pins of a removed cgroup would otherwise
+// keep it, and its links, in the kernel for as long as the pin directory
+// lives.
+func (e *Enforcer) ForgetCgroup(id uint64) error {
+	e.cgMu.Lock()
+	defer e.cgMu.Unlock()
+	var errs []error
+	for _, l := range e.cgByID[id] {
+		e.cgLinks = slices.DeleteFunc(e.cgLinks, func(x link.Link) bool { return x == l })
+		errs = append(errs, l.Close())
+	}
+	delete(e.cgByID, id)
+	for _, a := range e.cgroupHooks() {
+		p := pinPath(e.pinDir, fmt.Sprintf("cg%d_%s", id, a.name))
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // AttachedAt checks that every cgroup program of this enforcer is attached
@@ -536,10 +576,12 @@ func replacePin(l link.Link, path string) error {
 // kernel and keep enforcing; Unpin removes them.
 func (e *Enforcer) Close() error {
 	var errs []error
+	e.cgMu.Lock()
 	for _, l := range e.cgLinks {
 		errs = append(errs, l.Close())
 	}
-	e.cgLinks = nil
+	e.cgLinks, e.cgByID = nil, nil
+	e.cgMu.Unlock()
 	errs = append(errs, e.closeGuards())
 	if e.execLink != nil {
 		errs = append(errs, e.execLink.Close())

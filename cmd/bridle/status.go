@@ -136,6 +136,9 @@ func printDaemonStatus(socket string, st api.Status) {
 		}
 		fmt.Printf("identity:      %s%s, %s; %d workloads followed\n", id.Source, where, state, id.Watched)
 	}
+	if k := st.Kubernetes; k != nil {
+		fmt.Println(kubernetesLine(*k))
+	}
 	for _, l := range st.Listeners {
 		if l.Name == "approvals-web" && l.Bound {
 			fmt.Printf("approvals:     page at http://%s (sign in with: bridle approvals web)\n", p(l.Address))
@@ -176,4 +179,19 @@ func printable(s string) string {
 		return strconv.QuoteToGraphic(s)
 	}
 	return s
+}
+
+// kubernetesLine reports the pod watch: the node, the agent pods watched
+// and bound, and whether the runtime hook is connected.
+func kubernetesLine(k api.KubernetesStatus) string {
+	listed := ""
+	if !k.Synced {
+		listed = " (pods not listed yet)"
+	}
+	hook := "runtime hook connected"
+	if !k.Hook {
+		hook = "NO runtime hook"
+	}
+	return fmt.Sprintf("kubernetes:    node %s, %d agent pod(s) watched, %d bound%s; %s",
+		audit.Printable(k.Node), k.Watched, k.Bound, listed, hook)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -77,12 +78,12 @@ func newTaskStartCommand(client func() (*api.Client, error)) *cobra.Command {
 		writableExec        bool
 	)
 	cmd := &cobra.Command{
-		Use:   "start --workload CGROUP|--pid PID --intent TEXT [--label k=v]... [--ttl D]",
+		Use:   "start --workload CGROUP|--pid PID|--pod NS/NAME[/CONTAINER] --intent TEXT [--label k=v]... [--ttl D]",
 		Short: "Start a task on a workload; prints the task id",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if (req.Workload == "") == (req.PID == 0) {
-				return usageError{fmt.Errorf("name the workload with exactly one of --workload and --pid")}
+			if err := checkWorkloadFlags(req); err != nil {
+				return usageError{err}
 			}
 			if strings.TrimSpace(req.Intent) == "" {
 				return usageError{fmt.Errorf("--intent is required: say what the task is for")}
@@ -128,6 +129,7 @@ func newTaskStartCommand(client func() (*api.Client, error)) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&req.Workload, "workload", "", "the workload's cgroup path below the cgroup v2 mount")
 	f.IntVar(&req.PID, "pid", 0, "a process in the workload")
+	f.StringVar(&req.Pod, "pod", "", "an agent pod on the daemon's node, NAMESPACE/NAME (the pod's cgroup) or NAMESPACE/NAME/CONTAINER (one container's)")
 	f.StringVar(&req.Intent, "intent", "", "what the task is for")
 	f.StringArrayVar(&labels, "label", nil, "task label KEY=VALUE (repeatable)")
 	f.DurationVar(&ttl, "ttl", 0, "requested lifetime (capped by the policy; 0: as long as the policy allows)")
@@ -139,6 +141,27 @@ func newTaskStartCommand(client func() (*api.Client, error)) *cobra.Command {
 	f.BoolVar(&writableExec, "allow-writable-exec", false, "accept exec rules whose file the workload's users can write (each is then an allow-all); the policy's envelope must say allow_writable_exec too")
 	f.BoolVar(&asJSON, "json", false, "print the task as JSON")
 	return cmd
+}
+
+// checkWorkloadFlags wants exactly one of --workload, --pid and --pod,
+// and a pod as NAMESPACE/NAME[/CONTAINER].
+func checkWorkloadFlags(req api.StartRequest) error {
+	n := 0
+	for _, set := range []bool{req.Workload != "", req.PID != 0, req.Pod != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("name the workload with exactly one of --workload, --pid and --pod")
+	}
+	if req.Pod != "" {
+		parts := strings.Split(req.Pod, "/")
+		if len(parts) < 2 || len(parts) > 3 || slices.Contains(parts, "") {
+			return fmt.Errorf("--pod %q: want NAMESPACE/NAME or NAMESPACE/NAME/CONTAINER", req.Pod)
+		}
+	}
+	return nil
 }
 
 func newTaskEndCommand(client func() (*api.Client, error)) *cobra.Command {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bridle-sh/bridle/daemon"
 	"github.com/bridle-sh/bridle/daemon/config"
+	"github.com/bridle-sh/bridle/daemon/hostcgroupns"
 )
 
 func main() {
@@ -28,6 +29,13 @@ func main() {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
 	log := slog.New(h)
+
+	// In a container of its own cgroup namespace (a DaemonSet pod on a
+	// cgroup-v2-only node) bridled re-executes itself in the host's.
+	if err := hostcgroupns.Enter(); err != nil {
+		fmt.Fprintln(os.Stderr, "bridled:", err)
+		os.Exit(1)
+	}
 
 	cfg, err := config.Load(*configFile)
 	if err != nil {

@@ -12,14 +12,17 @@ import (
 	"github.com/bridle-sh/bridle/policy"
 )
 
-// StartRequest is the body of POST /v1/tasks. Exactly one of Workload and
-// PID names the workload.
+// StartRequest is the body of POST /v1/tasks. Exactly one of Workload,
+// PID and Pod names the workload.
 type StartRequest struct {
-	Workload string            `json:"workload,omitempty"` // cgroup path below the cgroup v2 mount
-	PID      int               `json:"pid,omitempty"`      // a process in the workload
-	Intent   string            `json:"intent"`
-	Labels   map[string]string `json:"labels,omitempty"`
-	TTL      string            `json:"ttl,omitempty"` // Go duration; "" asks for what the policy allows
+	Workload string `json:"workload,omitempty"` // cgroup path below the cgroup v2 mount
+	PID      int    `json:"pid,omitempty"`      // a process in the workload
+	// Pod names an agent pod on this node, "NS/NAME" (the pod's cgroup)
+	// or "NS/NAME/CONTAINER" (one container's cgroup).
+	Pod    string            `json:"pod,omitempty"`
+	Intent string            `json:"intent"`
+	Labels map[string]string `json:"labels,omitempty"`
+	TTL    string            `json:"ttl,omitempty"` // Go duration; "" asks for what the policy allows
 	// Parent makes the task a sub-agent of a task in force: it gets at
 	// most what the parent has and ends when the parent does.
 	Parent string `json:"parent,omitempty"`
@@ -95,6 +98,9 @@ type Task struct {
 	PolicyRevision string     `json:"policy_revision"`
 	// Parent is the task this one is a sub-agent of, "" for none.
 	Parent string `json:"parent,omitempty"`
+	// Pod is the Kubernetes pod of the workload, "NS/NAME/UID"; "" for
+	// other workloads.
+	Pod string `json:"pod,omitempty"`
 }
 
 // Mode is how the kernel treats a task's decisions. Its fields are named
@@ -156,6 +162,25 @@ type Status struct {
 	DNS *DNSStatus `json:"dns,omitempty"`
 	// Identity is the source of workload identities.
 	Identity *identity.Status `json:"identity,omitempty"`
+	// Kubernetes is the pod watch; absent when kubernetes is not enabled.
+	Kubernetes *KubernetesStatus `json:"kubernetes,omitempty"`
+}
+
+// KubernetesStatus is what bridled knows of the agent pods of its node.
+type KubernetesStatus struct {
+	Node string `json:"node"`
+	// Synced says whether the pod list has been read once.
+	Synced bool `json:"synced"`
+	// Watched is the number of agent pods on the node; Bound those whose
+	// cgroup is confined.
+	Watched int `json:"watched"`
+	Bound   int `json:"bound"`
+	// Hook says whether the runtime hook (NRI) is connected: without it
+	// an agent pod is confined when the watch sees it, which may be after
+	// its containers started.
+	Hook bool `json:"hook"`
+	// Errors are the agent pods that could not be confined, and why.
+	Errors []string `json:"errors,omitempty"`
 }
 
 // DNSStatus is the resolver the workloads' DNS is steered to.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -82,6 +83,9 @@ type Config struct {
 	// Approvals configures step-up approvals: requests opened from
 	// refusals the policy's approvable entries cover.
 	Approvals Approvals `yaml:"approvals"`
+	// Kubernetes turns on the pod watch: the agent pods of this node are
+	// confined like workloads below a root.
+	Kubernetes Kubernetes `yaml:"kubernetes"`
 }
 
 // DNS configures the resolver. Zero values take the resolver's defaults.
@@ -94,6 +98,12 @@ type DNS struct {
 	// workloads must reach them from their network namespace.
 	Listen4 string `yaml:"listen4"`
 	Listen6 string `yaml:"listen6"`
+	// Interface, if set, is an existing link of the node (e.g. lo) that
+	// bridled puts listen4 and listen6 on, for workloads in network
+	// namespaces of their own (pods) to reach through their route to the
+	// node (docs/DNS.md). listen4 is then required and neither address
+	// may be one pods cannot reach (loopback, unspecified).
+	Interface string `yaml:"interface"`
 	// TTLFloor and TTLCeiling bound the life of a learned address.
 	TTLFloor   time.Duration `yaml:"ttl_floor"`
 	TTLCeiling time.Duration `yaml:"ttl_ceiling"`
@@ -118,6 +128,23 @@ func (d DNS) check() error {
 		ap, err := netip.ParseAddrPort(v)
 		if err != nil || (name == "dns.listen4") != ap.Addr().Is4() {
 			return fmt.Errorf("%s %q: want an IPv%s ADDR:PORT (port 0: any free one)", name, v, map[bool]string{true: "4", false: "6"}[name == "dns.listen4"])
+		}
+		// The kernel steers DNS to one address: a wildcard names none.
+		if ap.Addr().IsUnspecified() {
+			return fmt.Errorf("%s %q: the kernel steers DNS to one address; name it", name, v)
+		}
+		if d.Interface != "" {
+			if err := dns.CheckReachable(ap.Addr()); err != nil {
+				return fmt.Errorf("%s %q with dns.interface: %w", name, v, err)
+			}
+		}
+	}
+	if d.Interface != "" {
+		if d.Listen4 == "" {
+			return fmt.Errorf("dns.interface %q: set dns.listen4 to the address to put on it (e.g. 169.254.20.10:53)", d.Interface)
+		}
+		if _, err := net.InterfaceByName(d.Interface); err != nil {
+			return fmt.Errorf("dns.interface %q: %w", d.Interface, err)
 		}
 	}
 	switch {
@@ -363,6 +390,7 @@ func (c *Config) complete() error {
 	if c.PinDir == "" {
 		c.PinDir = DefaultPinDir
 	}
+	nodeSet := c.NodeName != ""
 	if c.NodeName == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -370,8 +398,11 @@ func (c *Config) complete() error {
 		}
 		c.NodeName = h
 	}
-	if len(c.Roots) == 0 {
-		return errors.New("roots: at least one cgroup root is needed")
+	if err := c.Kubernetes.complete(c, nodeSet); err != nil {
+		return err
+	}
+	if len(c.Roots) == 0 && !c.Kubernetes.Enabled {
+		return errors.New("roots: at least one cgroup root is needed (or kubernetes.enabled)")
 	}
 	for i, r := range c.Roots {
 		clean, err := CgroupPath(r)

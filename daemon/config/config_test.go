@@ -155,9 +155,37 @@ func TestDNSSettings(t *testing.T) {
 		"dns:\n  ttl_floor: -1s\n",
 		"dns:\n  wildcard_rate: -1\n",
 		"dns:\n  upstrem: 10.0.0.2\n",
+		"dns:\n  listen4: 0.0.0.0:53\n",
+		"dns:\n  listen6: \"[::]:53\"\n",
 	} {
 		if _, err := Parse([]byte("roots: [/a]\npolicy_dir: /p\n"+bad), "bridled.yaml"); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// dns.interface is for pods: the addresses put on it must be ones their
+// network namespaces reach, and the link must exist.
+func TestDNSInterface(t *testing.T) {
+	base := "roots: [/a]\npolicy_dir: /p\n"
+	good := base + "dns:\n  interface: lo\n  listen4: 169.254.20.10:53\n  listen6: \"[fd00:b41d::53]:53\"\n"
+	c, err := Parse([]byte(good), "bridled.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DNS.Interface != "lo" {
+		t.Errorf("dns settings %+v", c.DNS)
+	}
+	for bad, want := range map[string]string{
+		"dns:\n  interface: lo\n":                                                            "set dns.listen4",
+		"dns:\n  interface: lo\n  listen4: 127.0.0.1:53\n":                                   "loopback",
+		"dns:\n  interface: lo\n  listen4: 169.254.20.10:53\n  listen6: \"[::1]:53\"\n":      "loopback",
+		"dns:\n  interface: lo\n  listen4: 169.254.20.10:53\n  listen6: \"[fe80::53]:53\"\n": "link-local",
+		"dns:\n  interface: nosuch-if0\n  listen4: 169.254.20.10:53\n":                       "nosuch-if0",
+	} {
+		_, err := Parse([]byte(base+bad), "bridled.yaml")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error naming %q", bad, err, want)
 		}
 	}
 }

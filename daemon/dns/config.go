@@ -50,6 +50,13 @@ type Config struct {
 	Listen4, Listen6 netip.AddrPort
 	// NoIPv6 listens on IPv4 only.
 	NoIPv6 bool
+	// Interface, if set, is a link of the node (lo, a dummy) the resolver
+	// puts its listen addresses on before listening, for workloads in
+	// network namespaces of their own (pods) to reach through their route
+	// to the node. Listen4 is then required, and no listen address may be
+	// one CheckReachable refuses; without Listen6 there is no IPv6
+	// resolver (::1 would be each pod's own).
+	Interface string
 
 	// TTLFloor is the shortest life of a learned address, whatever the
 	// answer's TTL: a name with TTL 0 must still be connectable right
@@ -95,6 +102,20 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Kernel == nil || c.Tasks == nil {
 		return c, errors.New("dns: the kernel and the tasks are required")
+	}
+	if c.Interface != "" {
+		if !c.Listen4.IsValid() {
+			return c, fmt.Errorf("dns: interface %q: no IPv4 listen address to put on it", c.Interface)
+		}
+		for _, ap := range []netip.AddrPort{c.Listen4, c.Listen6} {
+			if !ap.IsValid() {
+				continue
+			}
+			if err := CheckReachable(ap.Addr()); err != nil {
+				return c, fmt.Errorf("dns: listen address on interface %q: %w", c.Interface, err)
+			}
+		}
+		c.NoIPv6 = c.NoIPv6 || !c.Listen6.IsValid()
 	}
 	if !c.Listen4.IsValid() {
 		c.Listen4 = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0)

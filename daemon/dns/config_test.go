@@ -45,3 +45,49 @@ func TestParseUpstream(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckReachable(t *testing.T) {
+	for a, ok := range map[string]bool{
+		"169.254.20.10": true, "10.0.0.53": true, "fd00:b41d::53": true, "2001:db8::53": true,
+		"127.0.0.1": false, "127.0.0.53": false, "::1": false, "0.0.0.0": false, "::": false,
+		"fe80::1": false, "::ffff:169.254.20.10": false, "224.0.0.53": false,
+	} {
+		if err := CheckReachable(netip.MustParseAddr(a)); (err == nil) != ok {
+			t.Errorf("%s: %v, want reachable %v", a, err, ok)
+		}
+	}
+}
+
+// With an interface, the listen addresses are the pods' way in: an IPv4
+// one is required, none may be loopback, and IPv6 is off unless given.
+func TestConfigInterface(t *testing.T) {
+	base := Config{Upstream: netip.MustParseAddrPort("127.0.0.1:53"), Kernel: &fakeKernel{}, Tasks: fakeTasks{}, Interface: "lo"}
+	for _, c := range []struct {
+		name   string
+		l4, l6 string
+		ok     bool
+	}{
+		{"both", "169.254.20.10:53", "[fd00:b41d::53]:53", true},
+		{"IPv4 only", "169.254.20.10:0", "", true},
+		{"no IPv4", "", "[fd00:b41d::53]:53", false},
+		{"IPv4 loopback", "127.0.0.1:53", "", false},
+		{"IPv6 loopback", "169.254.20.10:53", "[::1]:53", false},
+		{"unspecified", "0.0.0.0:53", "", false},
+	} {
+		cfg := base
+		if c.l4 != "" {
+			cfg.Listen4 = netip.MustParseAddrPort(c.l4)
+		}
+		if c.l6 != "" {
+			cfg.Listen6 = netip.MustParseAddrPort(c.l6)
+		}
+		got, err := cfg.withDefaults()
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v, want ok %v", c.name, err, c.ok)
+			continue
+		}
+		if err == nil && c.l6 == "" && (got.Listen6.IsValid() || !got.NoIPv6) {
+			t.Errorf("%s: IPv6 listens on %s, want no IPv6 resolver", c.name, got.Listen6)
+		}
+	}
+}

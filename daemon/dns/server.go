@@ -27,7 +27,8 @@ type Server struct {
 	servers []*dns.Server
 	addr4   netip.AddrPort
 	addr6   netip.AddrPort
-	mu      sync.Mutex // guards servers
+	link    *linkAddrs // the listen addresses on Config.Interface
+	mu      sync.Mutex // guards servers and link
 	wg      sync.WaitGroup
 }
 
@@ -48,12 +49,28 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Start binds the listeners and serves until Shutdown or until ctx ends.
+// With Config.Interface it first puts the listen addresses on that link;
+// if it cannot listen, it takes off again those it added.
 func (s *Server) Start(ctx context.Context) error {
+	if s.cfg.Interface != "" {
+		addrs := []netip.Addr{s.cfg.Listen4.Addr()}
+		if s.cfg.Listen6.IsValid() {
+			addrs = append(addrs, s.cfg.Listen6.Addr())
+		}
+		link, err := addLinkAddrs(s.cfg.Interface, addrs...)
+		if err != nil {
+			return err
+		}
+		s.link = link
+	}
+	fail := func(err error) error {
+		s.stop()
+		return errors.Join(err, s.RemoveAddrs())
+	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	addr4, err := s.listen(s.cfg.Listen4)
 	if err != nil {
-		s.stop()
-		return err
+		return fail(err)
 	}
 	s.addr4 = addr4
 	if s.cfg.Listen6.IsValid() {
@@ -64,8 +81,7 @@ func (s *Server) Start(ctx context.Context) error {
 		case s.cfg.Listen6.Port() == 0 && s.cfg.Listen6.Addr() == netip.IPv6Loopback() && errors.Is(err, syscall.EADDRNOTAVAIL):
 			s.cfg.Log.Info("dns: no IPv6 loopback; resolving for IPv4 only", "error", err)
 		default:
-			s.stop()
-			return err
+			return fail(err)
 		}
 	}
 	go func() {
@@ -90,7 +106,11 @@ func (s *Server) Stats() Stats { return s.stats.stats() }
 func (s *Server) TaskEnded(taskID string) { s.budgets.forget(taskID) }
 
 // Shutdown stops the listeners and waits for the queries being answered,
-// until ctx ends.
+// until ctx ends. The addresses put on Config.Interface stay: the kernel
+// keeps steering DNS to them (the setting is pinned), and while they are
+// the node's own a query finds nothing listening and fails at once. Taken
+// off, the node would route the queries on, off the node. RemoveAddrs
+// takes them off once nothing steers there.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.cancel != nil {
 		s.cancel()
@@ -106,6 +126,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("dns: shutdown: %w", ctx.Err())
 	}
+}
+
+// RemoveAddrs takes off Config.Interface the listen addresses Start put
+// there; those that were there already stay. Call it only once the kernel
+// no longer steers DNS to them (see Shutdown).
+func (s *Server) RemoveAddrs() error {
+	s.mu.Lock()
+	link := s.link
+	s.link = nil
+	s.mu.Unlock()
+	return link.remove()
 }
 
 func (s *Server) stop() {

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/loader/alive"
 )
 
 // Facts are what the kernel says of a workload, and all a source may map
@@ -171,7 +173,7 @@ func (p *Proc) Close() {
 
 // Alive reports whether the pinned process has not exited.
 func (p *Proc) Alive() bool {
-	return unix.PidfdSendSignal(p.pidfd, 0, nil, 0) == nil
+	return alive.Pidfd(p.pidfd)
 }
 
 // Exited is a descriptor that polls readable once the process exits.

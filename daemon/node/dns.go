@@ -43,6 +43,7 @@ func (n *Node) StartResolver(ctx context.Context, cfg dns.Config) (*dns.Server, 
 	// kernel write outside the task manager.
 	if err := n.opt.Kernel.SetResolver(v4, v6); err != nil {
 		_ = srv.Shutdown(context.Background())
+		_ = srv.RemoveAddrs() // the kernel was not steered to them
 		return nil, fmt.Errorf("steer DNS to the resolver: %w", err)
 	}
 	n.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -86,7 +87,13 @@ func (n *Node) cgroupPath(id uint64) string {
 		return p
 	}
 	found := ""
-	for _, r := range n.opt.Roots {
+	roots := slices.Clone(n.opt.Roots)
+	n.mu.Lock()
+	for r := range n.adopted {
+		roots = append(roots, r)
+	}
+	n.mu.Unlock()
+	for _, r := range roots {
 		base := filepath.Join(n.opt.CgroupRoot, r)
 		_ = filepath.WalkDir(base, func(path string, de fs.DirEntry, err error) error {
 			if err != nil {

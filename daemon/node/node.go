@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,6 +50,9 @@ type Kernel interface {
 	// DNSPeer names the workload that sent a query to it.
 	SetResolver(v4, v6 netip.AddrPort) error
 	DNSPeer(proto policy.Protocol, src netip.AddrPort) (loader.DNSPeer, error)
+	// ForgetCgroup lets go of the programs attached to a cgroup that is
+	// no longer a root (a deleted pod's).
+	ForgetCgroup(cgroupID uint64) error
 }
 
 // Options wires a Node.
@@ -70,6 +74,10 @@ type Options struct {
 	Records func(audit.Record)
 	Metrics *metrics.Metrics // nil: none
 	Log     *slog.Logger
+	// WorkloadLabels, if set, gives the labels of the workload a task is
+	// decided for (input.workload.labels): those of the pod a cgroup
+	// belongs to. Nil: none.
+	WorkloadLabels func(cgroup string) map[string]string
 }
 
 // Request asks for a task.
@@ -94,6 +102,10 @@ type Request struct {
 	// of the processes in it at start: exec rules whose file one of them
 	// can write are refused (see checkWritableExec).
 	RunAs []policy.Principal
+	// Pod names the Kubernetes pod the workload belongs to
+	// ("NS/NAME/UID"), kept with the task so that a restarted bridled
+	// knows which pod's deletion ends it; "" for other workloads.
+	Pod string
 }
 
 // Task is a task in force, with the policy revision that decided it.
@@ -131,6 +143,11 @@ type Node struct {
 	mu       sync.Mutex
 	baseline string            // revision of the baseline in force
 	paths    map[uint64]string // cgroup id -> path, for baseline records
+	// adopted are roots adopted after start (pods' cgroups), looked
+	// through like Options.Roots for the records of their decisions.
+	adopted map[string]uint64
+	// confined are the roots bound with ConfineRoot, by id.
+	confined map[uint64]bool
 	subs     map[*Subscription]struct{}
 	// suppressed is the kernel's running total of suppressed events last
 	// reported per task (cgroup id and generation); see Enrich.
@@ -162,7 +179,7 @@ func New(opt Options) *Node {
 	}
 	n := &Node{
 		opt: opt, log: opt.Log,
-		paths: map[uint64]string{}, subs: map[*Subscription]struct{}{},
+		paths: map[uint64]string{}, subs: map[*Subscription]struct{}{}, adopted: map[string]uint64{}, confined: map[uint64]bool{},
 		suppressed: map[budgetKey]uint32{}, names: map[uint32]*policy.NameIndex{},
 	}
 	n.tasks = tasks.NewManager(opt.Kernel, n.taskEnded)
@@ -204,10 +221,15 @@ type Baseline struct {
 // that shrank leaves nothing behind; for that moment workloads without a
 // task are refused more, never allowed more.
 func (n *Node) SetBaseline(ctx context.Context) (Baseline, error) {
-	if n.opt.Engine == nil || len(n.opt.Roots) == 0 {
-		return Baseline{}, errors.New("baseline: no policy or no root to decide it for")
+	if n.opt.Engine == nil {
+		return Baseline{}, errors.New("baseline: no policy to decide it")
 	}
-	root := n.opt.Roots[0]
+	// The first root's identity; without configured roots (a node whose
+	// roots are its pods), the cgroup v2 root's.
+	root := "/"
+	if len(n.opt.Roots) > 0 {
+		root = n.opt.Roots[0]
+	}
 	dec, err := n.opt.Engine.Baseline(ctx, engine.Input{
 		Identity: n.opt.Identities.Known(root).ID,
 		Workload: engine.Workload{Cgroup: root},
@@ -273,8 +295,91 @@ func (n *Node) ConfineRoot(rel string) (uint64, error) {
 	if err := n.opt.Kernel.AttachCgroup(dir); err != nil {
 		return id, err
 	}
+	n.mu.Lock()
+	n.confined[id] = true
+	n.mu.Unlock()
 	n.RememberCgroup(id, rel)
 	return id, nil
+}
+
+// AdoptRoot confines a cgroup that something else made and owns (a
+// Kubernetes pod's, which the kubelet creates and removes): like
+// ConfineRoot, but the cgroup must exist (it is never created), and a
+// task already bound to it (a pod-level task a previous bridled started,
+// restored by Restore) keeps its binding instead of being put back on the
+// baseline. Call it after Restore. It returns the cgroup's id.
+func (n *Node) AdoptRoot(rel string) (uint64, error) {
+	if err := loader.CheckWorkloadLevel(rel); err != nil {
+		return 0, err
+	}
+	dir := filepath.Join(n.opt.CgroupRoot, rel)
+	id, err := loader.CgroupID(dir)
+	if err != nil {
+		return 0, err
+	}
+	if !n.tasks.Governed(id) {
+		if err := n.tasks.BindRoot(id); err != nil {
+			return id, err
+		}
+	}
+	if err := n.opt.Kernel.AttachCgroup(dir); err != nil {
+		return id, err
+	}
+	n.mu.Lock()
+	n.adopted[rel] = id
+	n.mu.Unlock()
+	n.RememberCgroup(id, rel)
+	return id, nil
+}
+
+// DropRoot lets go of a root adopted with AdoptRoot whose cgroup is gone
+// or going (its pod was deleted): its binding is deleted from the kernel
+// and its programs' links unpinned. End its tasks first.
+func (n *Node) DropRoot(rel string) error {
+	n.mu.Lock()
+	id, ok := n.adopted[rel]
+	delete(n.adopted, rel)
+	n.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return n.ForgetRoot(id)
+}
+
+// ForgetRoot deletes the binding of a root cgroup by id and unpins its
+// programs' links: a pod's root a previous bridled adopted, whose pod was
+// deleted while no bridled ran (its cgroup is gone, so it has no path).
+// A cgroup that still has a task is left alone, and so is a root in
+// force: the id comes from a previous bridled's state, maybe from before a
+// reboot, after which the kernel numbers cgroups anew.
+func (n *Node) ForgetRoot(id uint64) error {
+	if n.tasks.Governed(id) {
+		return fmt.Errorf("cgroup %d still has a task", id)
+	}
+	n.mu.Lock()
+	inForce := n.confined[id]
+	for _, a := range n.adopted {
+		inForce = inForce || a == id
+	}
+	n.mu.Unlock()
+	if inForce {
+		return fmt.Errorf("cgroup %d is a root in force", id)
+	}
+	return errors.Join(n.opt.Kernel.UnbindWorkload(id), n.opt.Kernel.ForgetCgroup(id))
+}
+
+// AdoptedRoots returns the roots adopted with AdoptRoot, by path.
+func (n *Node) AdoptedRoots() map[string]uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return maps.Clone(n.adopted)
+}
+
+func (n *Node) workloadLabels(cgroup string) map[string]string {
+	if n.opt.WorkloadLabels == nil {
+		return nil
+	}
+	return n.opt.WorkloadLabels(cgroup)
 }
 
 // Start decides and puts in force a task: the policy's envelope for the
@@ -445,7 +550,7 @@ func (n *Node) start(ctx context.Context, req Request) (Task, error) {
 	t, err := n.tasks.Start(id, tasks.StartRequest{
 		Workload: req.Workload, CgroupID: cgID, Identity: ident.ID, IdentitySource: ident.Source, IdentitySelectors: ident.Selectors, Intent: req.Intent,
 		Labels: req.Labels, TTL: ttl, Rules: rs, Mode: req.Mode, NotAfter: notAfter,
-		KeepUnix: keepUnix, PolicyRevision: revision, Parent: parentID,
+		KeepUnix: keepUnix, PolicyRevision: revision, Parent: parentID, Pod: req.Pod,
 	})
 	if err != nil {
 		return Task{}, err
@@ -520,7 +625,7 @@ func (n *Node) decide(ctx context.Context, id string, ident identity.Identity, r
 	in := engine.Input{
 		Identity:       ident.ID,
 		IdentitySource: string(ident.Source),
-		Workload:       engine.Workload{Cgroup: req.Workload},
+		Workload:       engine.Workload{Cgroup: req.Workload, Labels: n.workloadLabels(req.Workload)},
 		Task:           &engine.Task{ID: id, Intent: req.Intent, Labels: req.Labels, TTL: req.TTL},
 		Requester:      req.Requester,
 	}

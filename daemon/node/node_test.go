@@ -90,6 +90,7 @@ func (k *fakeKernel) UnixConnections(uint64) ([]loader.UnixConn, error) {
 }
 func (k *fakeKernel) TakeSuppressed(uint64, uint32) (uint64, error) { return 0, nil }
 func (k *fakeKernel) AttachCgroup(path string) error                { return k.note("attach %s", path) }
+func (k *fakeKernel) ForgetCgroup(id uint64) error                  { return k.note("forget %d", id) }
 func (k *fakeKernel) Learn(slot, gen uint32, addrs []loader.LearnedAddr) error {
 	return k.note("learn %d/%d %v", slot, gen, addrs)
 }
@@ -417,5 +418,38 @@ func TestBaselineAndRoots(t *testing.T) {
 	}
 	if rec := tn.Enrich(loader.Event{CgroupID: id}); rec.Workload != "r" || rec.PolicyRevision != b.Revision {
 		t.Fatalf("baseline record: %+v", rec)
+	}
+}
+
+// ForgetRoot is given cgroup ids a previous bridled kept (a state file
+// that may come from before a reboot, when the kernel numbered cgroups
+// anew): an id that is a root in force now, configured or adopted, is
+// someone else's, and is never unbound nor detached.
+func TestForgetRootSparesRootsInForce(t *testing.T) {
+	tn := newTestNode(t, Options{Roots: []string{"r"}})
+	rid, err := tn.ConfineRoot("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = tn.workload(t, "kubepods/podu")
+	pid, err := tn.AdoptRoot("kubepods/podu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.k.reset()
+	for _, id := range []uint64{rid, pid} {
+		if err := tn.ForgetRoot(id); err == nil {
+			t.Errorf("ForgetRoot(%d) of a root in force succeeded", id)
+		}
+	}
+	if got := tn.k.log(); len(got) != 0 {
+		t.Fatalf("kernel writes %q: a root in force was let go of", got)
+	}
+	_, gone := tn.workload(t, "kubepods/podgone")
+	if err := tn.ForgetRoot(gone); err != nil {
+		t.Fatal(err)
+	}
+	if got := tn.k.log(); !slices.Equal(got, []string{fmt.Sprintf("unbind %d", gone), fmt.Sprintf("forget %d", gone)}) {
+		t.Fatalf("kernel writes %q", got)
 	}
 }

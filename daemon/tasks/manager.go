@@ -78,6 +78,9 @@ type Task struct {
 	PolicyRevision string `json:"policy_revision"`
 	// Parent is the task this one is a sub-agent of, "" for none.
 	Parent string `json:"parent,omitempty"`
+	// Pod is the Kubernetes pod the workload belongs to, "NS/NAME/UID";
+	// "" for other workloads.
+	Pod string `json:"pod,omitempty"`
 	// Grants are the compiled rules in force, which bound a sub-agent's.
 	// They are kept in files of their own, not with the task; nil when
 	// unknown (a task restored without them cannot be a parent).
@@ -106,6 +109,7 @@ type StartRequest struct {
 	// sub-agent of (its Rules and NotAfter are within the parent's).
 	PolicyRevision string
 	Parent         string
+	Pod            string // see Task.Pod
 }
 
 // ErrWorkloadBusy is returned when a workload already has an active task.
@@ -193,7 +197,7 @@ func (m *Manager) Start(id string, req StartRequest) (Task, error) {
 		ID: id, Workload: req.Workload, CgroupID: req.CgroupID, Identity: req.Identity, IdentitySource: req.IdentitySource, IdentitySelectors: req.IdentitySelectors,
 		Intent: req.Intent, Labels: req.Labels, Slot: slot, Generation: m.generation,
 		Started: time.Now().UTC(), Rules: req.Rules.Count(), Mode: req.Mode, KeepUnix: req.KeepUnix,
-		PolicyRevision: req.PolicyRevision, Parent: req.Parent, Grants: &req.Rules,
+		PolicyRevision: req.PolicyRevision, Parent: req.Parent, Pod: req.Pod, Grants: &req.Rules,
 	}
 	if req.TTL > 0 {
 		t.Expires = t.Started.Add(req.TTL)

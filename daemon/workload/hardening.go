@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/loader/alive"
 )
 
 // What Bridle does not launch it cannot give a seccomp filter, namespaces or
@@ -206,7 +208,7 @@ func checkProcess(pid int, cgroup string, host Host, mounts map[uint64][]string)
 	// What was read through /proc/PID described the pidfd's process only
 	// if it is still alive: a PID is not reused before its process is
 	// reaped.
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	if !alive.Pidfd(pidfd) {
 		return nil, false, nil
 	}
 	if pidErr != nil || mntErr != nil {
@@ -306,11 +308,19 @@ func (st procStatus) missing() []string {
 	return m
 }
 
+// pressureFiles are cgroup v2's PSI files.
+var pressureFiles = map[string]bool{"memory.pressure": true, "cpu.pressure": true, "io.pressure": true, "irq.pressure": true}
+
 // mountsLack reads a /proc/PID/mountinfo: the settings its /proc and
 // cgroup mounts show missing.
 func mountsLack(mountinfo string) []string {
 	var proc []string // super options of the /proc mount on top
-	procFound, cgroupRW := false, false
+	procFound := false
+	// Whether the cgroup mount on top at each mount point is writable
+	// (a later line is mounted over an earlier one at the same point):
+	// ProtectControlGroups= leaves the tree read-only, whichever way
+	// the runtime gets there.
+	cgroupRW := map[string]bool{}
 	for _, line := range strings.Split(mountinfo, "\n") {
 		f := strings.Fields(line)
 		sep := slices.Index(f, "-")
@@ -326,10 +336,14 @@ func mountsLack(mountinfo string) []string {
 		case fsType == "proc" && mountPoint == "/proc":
 			// Later lines are mounted over earlier ones.
 			proc, procFound = superOpts, true
+		case (fsType == "cgroup2" || fsType == "cgroup") && pressureFiles[filepath.Base(f[3])]:
+			// One pressure file bound writable over the read-only tree:
+			// systemd's MemoryPressureWatch= does this for the unit's own
+			// memory.pressure. Writing it only registers a PSI trigger;
+			// it moves no process and changes no limit. (No cgroup can
+			// be named so: the file exists in every parent.)
 		case fsType == "cgroup2" || fsType == "cgroup":
-			if !slices.Contains(mountOpts, "ro") {
-				cgroupRW = true
-			}
+			cgroupRW[mountPoint] = !slices.Contains(mountOpts, "ro")
 		}
 	}
 	// No /proc at all shows nothing to hide.
@@ -341,8 +355,11 @@ func mountsLack(mountinfo string) []string {
 	if procFound && !slices.Contains(proc, "subset=pid") {
 		m = append(m, ProcSubset)
 	}
-	if cgroupRW {
-		m = append(m, ProtectControlGroups)
+	for _, rw := range cgroupRW {
+		if rw {
+			m = append(m, ProtectControlGroups)
+			break
+		}
 	}
 	return m
 }

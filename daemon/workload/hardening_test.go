@@ -45,6 +45,12 @@ func TestMountsLack(t *testing.T) {
 	}{
 		{"host", hostProc + cgroupRW, []string{ProtectProc, ProcSubset, ProtectControlGroups}},
 		{"hardened unit", hostProc + cgroupRO + hidden, nil},
+		{"read-only cgroup mounted over a writable one", hostProc + hidden +
+			"29 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n" + cgroupRO, nil},
+		{"the unit's memory.pressure bound writable (systemd 257, MemoryPressureWatch=)", hostProc + cgroupRO + hidden +
+			"232 430 0:26 /bridle.slice/bridle-agents.slice/agent-loop.service/memory.pressure /sys/fs/cgroup/bridle.slice/bridle-agents.slice/agent-loop.service/memory.pressure rw,nosuid,nodev,noexec,relatime shared:116 master:5 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n", nil},
+		{"a writable cgroup directory bound over the read-only tree", hostProc + cgroupRO + hidden +
+			"233 430 0:26 /bridle.slice/bridle-agents.slice/agent-loop.service /sys/fs/cgroup/bridle.slice/bridle-agents.slice/agent-loop.service rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate\n", []string{ProtectControlGroups}},
 		{"hidden /proc mounted first, host /proc over it", hidden + hostProc + cgroupRO, []string{ProtectProc, ProcSubset}},
 		{"a v1 hierarchy left writable", hidden + cgroupRO + cgroupV1RW, []string{ProtectControlGroups}},
 		{"ptraceable, all of /proc", "1 0 0:5 / /proc rw - proc proc rw,hidepid=ptraceable\n", []string{ProcSubset}},

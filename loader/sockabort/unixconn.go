@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/bridle-sh/bridle/loader/alive"
 )
 
 // Unix connections end with the task too. The kernel has no way to destroy
@@ -392,7 +394,7 @@ func (s *unixSweep) scanProcess(pid int, h *held) error {
 	}
 	var ns unix.Stat_t
 	nsErr := unix.Stat(proc+"/ns/net", &ns)
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	if !alive.Pidfd(pidfd) {
 		return nil // exited meanwhile: what was read may be another process's
 	}
 	h.procs++
@@ -516,7 +518,7 @@ func (s *unixSweep) withCopy(h sockHolder, ino uint64, fn func(fd int) error) (b
 	defer unix.Close(fd)
 	// The membership read above was of this process only if it is still
 	// alive; the descriptor number may have been reused for another file.
-	if unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil {
+	if !alive.Pidfd(pidfd) {
 		return false, nil
 	}
 	var st unix.Stat_t

@@ -183,12 +183,20 @@ func (e *Engine) LoadDir(ctx context.Context, dir string) error {
 	if err != nil {
 		return e.failed(source, err)
 	}
+	// The directory itself may be a link too (a projected volume's
+	// subdirectory is one, into the volume's hidden directory of the
+	// moment): the walk starts where it leads, which is also where files
+	// of one load all come from.
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return e.failed(source, err)
+	}
 	// Symlinks are followed because policy directories are often mounted
 	// that way (a ConfigMap's files are links into a hidden directory).
-	loader := bundle.NewDirectoryLoader(dir).WithFilter(skipNonPolicy(dir)).WithFollowSymlinks(true)
+	loader := bundle.NewDirectoryLoader(root).WithFilter(skipNonPolicy(root)).WithFollowSymlinks(true)
 	b, err := bundle.NewCustomReader(loader).
 		WithRegoVersion(ast.RegoV1).
-		WithBaseDir(dir). // errors name files as dir/file.rego
+		WithBaseDir(root). // errors name files as root/file.rego
 		WithSkipBundleVerification(true).
 		Read()
 	if err != nil {

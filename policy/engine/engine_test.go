@@ -383,6 +383,32 @@ func TestConfigMapLayout(t *testing.T) {
 	}
 }
 
+// A projected volume with the policies below a subdirectory (items with
+// path policies/NAME.rego): the policy directory is itself a link into the
+// volume's hidden directory.
+func TestProjectedVolumeLayout(t *testing.T) {
+	vol := writePolicy(t, map[string]string{
+		"..2026_01_02_03_04_05.1/policies/p.rego": simplePolicy,
+		"..2026_01_02_03_04_05.1/bridled.yaml":    "socket: /run/bridle/bridle.sock",
+	})
+	for old, new := range map[string]string{
+		"..2026_01_02_03_04_05.1": "..data",
+		"..data/policies":         "policies",
+		"..data/bridled.yaml":     "bridled.yaml",
+	} {
+		if err := os.Symlink(old, filepath.Join(vol, new)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := NewEngine()
+	if err := e.LoadDir(context.Background(), filepath.Join(vol, "policies")); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := e.Evaluate(context.Background(), taskInput("fix", 0)); err != nil || len(d.Envelope.Egress) != 1 {
+		t.Errorf("Evaluate = %+v, %v", d, err)
+	}
+}
+
 func TestDataFiles(t *testing.T) {
 	e := mustLoad(t, map[string]string{
 		"p.rego": `package bridle

@@ -226,7 +226,7 @@ func (a *adminTerminal) start(t *testing.T, extra []*os.File, argv ...string) *e
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	timer := time.AfterFunc(60*time.Second, func() { _ = c.Process.Kill() })
+	timer := time.AfterFunc(2*time.Minute, func() { _ = c.Process.Kill() })
 	t.Cleanup(func() { timer.Stop(); _ = c.Process.Kill() })
 	return c
 }
@@ -237,10 +237,11 @@ func (a *adminTerminal) output() string {
 	return a.out.String()
 }
 
-// waitFor waits until the terminal has shown s.
+// waitFor waits until the terminal has shown s. bridle run takes over
+// 15 s to start in the kernel matrix's emulated guests.
 func (a *adminTerminal) waitFor(t *testing.T, s string) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(a.output(), s); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(a.output(), s); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the terminal never showed %q; it shows:\n%q", s, a.output())
 		}

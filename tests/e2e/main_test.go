@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bridle-sh/bridle/tests/netnstest"
+
 	"github.com/bridle-sh/bridle/daemon/audit"
 )
 
@@ -179,27 +181,7 @@ func setupNetns() (func(), error) {
 // stay there.
 func inNetns(t testing.TB, f func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(orig)
-	ns, err := unix.Open(netnsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ns)
-	if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			panic("e2e: cannot return to the host network namespace: " + err.Error())
-		}
-	}()
-	f()
+	netnstest.Do(t, netnsPath, f)
 }
 
 func probeExecMode() (string, error) {

@@ -74,7 +74,7 @@ func main() {
 	// TCG with one vCPU, for the reason tests/kernels gives (a second vCPU
 	// can oops the guest while it patches its own text).
 	fs.StringVar(&o.accel, "accel", "tcg,thread=multi", "qemu -accel value")
-	fs.StringVar(&o.memory, "memory", "1G", "guest memory (qemu -m); the whole root file system lives in it")
+	fs.StringVar(&o.memory, "memory", "2G", "guest memory (qemu -m); the whole root file system lives in it (binaries, journal, audit files)")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary (Debian package qemu-system-x86)")
 	fs.StringVar(&o.goBin, "go", goBinary(), "go command used to build the guest's binaries")
 	fs.BoolVar(&o.verbose, "v", false, "stream the guest's console")

@@ -319,6 +319,8 @@ if [ -n "$reported" ] && ! echo "$hard" | grep -q agent-loop.service; then
 	pass unhardened-reported "$hard"
 else
 	fail unhardened-reported "[$hard]"
+	loop_pid=$(systemctl show -p MainPID --value agent-loop.service)
+	show grep -E 'cgroup|proc' "/proc/$loop_pid/mountinfo"
 fi
 
 # --- The audit file rotates as configured (max_size_mb: 1, max_files: 3,
