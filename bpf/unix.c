@@ -20,44 +20,52 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
  * Builds the rule key from the address the caller passed. A path name ends
  * at its first NUL (as the kernel reads it); an abstract name is every byte
  * after the leading NUL, up to the address length.
+ *
+ * The loop that trims the name has no branch per byte: a mask that drops to
+ * zero at the name's end is carried through it. With a branch per byte the
+ * verifier walks every combination of "ended here or not" and spends about
+ * a second on each of the two unix programs at every load.
  */
 static __always_inline int unix_key(struct bpf_sock_addr *ctx, struct bridle_unix_key *k)
 {
 	struct bpf_sock_addr_kern *kctx = bpf_cast_to_kern_ctx(ctx);
 	struct sockaddr *uaddr = BPF_CORE_READ(kctx, uaddr);
 	__u32 len = BPF_CORE_READ(kctx, uaddrlen);
+	const char *name = (const char *)uaddr + SUN_PATH_OFFSET;
+	char first;
 
 	if (len <= SUN_PATH_OFFSET)
 		return -1;
 	len -= SUN_PATH_OFFSET;
+	if (bpf_probe_read_kernel(&first, 1, name))
+		return -1;
+	__u32 abstract = first == 0;
+	if (abstract) {
+		name++;
+		len--;
+	}
 	if (len > BRIDLE_UNIX_PATH_MAX)
 		len = BRIDLE_UNIX_PATH_MAX;
 	/* The kernel hands us its own copy of the address, held in a
-	 * sockaddr_storage, so reading the whole of sun_path stays inside it. */
-	if (bpf_probe_read_kernel(k->path, BRIDLE_UNIX_PATH_MAX, (char *)uaddr + SUN_PATH_OFFSET))
+	 * sockaddr_storage (128 bytes), so reading a whole sun_path from one
+	 * byte past its start stays inside it. */
+	if (bpf_probe_read_kernel(k->path, BRIDLE_UNIX_PATH_MAX, name))
 		return -1;
-	if (k->path[0] == 0) {
-		/* Abstract: shift the name down over the leading NUL. */
-		k->abstract = 1;
-		for (int i = 0; i < BRIDLE_UNIX_PATH_MAX - 1; i++) {
-			if (i + 1 >= len) {
-				k->path[i] = 0;
-				continue;
-			}
-			k->path[i] = k->path[i + 1];
-		}
-		k->path[BRIDLE_UNIX_PATH_MAX - 1] = 0;
-		k->len = len - 1;
-		return 0;
+
+	__u32 keep = 1, n = 0;
+	for (__u32 i = 0; i < BRIDLE_UNIX_PATH_MAX; i++) {
+		__u32 c = (__u8)k->path[i];
+		/* i < len: the difference wraps, setting the top bit. The empty
+		 * asm keeps clang from turning the shift back into a branch. */
+		__u64 inside = (__u64)i - len;
+		asm volatile("" : "+r"(inside));
+		inside >>= 63;
+		__u32 named = ((c + 0xff) >> 8) | abstract; /* c != 0, or abstract */
+		keep &= inside & named;
+		k->path[i] = c & (0 - keep);
+		n += keep;
 	}
-	__u16 n = BRIDLE_UNIX_PATH_MAX;
-	for (int i = 0; i < BRIDLE_UNIX_PATH_MAX; i++) {
-		if (n != BRIDLE_UNIX_PATH_MAX || i >= len || k->path[i] == 0) {
-			if (n == BRIDLE_UNIX_PATH_MAX)
-				n = i;
-			k->path[i] = 0;
-		}
-	}
+	k->abstract = abstract;
 	k->len = n;
 	return 0;
 }

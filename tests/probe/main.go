@@ -100,6 +100,7 @@ func init() {
 		"ping-sendto":     func(a []string) outcome { return actPing(a, false) },
 		"unix":            actUnixStream,
 		"unix-dgram":      actUnixDgram,
+		"unix-raw":        actUnixRaw,
 		"raw4":            actRaw4,
 		"raw6":            actRaw6,
 		"packet":          actPacket,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -432,6 +433,41 @@ func actUnixStream(args []string) outcome {
 	defer unix.Close(fd)
 	if err := unix.Connect(fd, unixSockaddr(args[0])); err != nil {
 		return failure("connect", err)
+	}
+	return ok("")
+}
+
+// actUnixRaw: connect to a unix address given as hex bytes of sun_path,
+// with the address length exactly 2 + those bytes, or ADDRLEN if given.
+// The bytes may hold NULs and an address length may cut a name short:
+// what a hostile caller can pass, and what x/sys never builds.
+func actUnixRaw(args []string) outcome {
+	if len(args) != 1 && len(args) != 2 {
+		return usage("unix-raw HEX-SUN-PATH [ADDRLEN]")
+	}
+	path, err := hex.DecodeString(args[0])
+	if err != nil || len(path) > 108 {
+		return usage("unix-raw: sun_path must be at most 108 bytes of hex")
+	}
+	var sa unix.RawSockaddrUnix
+	sa.Family = unix.AF_UNIX
+	for i, b := range path {
+		sa.Path[i] = int8(b)
+	}
+	addrlen := 2 + len(path)
+	if len(args) == 2 {
+		if addrlen, err = strconv.Atoi(args[1]); err != nil || addrlen < 2 || addrlen > int(unsafe.Sizeof(sa)) {
+			return usage("unix-raw: ADDRLEN must be 2 to %d", unsafe.Sizeof(sa))
+		}
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return failure("socket", err)
+	}
+	defer unix.Close(fd)
+	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(addrlen))
+	if errno != 0 {
+		return failure("connect", errno)
 	}
 	return ok("")
 }
