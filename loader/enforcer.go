@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 
@@ -102,7 +103,12 @@ func Load(opts Options) (*Enforcer, error) {
 	lsms, lsmErr := activeLSMs()
 	e.features.ActiveLSMs = lsms
 
-	collOpts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+	// The kernel's type information (for CO-RE relocations, kfuncs and
+	// attach points), decoded once for every object below: decoding it
+	// costs more than verifying most of the programs, and each object
+	// decoded it anew.
+	types := btf.NewCache()
+	collOpts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}, Cache: types}
 
 	netSpec, err := loadNet()
 	if err != nil {
@@ -156,7 +162,7 @@ func Load(opts Options) (*Enforcer, error) {
 		return nil, err
 	}
 	e.loadGuards(collOpts, opts.WakeupBytes, lsms, lsmErr)
-	e.abort = sockabort.New(CgroupRoot)
+	e.abort = sockabort.New(CgroupRoot, types)
 	e.features.SocketDestroy = e.abort.DestroyFeature()
 	if e.features.UnixHooks {
 		e.features.UnixShutdown = e.abort.UnixFeature()

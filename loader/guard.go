@@ -43,7 +43,7 @@ func (e *Enforcer) loadGuards(opts *ebpf.CollectionOptions, wakeup uint64, lsms 
 		f.UsernsGuardReason = f.FamilyGuardReason
 		return
 	}
-	hasUserns := kernel.HasFunc(usernsHook)
+	hasUserns := kernel.HasFunc(opts.Cache, usernsHook)
 	if !hasUserns {
 		delete(spec.Programs, guardlsmProgBridleUserns)
 		f.UsernsGuardReason = "this kernel has no userns_create LSM hook (6.1+; " + usernsHook + " is not in its BTF)"

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/cilium/ebpf/btf"
 )
 
 // Aborter ends the connections of workloads whose task ended: their TCP and
@@ -12,6 +14,9 @@ import (
 // is found, and prepared, once per Aborter. Safe for concurrent use.
 type Aborter struct {
 	findRoot func() (string, error)
+	// types is the kernel's BTF as the enforcer decoded it, lent until the
+	// destroyer is prepared (nil: decoded anew).
+	types *btf.Cache
 
 	mu   sync.Mutex
 	root string     // cgroup v2 mount point, once found
@@ -25,9 +30,10 @@ type Aborter struct {
 }
 
 // New returns an Aborter for workloads in the cgroup v2 hierarchy that
-// findRoot locates; nothing is probed or loaded until first needed.
-func New(findRoot func() (string, error)) *Aborter {
-	return &Aborter{findRoot: findRoot}
+// findRoot locates; nothing is probed or loaded until first needed. types,
+// if not nil, is the kernel's BTF already decoded by the caller.
+func New(findRoot func() (string, error), types *btf.Cache) *Aborter {
+	return &Aborter{findRoot: findRoot, types: types}
 }
 
 // Close releases the iterator programs, if loaded. A later call prepares
@@ -71,7 +77,8 @@ func (a *Aborter) destroyer() (*Destroyer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket destroyer: %w", err)
 	}
-	d, err := NewDestroyer(root, DestroyAuto)
+	d, err := NewDestroyer(root, DestroyAuto, a.types)
+	a.types = nil // not held for the process's life
 	var ue *UnsupportedError
 	if errors.As(err, &ue) {
 		a.dErr = err

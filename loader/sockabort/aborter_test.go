@@ -14,7 +14,7 @@ func TestAborterWithoutCgroupRoot(t *testing.T) {
 	a := New(func() (string, error) {
 		calls++
 		return "", errors.New("cgroup v2 is not mounted")
-	})
+	}, nil)
 	f := a.DestroyFeature()
 	if f.Method != DestroyNone || !strings.Contains(f.Reason, "socket destroyer: cgroup v2 is not mounted") {
 		t.Fatalf("feature %+v", f)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bridle-sh/bridle/loader/internal/kernel"
@@ -186,15 +187,16 @@ type Destroyer struct {
 // NewDestroyer prepares the given method, or with DestroyAuto the best one
 // this kernel supports, for the cgroup v2 hierarchy mounted at root. It
 // fails with an *UnsupportedError saying why when the method (or every
-// method) is unavailable.
-func NewDestroyer(root string, method DestroyMethod) (*Destroyer, error) {
+// method) is unavailable. types, if not nil, is the kernel's BTF already
+// decoded by the caller.
+func NewDestroyer(root string, method DestroyMethod, types *btf.Cache) (*Destroyer, error) {
 	if err := checkCgroupRoot(root); err != nil {
 		return nil, fmt.Errorf("socket destroyer: %w", err)
 	}
 	d := &Destroyer{root: root, levels: map[uint64]uint32{}}
 	switch method {
 	case DestroyIter:
-		if err := d.loadIter(); err != nil {
+		if err := d.loadIter(types); err != nil {
 			return nil, &UnsupportedError{Feature: "socket destroy by BPF iterator", Err: err}
 		}
 		d.method = DestroyIter
@@ -208,7 +210,7 @@ func NewDestroyer(root string, method DestroyMethod) (*Destroyer, error) {
 		d.feature = DestroyFeature{Method: DestroyNetlink, Netlink: true,
 			Reason: "sock_diag SOCK_DESTROY (requested)"}
 	case DestroyAuto:
-		iterErr := d.loadIter()
+		iterErr := d.loadIter(types)
 		nlErr := probeNetlinkDestroy()
 		f := DestroyFeature{Iter: iterErr == nil, Netlink: nlErr == nil}
 		// Netlink first: both reach the same sockets, but the iterator

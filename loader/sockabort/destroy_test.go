@@ -264,10 +264,10 @@ func subCgroup(t testing.TB, parent, name string) string {
 // reason, unless the kernel has what the method needs.
 func destroyerFor(t testing.TB, method DestroyMethod) *Destroyer {
 	t.Helper()
-	d, err := NewDestroyer(testCgroupRoot(t), method)
+	d, err := NewDestroyer(testCgroupRoot(t), method, nil)
 	if err != nil {
 		var ue *UnsupportedError
-		if errors.As(err, &ue) && !(method == DestroyIter && kernel.HasFunc("bpf_sock_destroy")) {
+		if errors.As(err, &ue) && !(method == DestroyIter && kernel.HasFunc(nil, "bpf_sock_destroy")) {
 			t.Skipf("%s method not available here: %v", method, err)
 		}
 		t.Fatal(err)

@@ -46,7 +46,7 @@ func findCgroupRoot() (string, error) {
 // testAborter is an Aborter of this test, closed at its end.
 func testAborter(t testing.TB) *Aborter {
 	t.Helper()
-	a := New(findCgroupRoot)
+	a := New(findCgroupRoot, nil)
 	t.Cleanup(func() { a.Close() })
 	return a
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -15,14 +16,17 @@ import (
 
 // loadIter loads the iterator programs and creates their links; iterators are
 // opened per pass, in the namespace being swept.
-func (d *Destroyer) loadIter() error {
+func (d *Destroyer) loadIter(types *btf.Cache) error {
 	spec, err := loadDestroy()
 	if err != nil {
 		return err
 	}
+	if types == nil {
+		types = btf.NewCache()
+	}
 	var objs destroyObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		if !kernel.HasFunc("bpf_sock_destroy") {
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Cache: types}); err != nil {
+		if !kernel.HasFunc(types, "bpf_sock_destroy") {
 			return errors.New("the kernel has no bpf_sock_destroy kfunc (kernel 6.5+)")
 		}
 		return refusal(err)

@@ -26,9 +26,13 @@ func (e *UnsupportedError) Unwrap() error { return e.Err }
 func (e *UnsupportedError) Is(target error) bool { return target == ebpf.ErrNotSupported }
 
 // HasFunc reports whether the kernel's type information names a function
-// (a kfunc or a hook point).
-func HasFunc(name string) bool {
-	spec, err := btf.LoadKernelSpec()
+// (a kfunc or a hook point). The types are those decoded in types, shared
+// with the loads beside this call; nil decodes them anew.
+func HasFunc(types *btf.Cache, name string) bool {
+	if types == nil {
+		types = btf.NewCache()
+	}
+	spec, err := types.Kernel()
 	if err != nil {
 		return false
 	}
