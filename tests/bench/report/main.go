@@ -282,6 +282,9 @@ func table() []row {
 		row{label: "learned-entry check added to a connect, whole connect() (learned − rule)", bench: learnedUDP + "learned-10k",
 			minus: learnedUDP + "rule"},
 		row{label: "OPA envelope evaluation (example coding agent)", bench: "BenchmarkPolicyEval/coding-agent"},
+		row{label: "kernel BTF decoded once", bench: "BenchmarkLoad/kernel-btf", base: "BenchmarkLoad/kernel-btf", target: "baseline"},
+		row{label: "load every program and map (bridle run's and bridled's start), to one BTF decode", bench: "BenchmarkLoad/bridle",
+			base: "BenchmarkLoad/kernel-btf"},
 	)
 	rows = append(rows, approvalRows()...)
 	rows = append(rows, callerRows()...)
