@@ -3,7 +3,6 @@ package loader
 import (
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,20 +29,7 @@ func TestUnixKeyFromRawAddress(t *testing.T) {
 	path := filepath.Join(dir, "a.sock")
 	abstract := fmt.Sprintf("bridle-key-%d", os.Getpid())
 	for _, name := range []string{path, "@" + abstract, "@" + abstract + "\x00tail"} {
-		ln, err := net.Listen("unix", name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		acceptAll(t, "unix", name)
 	}
 	probe := probeBinary(t)
 	rs, err := policy.Compile(policy.Envelope{
