@@ -55,7 +55,8 @@ test-kernels:
 	$(GO) run ./tests/kernels -parallel 2 -memory 1536M -testtimeout 40m -timeout 45m -pkg ./loader/... -pkg ./tests/e2e \
 		-build ./cmd/bridle -build ./cmd/bridled -build ./tests/probe -program /usr/sbin/dnsmasq -program /usr/bin/getent \
 		-env BRIDLE_E2E_BRIDLE=/bridle/files/bridle -env BRIDLE_E2E_BRIDLED=/bridle/files/bridled \
-		-env BRIDLE_E2E_PROBE=/bridle/files/probe
+		-env BRIDLE_E2E_PROBE=/bridle/files/probe \
+		-program /usr/bin/setpriv -file deploy/systemd/bridled.service -env BRIDLE_E2E_UNIT=/bridle/files/bridled.service
 
 # The systemd deployment inside a Debian trixie guest with systemd as PID 1
 # (the 6.12 and 6.1 kernels side by side, BPF LSM active), installed as

@@ -31,9 +31,24 @@ func checkCgroupRoot(root string) error {
 // the 64-bit node id, which is the cgroup id.
 const fileIDKernfs = 0xfe
 
-// cgroupPathByID opens a cgroup by id through a file handle and returns its
-// path below the cgroup v2 mount at root.
+// cgroupPathByID returns the path of the cgroup with the given id below the
+// cgroup v2 mount at root. It opens the cgroup through a file handle where
+// the kernel allows that (CAP_DAC_READ_SEARCH, which neither the systemd
+// unit nor the DaemonSet grants bridled: it opens any file on the host by
+// handle), and otherwise looks for the directory of that inode.
 func cgroupPathByID(root string, id uint64) (string, error) {
+	path, err := openCgroupByID(root, id)
+	if !errors.Is(err, unix.EPERM) {
+		return path, err
+	}
+	if path, ok := findCgroup(root, id); ok {
+		return path, nil
+	}
+	return "", fmt.Errorf("no such cgroup: id %d is not below %s", id, root)
+}
+
+// openCgroupByID opens a cgroup by id through a file handle.
+func openCgroupByID(root string, id uint64) (string, error) {
 	mnt, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("open %s: %w", root, err)
@@ -56,6 +71,31 @@ func cgroupPathByID(root string, id uint64) (string, error) {
 		return "", errors.New("cgroup removed")
 	}
 	return path, nil
+}
+
+// findCgroup walks the hierarchy below dir for the cgroup whose directory
+// has inode id (a cgroup's id), stopping at the first match.
+func findCgroup(dir string, id uint64) (string, bool) {
+	var st unix.Stat_t
+	if unix.Stat(dir, &st) != nil {
+		return "", false
+	}
+	if st.Ino == id {
+		return dir, true
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", false
+	}
+	for _, ent := range entries {
+		if !ent.IsDir() {
+			continue
+		}
+		if path, ok := findCgroup(filepath.Join(dir, ent.Name()), id); ok {
+			return path, true
+		}
+	}
+	return "", false
 }
 
 // walkCgroups calls fn for a cgroup directory and every cgroup below it.

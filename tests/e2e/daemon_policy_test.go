@@ -487,39 +487,44 @@ func TestDaemonEndAndExpiryResetConnections(t *testing.T) {
 	if features.SocketDestroy == "none" {
 		t.Skipf("this kernel cannot abort a workload's sockets: %s", features.SocketDestroyReason)
 	}
-	e := newDaemonEnv(t)
-	e.start()
-	for i, target := range []string{
-		fmt.Sprintf("127.0.0.1:%d", tcpHoldingListener(t, "tcp4", "127.0.0.1:0")),
-		fmt.Sprintf("[::1]:%d", tcpHoldingListener(t, "tcp6", "[::1]:0")),
-	} {
-		// Ended by a call.
-		cg := e.workload(fmt.Sprintf("ended-%d", i))
-		id := e.startTask(cg)
-		held := e.holdInCgroup(cg, target)
-		if out, err := e.bridle("end", id); err != nil {
-			t.Fatalf("end: %v %s", err, out)
-		}
-		if line := waitLine(t, "task ended", held); line != "closed ECONNABORTED" {
-			t.Fatalf("%s: connection opened under an ended task: %q, want it aborted", target, line)
-		}
-		wantPrefix(t, "new connection after the end", e.probeConnect(cg, target), "EPERM connect")
-		rec := e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
-		if !strings.Contains(fmt.Sprint(rec["reason"]), "aborted 1 open connection(s) (1 tcp, 0 udp)") {
-			t.Fatalf("task end record: %v", rec)
-		}
+	for _, v := range daemonPrivileges(t) {
+		t.Run(v.name, func(t *testing.T) {
+			e := newDaemonEnv(t)
+			e.capabilities = v.caps
+			e.start()
+			for i, target := range []string{
+				fmt.Sprintf("127.0.0.1:%d", tcpHoldingListener(t, "tcp4", "127.0.0.1:0")),
+				fmt.Sprintf("[::1]:%d", tcpHoldingListener(t, "tcp6", "[::1]:0")),
+			} {
+				// Ended by a call.
+				cg := e.workload(fmt.Sprintf("ended-%d", i))
+				id := e.startTask(cg)
+				held := e.holdInCgroup(cg, target)
+				if out, err := e.bridle("end", id); err != nil {
+					t.Fatalf("end: %v %s", err, out)
+				}
+				if line := waitLine(t, "task ended", held); line != "closed ECONNABORTED" {
+					t.Fatalf("%s: connection opened under an ended task: %q, want it aborted", target, line)
+				}
+				wantPrefix(t, "new connection after the end", e.probeConnect(cg, target), "EPERM connect")
+				rec := e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
+				if !strings.Contains(fmt.Sprint(rec["reason"]), "aborted 1 open connection(s) (1 tcp, 0 udp)") {
+					t.Fatalf("task end record: %v", rec)
+				}
 
-		// Expired.
-		cg = e.workload(fmt.Sprintf("expired-%d", i))
-		id = e.startTask(cg, "--ttl", "3s")
-		held = e.holdInCgroup(cg, target)
-		if line := waitLine(t, "task expired", held); line != "closed ECONNABORTED" {
-			t.Fatalf("%s: connection opened under an expired task: %q, want it aborted", target, line)
-		}
-		wantPrefix(t, "new connection after expiry", e.probeConnect(cg, target), "EPERM connect")
-		rec = e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
-		if !strings.HasPrefix(fmt.Sprint(rec["reason"]), "expired; aborted 1 open connection(s)") {
-			t.Fatalf("task expiry record: %v", rec)
-		}
+				// Expired.
+				cg = e.workload(fmt.Sprintf("expired-%d", i))
+				id = e.startTask(cg, "--ttl", "3s")
+				held = e.holdInCgroup(cg, target)
+				if line := waitLine(t, "task expired", held); line != "closed ECONNABORTED" {
+					t.Fatalf("%s: connection opened under an expired task: %q, want it aborted", target, line)
+				}
+				wantPrefix(t, "new connection after expiry", e.probeConnect(cg, target), "EPERM connect")
+				rec = e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
+				if !strings.HasPrefix(fmt.Sprint(rec["reason"]), "expired; aborted 1 open connection(s)") {
+					t.Fatalf("task expiry record: %v", rec)
+				}
+			}
+		})
 	}
 }

@@ -63,6 +63,9 @@ type daemonEnv struct {
 	// inNetns runs bridled in the test network namespace, where its
 	// resolver is reachable from the workloads' loopback.
 	inNetns bool
+	// capabilities, if set, are all bridled keeps (with no_new_privs), as
+	// under the systemd unit's CapabilityBoundingSet: see unitCapabilities.
+	capabilities []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -178,11 +181,16 @@ func (e *daemonEnv) start() {
 func (e *daemonEnv) launch() <-chan struct{} {
 	e.t.Helper()
 	e.mu.Lock()
-	e.cmd = exec.Command(bridledBin, "--config", e.config)
+	argv := []string{bridledBin, "--config", e.config}
+	if len(e.capabilities) > 0 {
+		// setpriv executes bridled in its own place, as nsenter does.
+		argv = append([]string{"setpriv", "--no-new-privs", "--bounding-set=-all,+" + strings.Join(e.capabilities, ",+"), "--"}, argv...)
+	}
 	if e.inNetns {
 		// nsenter executes bridled in its own place: signals reach it.
-		e.cmd = exec.Command("nsenter", "--net="+netnsPath, "--", bridledBin, "--config", e.config)
+		argv = append([]string{"nsenter", "--net=" + netnsPath, "--"}, argv...)
 	}
+	e.cmd = exec.Command(argv[0], argv[1:]...)
 	e.logs = &syncBuffer{}
 	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -718,4 +726,44 @@ func TestDaemonNotifiesReadyWhenConfined(t *testing.T) {
 	}
 	cg := e.workload("early")
 	wantPrefix(t, "connect right after READY", e.probeConnect(cg, target), "EPERM connect")
+}
+
+// daemonPrivileges are the ways revocation is tested to work: bridled as
+// root with every capability, and as the shipped systemd unit runs it,
+// where it can neither signal another user's process (no CAP_KILL) nor open
+// a cgroup by its id (no CAP_DAC_READ_SEARCH).
+func daemonPrivileges(t *testing.T) []struct {
+	name string
+	caps []string
+} {
+	return []struct {
+		name string
+		caps []string
+	}{{"bridled", nil}, {"bridled under the systemd unit's capabilities", unitCapabilities(t)}}
+}
+
+// unitCapabilities is the capability bounding set of the shipped systemd
+// unit (deploy/systemd/bridled.service, or BRIDLE_E2E_UNIT in the kernel
+// matrix's guests), in setpriv's spelling: bridled run with only these.
+func unitCapabilities(t *testing.T) []string {
+	t.Helper()
+	path := os.Getenv("BRIDLE_E2E_UNIT")
+	if path == "" {
+		path = "../../deploy/systemd/bridled.service"
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapabilityBoundingSet="); ok {
+			var caps []string
+			for _, c := range strings.Fields(v) {
+				caps = append(caps, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+			return caps
+		}
+	}
+	t.Fatalf("%s has no CapabilityBoundingSet= line", path)
+	return nil
 }

@@ -196,58 +196,61 @@ func TestEscapeUnixAfterTaskEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("bridled", func(t *testing.T) {
-		e := newDaemonEnv(t)
-		if err := os.WriteFile(filepath.Join(e.dir, "policy", "test.rego"), []byte(unixPolicy(path)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		e.start()
-		for _, c := range []struct {
-			name string
-			ttl  string
-		}{{"ended", ""}, {"expired", "3s"}} {
-			cg := e.workload(c.name)
-			// A connection made outside the workload before its task,
-			// handed to a process of it (a unit's stdout stream).
-			pre, err := net.Dial("unix", path)
-			if err != nil {
+	for _, v := range daemonPrivileges(t) {
+		t.Run(v.name, func(t *testing.T) {
+			e := newDaemonEnv(t)
+			e.capabilities = v.caps
+			if err := os.WriteFile(filepath.Join(e.dir, "policy", "test.rego"), []byte(unixPolicy(path)), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			preFile, err := pre.(*net.UnixConn).File()
-			pre.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			e.holdUnixInCgroup(cg, "fd:3", preFile)
-			preFile.Close()
-			preConn := srv.next(t)
+			e.start()
+			for _, c := range []struct {
+				name string
+				ttl  string
+			}{{"ended", ""}, {"expired", "3s"}} {
+				cg := e.workload(c.name)
+				// A connection made outside the workload before its task,
+				// handed to a process of it (a unit's stdout stream).
+				pre, err := net.Dial("unix", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				preFile, err := pre.(*net.UnixConn).File()
+				pre.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				e.holdUnixInCgroup(cg, "fd:3", preFile)
+				preFile.Close()
+				preConn := srv.next(t)
 
-			args := []string{}
-			if c.ttl != "" {
-				args = append(args, "--ttl", c.ttl)
-			}
-			id := e.startTask(cg, args...)
-			held := e.holdUnixInCgroup(cg, path)
-			conn := srv.next(t)
-			conn.wantAlive(t, c.name+": during the task")
-			if c.ttl == "" {
-				if out, err := e.bridle("end", id); err != nil {
-					t.Fatalf("end: %v %s", err, out)
+				args := []string{}
+				if c.ttl != "" {
+					args = append(args, "--ttl", c.ttl)
+				}
+				id := e.startTask(cg, args...)
+				held := e.holdUnixInCgroup(cg, path)
+				conn := srv.next(t)
+				conn.wantAlive(t, c.name+": during the task")
+				if c.ttl == "" {
+					if out, err := e.bridle("end", id); err != nil {
+						t.Fatalf("end: %v %s", err, out)
+					}
+				}
+				conn.wantEOF(t, c.name+": connection opened under the task")
+				if line := waitLine(t, c.name, held); !slices.Contains(want, line) {
+					t.Fatalf("%s: the agent's connection after the task: %q, want %q", c.name, line, want)
+				}
+				preConn.wantAlive(t, c.name+": connection held before the task")
+				out, _, _ := e.inCgroup(cg, false, probeBin, "unix", path)
+				wantPrefix(t, c.name+": new connect after the task", out, "EPERM connect")
+				rec := e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
+				if !strings.Contains(fmt.Sprint(rec["reason"]), wantShut) {
+					t.Fatalf("%s: task end record: %v", c.name, rec)
 				}
 			}
-			conn.wantEOF(t, c.name+": connection opened under the task")
-			if line := waitLine(t, c.name, held); !slices.Contains(want, line) {
-				t.Fatalf("%s: the agent's connection after the task: %q, want %q", c.name, line, want)
-			}
-			preConn.wantAlive(t, c.name+": connection held before the task")
-			out, _, _ := e.inCgroup(cg, false, probeBin, "unix", path)
-			wantPrefix(t, c.name+": new connect after the task", out, "EPERM connect")
-			rec := e.waitAudit(func(m map[string]any) bool { return m["action"] == "task_end" && m["task"] == id })
-			if !strings.Contains(fmt.Sprint(rec["reason"]), wantShut) {
-				t.Fatalf("%s: task end record: %v", c.name, rec)
-			}
-		}
-	})
+		})
+	}
 }
 
 // startInCgroup starts a command born inside cgroup cg, killed when the
