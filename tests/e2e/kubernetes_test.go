@@ -59,6 +59,7 @@ type kube struct {
 	refused   string // a copy of it no rule names
 	allowed   int    // a port on the node the coder's task may reach
 	denied    int    // a port on the node nothing allows
+	holding   int    // a port the task may reach whose listener holds every connection open
 	manifests []byte
 }
 
@@ -74,9 +75,10 @@ func TestKubernetes(t *testing.T) {
 }
 
 // e2ePolicy: the coder service account in the agents namespace may reach
-// the allowed port on the node for a task; every agent may run the probe
-// (its containers' entrypoint), and nothing else, also without a task.
-func e2ePolicy(probe string, allowed int) string {
+// the allowed and holding ports on the node for a task; every agent may run
+// the probe (its containers' entrypoint), and nothing else, also without a
+// task.
+func e2ePolicy(probe string, allowed, holding int) string {
 	return fmt.Sprintf(`package bridle
 
 probe := [{"path": %[1]q}]
@@ -86,7 +88,7 @@ baseline := {"egress": [], "exec": probe}
 coder := "spiffe://kubetest/ns/agents/sa/coder"
 
 envelope := {
-	"egress": [{"protocol": "tcp", "cidr": %[2]q, "ports": [%[3]d]}],
+	"egress": [{"protocol": "tcp", "cidr": %[2]q, "ports": [%[3]d, %[4]d]}],
 	"exec": probe,
 	"ttl": "1h",
 } if input.identity == coder
@@ -94,7 +96,7 @@ envelope := {
 deny contains sprintf("no envelope for %%s", [input.identity]) if input.identity != coder
 
 deny contains "a task needs an intent" if input.task.intent == ""
-`, probe, kubetest.NodeIP+"/32", allowed)
+`, probe, kubetest.NodeIP+"/32", allowed, holding)
 }
 
 func deployBridle(t *testing.T) *kube {
@@ -156,6 +158,7 @@ func deployBridle(t *testing.T) *kube {
 	// Listeners on the node, for the agents to connect to.
 	k.allowed = nodeListener(t)
 	k.denied = nodeListener(t)
+	k.holding = holdConnections(t, listenOnNode(t))
 
 	// bridled's image, as make image builds it; the agents' image holds
 	// nothing they run (exec rules name host files).
@@ -171,7 +174,7 @@ func deployBridle(t *testing.T) *kube {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.manifests = replacePolicy(t, raw, e2ePolicy(k.probe, k.allowed))
+	k.manifests = replacePolicy(t, raw, e2ePolicy(k.probe, k.allowed, k.holding))
 	file := filepath.Join(t.TempDir(), "bridle.yaml")
 	if err := os.WriteFile(file, k.manifests, 0o644); err != nil {
 		t.Fatal(err)
@@ -257,13 +260,19 @@ func replacePolicy(t *testing.T, manifests []byte, policy string) []byte {
 
 // nodeListener accepts and closes connections on the node's address.
 func nodeListener(t *testing.T) int {
+	l := listenOnNode(t)
+	go acceptAndClose(l)
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// listenOnNode listens on the node's address, which the pods reach.
+func listenOnNode(t *testing.T) net.Listener {
 	l, err := net.Listen("tcp4", kubetest.NodeIP+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go acceptAndClose(l)
-	return l.Addr().(*net.TCPAddr).Port
+	return l
 }
 
 // waitBridled waits until a bridled pod other than not is running and
@@ -682,10 +691,15 @@ func (k *kube) testAnnotationTask(t *testing.T) {
 }
 
 // testTaskByPod: an agent pod without annotations runs under the baseline
-// until `bridle task start --pod` gives it a task.
+// until `bridle task start --pod` gives it a task; `bridle task end` takes
+// it back, and aborts the connection the pod opened under it.
 func (k *kube) testTaskByPod(t *testing.T) {
 	node := kubetest.NodeIP + ":" + strconv.Itoa(k.allowed)
-	p := k.agentPod("interactive", true, nil, map[string][]string{"main": {"tcp-every", "0.2", node}})
+	holding := kubetest.NodeIP + ":" + strconv.Itoa(k.holding)
+	p := k.agentPod("interactive", true, nil, map[string][]string{
+		"main": {"tcp-every", "0.2", node},
+		"hold": {"retry", "0.2", "hold-tcp", holding, "600"},
+	})
 	k.create(p)
 	lines := k.logLines(p.Name, "main", 2)
 	if !strings.Contains(lines[0], "EPERM") {
@@ -708,6 +722,28 @@ func (k *kube) testTaskByPod(t *testing.T) {
 	}
 	if out, err := k.bridle("task", "start", "--pod", agentNS+"/nonexistent", "--intent", "x"); err == nil {
 		t.Errorf("a task for a pod that does not exist was started: %s", out)
+	}
+
+	if l := k.logLines(p.Name, "hold", 1); l[0] != "ok connected" {
+		t.Fatalf("the pod's connection under its task: %q, want ok connected", l[0])
+	}
+	var task api.Task
+	for _, tk := range k.tasks() {
+		if strings.HasPrefix(tk.Pod, agentNS+"/interactive/") {
+			task = tk
+		}
+	}
+	if out, err := k.bridle("task", "end", task.ID); err != nil {
+		t.Fatalf("bridle task end %q: %v: %s", task.ID, err, out)
+	}
+	// The DaemonSet's bridled has no CAP_DAC_READ_SEARCH: it finds the
+	// pod's cgroup without opening it by id.
+	if l := k.logLines(p.Name, "hold", 2); l[1] != "closed ECONNABORTED" {
+		t.Errorf("the connection opened under the task, after its end: %q, want closed ECONNABORTED", l[1])
+	}
+	seen := len(k.logLines(p.Name, "main", 1))
+	if l := k.logLines(p.Name, "main", seen+2); !strings.HasSuffix(l[len(l)-1], "EPERM connect") {
+		t.Errorf("a new connect after the task's end: %q, want EPERM", l[len(l)-1])
 	}
 }
 

@@ -335,7 +335,12 @@ func acceptAndClose(ln net.Listener) {
 // them open until the test ends, so only the client side can end them.
 func tcpHoldingListener(t testing.TB, network, addr string) int {
 	t.Helper()
-	ln := listenInNetns(t, network, addr)
+	return holdConnections(t, listenInNetns(t, network, addr))
+}
+
+// holdConnections accepts every connection of ln and keeps them open until
+// the test ends; it returns ln's port.
+func holdConnections(t testing.TB, ln net.Listener) int {
 	var held []net.Conn
 	done := make(chan struct{})
 	go func() {

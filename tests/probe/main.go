@@ -118,6 +118,7 @@ func init() {
 		"udp-flood":       actUDPFlood,
 		"after":           actAfter,
 		"linger":          actLinger,
+		"retry":           actRetry,
 		"wait-file":       actWaitFile,
 		"touch":           actTouch,
 		"overwrite":       actOverwrite,

@@ -28,6 +28,26 @@ func actAfter(args []string) outcome {
 	return run(args[1:])
 }
 
+// actRetry runs an action every SECONDS for as long as it is refused
+// (EPERM), and returns its first other outcome: an agent that waits for its
+// task, then acts once (with hold-tcp: opens a connection and holds it).
+func actRetry(args []string) outcome {
+	if len(args) < 2 {
+		return usage("retry SECONDS ACTION [ARGS...]")
+	}
+	secs, err := strconv.ParseFloat(args[0], 64)
+	if err != nil || secs <= 0 {
+		return usage("retry: bad SECONDS %q", args[0])
+	}
+	for {
+		o := run(args[1:])
+		if !strings.HasPrefix(o.line, "EPERM") {
+			return o
+		}
+		time.Sleep(time.Duration(secs * float64(time.Second)))
+	}
+}
+
 // actLinger runs an action, then stays SECONDS before it exits with the
 // action's outcome: a workload that lives on after a refusal, as an agent
 // does while a person answers.
