@@ -296,12 +296,13 @@ func tcpListener(t testing.TB, network, addr string) int {
 func listenInNetns(t testing.TB, network, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
-	inNetns(t, func() {
-		var err error
-		if ln, err = net.Listen(network, addr); err != nil {
-			t.Fatal(err)
-		}
-	})
+	var err error
+	inNetns(t, func() { ln, err = net.Listen(network, addr) })
+	if err != nil {
+		// Which addresses the namespace has, for a listener that fails.
+		out, _ := exec.Command("nsenter", "--net="+netnsPath, "--", "ip", "addr").CombinedOutput()
+		t.Fatalf("%v; the test namespace's addresses:\n%s", err, out)
+	}
 	return ln
 }
 
