@@ -233,10 +233,12 @@ func TestIdentityRunUnderSPIRE(t *testing.T) {
 	s := newSPIREDaemon(t, "selectors", time.Minute)
 	s.start()
 	s.spire.CreateEntry(t, agentA, fmt.Sprintf("bridle:started-by-uid:%d", os.Getuid()))
+	// Until the agent has synced both entries (bridled's as a delegate and
+	// the run's), bridled answers 503, as startTaskEventually expects.
 	var r result
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
 		r = s.runVia([]string{"--intent", "run under spire"}, probeBin, "tcp", s.targetA)
-		if !strings.Contains(r.stderr, "no SPIRE entry") || time.Now().After(deadline) {
+		if !strings.Contains(r.stderr, "bridled refused (503)") || time.Now().After(deadline) {
 			break
 		}
 	}
